@@ -1,0 +1,266 @@
+//! Batching: admitted messages accumulate per table in [`Batches`] (sans-IO: it is given the
+//! time) until a table reaches `batch.max_rows`, `batch.max_bytes`, or `batch.max_age` since
+//! its first row (the timer starts at the first row), or until the budget is under pressure
+//! (buffered bytes past half the budget: the largest table is flushed so admission can go on).
+//! [`Batcher`] is the task around it: it numbers messages, feeds them in, and hands finished
+//! batches to the publisher. When its input closes it flushes every partial batch.
+
+mod seq;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use seq::SeqAllocator;
+
+use crate::buffer::Admitted;
+use crate::columnar::{Batch, TableBuilder};
+use crate::config::BatchLimits;
+use crate::decode::Message;
+use crate::telemetry::Stats;
+
+/// Why a batch was flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushReason {
+    /// `batch.max_rows`.
+    Rows,
+    /// `batch.max_bytes`.
+    Bytes,
+    /// `batch.max_age`.
+    Age,
+    /// Memory budget pressure.
+    Budget,
+    /// Shutdown.
+    Shutdown,
+}
+
+/// A finished batch and the budget bytes it holds.
+#[derive(Debug)]
+pub struct Ready {
+    /// The rows.
+    pub batch: Batch,
+    /// Budget bytes to release once published.
+    pub cost: usize,
+    /// Why it was flushed.
+    pub reason: FlushReason,
+}
+
+#[derive(Debug)]
+struct Pending {
+    builder: TableBuilder,
+    cost: usize,
+    first_at: Option<Instant>,
+}
+
+/// Per-table buffers and the flush rules.
+#[derive(Debug)]
+pub struct Batches {
+    tables: HashMap<Arc<str>, Pending>,
+    limits: BatchLimits,
+    buffered: usize,
+    pressure: usize,
+    stats: Arc<Stats>,
+}
+
+impl Batches {
+    /// Empty buffers; a flush for pressure starts when buffered bytes reach `pressure`.
+    pub fn new(limits: BatchLimits, pressure: usize, stats: Arc<Stats>) -> Self {
+        Self {
+            tables: HashMap::new(),
+            limits,
+            buffered: 0,
+            pressure,
+            stats,
+        }
+    }
+
+    /// Bytes held by buffered messages.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Adds a message (sequence `seq`); batches that became ready are pushed to `out`.
+    pub fn push(&mut self, admitted: Admitted, seq: u64, now: Instant, out: &mut Vec<Ready>) {
+        let Admitted { msg, cost } = admitted;
+        let conflict = self.pending(&msg.table).builder.append(&msg, seq).err();
+        let table = match conflict {
+            None => msg.table.clone(),
+            Some(conflict) => {
+                let rejected = Message::rejected(
+                    conflict.to_string(),
+                    msg.topic,
+                    msg.payload,
+                    msg.device_id,
+                    msg.received_at,
+                );
+                let table = rejected.table.clone();
+                // `_rejected` has a fixed schema, so this append cannot conflict.
+                let _ = self.pending(&table).builder.append(&rejected, seq);
+                Stats::add(&self.stats.messages_rejected, 1);
+                table
+            }
+        };
+        self.buffered += cost;
+        let limits = self.limits;
+        let pending = self.pending(&table);
+        pending.cost += cost;
+        pending.first_at.get_or_insert(now);
+        let reason = if pending.builder.rows() >= limits.max_rows {
+            Some(FlushReason::Rows)
+        } else if pending.cost >= limits.max_bytes {
+            Some(FlushReason::Bytes)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.flush(&table, reason, out);
+        }
+        if self.buffered >= self.pressure {
+            let largest = self
+                .tables
+                .iter()
+                .max_by_key(|(_, p)| p.cost)
+                .map(|(t, _)| t.clone());
+            if let Some(table) = largest {
+                self.flush(&table, FlushReason::Budget, out);
+            }
+        }
+    }
+
+    fn pending(&mut self, table: &Arc<str>) -> &mut Pending {
+        self.tables.entry(table.clone()).or_insert_with(|| Pending {
+            builder: TableBuilder::new(table.clone()),
+            cost: 0,
+            first_at: None,
+        })
+    }
+
+    fn flush(&mut self, table: &Arc<str>, reason: FlushReason, out: &mut Vec<Ready>) {
+        let Some(pending) = self.tables.get_mut(table) else {
+            return;
+        };
+        let cost = std::mem::take(&mut pending.cost);
+        pending.first_at = None;
+        self.buffered -= cost;
+        match pending.builder.finish() {
+            Ok(Some(batch)) => out.push(Ready {
+                batch,
+                cost,
+                reason,
+            }),
+            Ok(None) => {}
+            // Arrays built by our own builders always agree with their schema.
+            Err(e) => tracing::error!(table = %table, error = %e, "cannot finish a batch"),
+        }
+    }
+
+    /// When the oldest buffered table is due for an age flush.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.tables
+            .values()
+            .filter_map(|p| p.first_at)
+            .min()
+            .map(|t| t + self.limits.max_age)
+    }
+
+    /// Flushes every table whose first row is older than `max_age`.
+    pub fn flush_due(&mut self, now: Instant, out: &mut Vec<Ready>) {
+        let due: Vec<Arc<str>> = self
+            .tables
+            .iter()
+            .filter(|(_, p)| p.first_at.is_some_and(|t| t + self.limits.max_age <= now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for table in due {
+            self.flush(&table, FlushReason::Age, out);
+        }
+    }
+
+    /// Flushes everything (shutdown).
+    pub fn flush_all(&mut self, out: &mut Vec<Ready>) {
+        let tables: Vec<Arc<str>> = self.tables.keys().cloned().collect();
+        for table in tables {
+            self.flush(&table, FlushReason::Shutdown, out);
+        }
+    }
+}
+
+/// The batching task.
+#[derive(Debug)]
+pub struct Batcher {
+    rx: mpsc::Receiver<Admitted>,
+    out: mpsc::Sender<Ready>,
+    batches: Batches,
+    seq: SeqAllocator,
+}
+
+impl Batcher {
+    /// A batcher reading `rx` and sending finished batches to `out`.
+    pub fn new(
+        rx: mpsc::Receiver<Admitted>,
+        out: mpsc::Sender<Ready>,
+        batches: Batches,
+        seq: SeqAllocator,
+    ) -> Self {
+        Self {
+            rx,
+            out,
+            batches,
+            seq,
+        }
+    }
+
+    /// Runs until the input closes, then flushes all partial batches.
+    pub async fn run(mut self) {
+        let mut ready = Vec::new();
+        loop {
+            let deadline = self.batches.next_deadline();
+            tokio::select! {
+                // Cancel-safe: `recv` loses nothing when the timer branch wins.
+                msg = self.rx.recv() => match msg {
+                    Some(admitted) => {
+                        let seq = match self.seq.next().await {
+                            Ok(seq) => seq,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot reserve sequence numbers; stopping intake");
+                                break;
+                            }
+                        };
+                        self.batches.push(admitted, seq, Instant::now(), &mut ready);
+                    }
+                    None => break,
+                },
+                () = sleep_until(deadline) => self.batches.flush_due(Instant::now(), &mut ready),
+            }
+            if !self.send(&mut ready).await {
+                return;
+            }
+        }
+        self.rx.close();
+        self.batches.flush_all(&mut ready);
+        self.send(&mut ready).await;
+        tracing::debug!("batcher finished");
+    }
+
+    async fn send(&mut self, ready: &mut Vec<Ready>) -> bool {
+        for r in ready.drain(..) {
+            if self.out.send(r).await.is_err() {
+                tracing::error!("publisher stopped; buffered batches are lost");
+                return false;
+            }
+        }
+        true
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

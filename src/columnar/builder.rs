@@ -1,0 +1,325 @@
+//! One table's schema and Arrow builders. The schema only grows: a column once seen stays in
+//! every later file of this run (all-null where absent), so readers see stable types.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Array,
+    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+use crate::decode::{Message, Scalar};
+
+/// Column kind of a payload field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Int64.
+    Int,
+    /// Float64.
+    Float,
+    /// Boolean.
+    Bool,
+    /// Utf8.
+    Str,
+    /// Binary.
+    Bytes,
+}
+
+impl Kind {
+    fn of(v: &Scalar) -> Self {
+        match v {
+            Scalar::Int(_) => Kind::Int,
+            Scalar::Float(_) => Kind::Float,
+            Scalar::Bool(_) => Kind::Bool,
+            Scalar::Str(_) => Kind::Str,
+            Scalar::Bytes(_) => Kind::Bytes,
+        }
+    }
+
+    /// Whether a column of `self` can take `value` (possibly after widening Int to Float).
+    fn accepts(self, value: Kind) -> bool {
+        self == value
+            || matches!(
+                (self, value),
+                (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int)
+            )
+    }
+}
+
+/// A field whose value type clashes with its column's type.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("type conflict on field `{field}`: column is {column:?}, value is {value:?}")]
+pub struct Conflict {
+    /// Field name.
+    pub field: String,
+    /// The column's type.
+    pub column: Kind,
+    /// The value's type.
+    pub value: Kind,
+}
+
+#[derive(Debug)]
+enum Data {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+    Bytes(BinaryBuilder),
+}
+
+impl Data {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Int => Data::Int(Int64Builder::new()),
+            Kind::Float => Data::Float(Float64Builder::new()),
+            Kind::Bool => Data::Bool(BooleanBuilder::new()),
+            Kind::Str => Data::Str(StringBuilder::new()),
+            Kind::Bytes => Data::Bytes(BinaryBuilder::new()),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Data::Int(_) => Kind::Int,
+            Data::Float(_) => Kind::Float,
+            Data::Bool(_) => Kind::Bool,
+            Data::Str(_) => Kind::Str,
+            Data::Bytes(_) => Kind::Bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Data::Int(b) => b.len(),
+            Data::Float(b) => b.len(),
+            Data::Bool(b) => b.len(),
+            Data::Str(b) => b.len(),
+            Data::Bytes(b) => b.len(),
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            Data::Int(b) => b.append_nulls(n),
+            Data::Float(b) => b.append_nulls(n),
+            Data::Bool(b) => b.append_nulls(n),
+            Data::Str(b) => (0..n).for_each(|_| b.append_null()),
+            Data::Bytes(b) => (0..n).for_each(|_| b.append_null()),
+        }
+    }
+
+    /// Appends `v`; the caller checked [`Kind::accepts`] and widened Int columns first.
+    fn append(&mut self, v: &Scalar) {
+        match (self, v) {
+            (Data::Int(b), Scalar::Int(i)) => b.append_value(*i),
+            (Data::Float(b), Scalar::Float(f)) => b.append_value(*f),
+            (Data::Float(b), Scalar::Int(i)) => b.append_value(*i as f64),
+            (Data::Bool(b), Scalar::Bool(x)) => b.append_value(*x),
+            (Data::Str(b), Scalar::Str(s)) => b.append_value(s),
+            (Data::Bytes(b), Scalar::Bytes(x)) => b.append_value(x),
+            (data, _) => data.append_nulls(1),
+        }
+    }
+
+    /// Turns an Int64 column into Float64, keeping values and nulls.
+    fn widen_to_float(&mut self) {
+        if let Data::Int(b) = self {
+            let ints: Int64Array = b.finish();
+            let mut floats = Float64Builder::with_capacity(ints.len());
+            ints.iter()
+                .for_each(|v| floats.append_option(v.map(|i| i as f64)));
+            *self = Data::Float(floats);
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Data::Int(b) => Arc::new(b.finish()),
+            Data::Float(b) => Arc::new(b.finish()),
+            Data::Bool(b) => Arc::new(b.finish()),
+            Data::Str(b) => Arc::new(b.finish()),
+            Data::Bytes(b) => Arc::new(b.finish()),
+        }
+    }
+
+    fn data_type(&self) -> DataType {
+        match self {
+            Data::Int(_) => DataType::Int64,
+            Data::Float(_) => DataType::Float64,
+            Data::Bool(_) => DataType::Boolean,
+            Data::Str(_) => DataType::Utf8,
+            Data::Bytes(_) => DataType::Binary,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Column {
+    name: Arc<str>,
+    data: Data,
+}
+
+/// A finished batch of one table, with the sequence number of each row's message.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Table name.
+    pub table: Arc<str>,
+    /// The rows, in arrival order.
+    pub records: RecordBatch,
+    /// Message sequence number per row.
+    pub seqs: Arc<[u64]>,
+}
+
+/// Builds one table's rows into Arrow arrays.
+#[derive(Debug)]
+pub struct TableBuilder {
+    table: Arc<str>,
+    time: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    device_id: StringBuilder,
+    columns: Vec<Column>,
+    index: HashMap<Arc<str>, usize>,
+    seqs: Vec<u64>,
+    rows: usize,
+}
+
+fn timestamp_builder() -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::new().with_timezone("UTC")
+}
+
+impl TableBuilder {
+    /// An empty builder for `table`.
+    pub fn new(table: Arc<str>) -> Self {
+        Self {
+            table,
+            time: timestamp_builder(),
+            received_at: timestamp_builder(),
+            device_id: StringBuilder::new(),
+            columns: Vec::new(),
+            index: HashMap::new(),
+            seqs: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Rows buffered since the last [`finish`](Self::finish).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Checks every field of `msg` against the schema; the message is appended whole or not at all.
+    fn check(&self, msg: &Message) -> Result<(), Conflict> {
+        let mut new: Vec<(&str, Kind)> = Vec::new();
+        let captured = msg.columns.iter().map(|(name, _)| (&**name, Kind::Str));
+        let fields = msg
+            .rows
+            .iter()
+            .flat_map(|r| r.fields.iter().map(|(n, v)| (n.as_str(), Kind::of(v))));
+        for (name, kind) in captured.chain(fields) {
+            let have = match self.index.get(name) {
+                Some(&i) => Some(self.columns[i].data.kind()),
+                None => new.iter().find(|(n, _)| *n == name).map(|(_, k)| *k),
+            };
+            match have {
+                Some(col) if !col.accepts(kind) => {
+                    return Err(Conflict {
+                        field: name.to_string(),
+                        column: col,
+                        value: kind,
+                    });
+                }
+                Some(_) => {}
+                None => new.push((name, kind)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends every row of `msg` (message sequence `seq`), or refuses it whole on a conflict.
+    pub fn append(&mut self, msg: &Message, seq: u64) -> Result<(), Conflict> {
+        self.check(msg)?;
+        for row in &msg.rows {
+            self.time.append_value(row.time);
+            self.received_at.append_value(msg.received_at);
+            self.device_id.append_value(&msg.device_id);
+            for (name, value) in &msg.columns {
+                self.put(name, &Scalar::Str(value.clone()));
+            }
+            for (name, value) in &row.fields {
+                self.put(name, value);
+            }
+            self.rows += 1;
+            for col in &mut self.columns {
+                let missing = self.rows - col.data.len();
+                if missing > 0 {
+                    col.data.append_nulls(missing);
+                }
+            }
+            self.seqs.push(seq);
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, name: &str, value: &Scalar) {
+        let kind = Kind::of(value);
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                let mut data = Data::new(kind);
+                data.append_nulls(self.rows);
+                self.columns.push(Column {
+                    name: name.clone(),
+                    data,
+                });
+                self.index.insert(name, self.columns.len() - 1);
+                self.columns.len() - 1
+            }
+        };
+        let col = &mut self.columns[i];
+        if col.data.len() > self.rows {
+            return; // the same name twice in one row (e.g. `a.b` and {"a":{"b"}}): first wins
+        }
+        if col.data.kind() == Kind::Int && kind == Kind::Float {
+            col.data.widen_to_float();
+        }
+        col.data.append(value);
+    }
+
+    /// Takes the buffered rows as a batch; `None` when empty. The schema is kept.
+    pub fn finish(&mut self) -> Result<Option<Batch>, ArrowError> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let mut fields = vec![
+            Field::new("time", ts.clone(), false),
+            Field::new("received_at", ts, false),
+            Field::new("device_id", DataType::Utf8, false),
+        ];
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.device_id.finish()),
+        ];
+        for col in &mut self.columns {
+            fields.push(Field::new(&*col.name, col.data.data_type(), true));
+            arrays.push(col.data.finish());
+        }
+        self.rows = 0;
+        let records = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+        let seqs = std::mem::take(&mut self.seqs).into();
+        Ok(Some(Batch {
+            table: self.table.clone(),
+            records,
+            seqs,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,578 @@
+//! Configuration: one TOML file parsed into raw serde structs ([`RawConfig`], every key with a
+//! default in one place, unknown keys refused), then validated into typed values ([`Config`]).
+//! Errors name the offending key so `fleetlake check-config` (which systemd runs before start)
+//! can tell the operator exactly what to fix.
+
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use serde::{Deserialize, Serialize};
+
+use crate::decode::topic::{Router, TableRule};
+pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
+
+/// Name of the table that keeps undecodable payloads and schema conflicts.
+pub const REJECTED_TABLE: &str = "_rejected";
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file's path.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// Where the text came from.
+        origin: String,
+        /// The TOML parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value parsed but is not usable.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `batch.max_rows`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The config file as written, with defaults filled in. Printing it gives the effective config.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[node]`
+    pub node: RawNode,
+    /// `[mqtt]`
+    pub mqtt: RawMqtt,
+    /// `[output]`
+    pub output: RawOutput,
+    /// `[batch]`
+    pub batch: RawBatch,
+    /// `[parquet]`
+    pub parquet: RawParquet,
+    /// `[memory]`
+    pub memory: RawMemory,
+    /// `[log]`
+    pub log: RawLog,
+    /// `[[tables]]`
+    pub tables: Vec<RawTable>,
+}
+
+/// `[node]`: identity and local state.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNode {
+    /// Node id, part of every file name; defaults to the host name.
+    pub id: String,
+    /// Directory for local state (and the default output).
+    pub data_dir: PathBuf,
+    /// How long shutdown may take to flush before the process gives up.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for RawNode {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            data_dir: PathBuf::from("./fleetlake-data"),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[mqtt]`: the device-facing listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMqtt {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest accepted MQTT packet (checked before the body is read).
+    pub max_packet_size: ByteSize,
+    /// Most concurrent connections; more are closed at once.
+    pub max_connections: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:1883".into(),
+            max_packet_size: ByteSize(1 << 20),
+            max_connections: 10_000,
+            connect_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[output]`: where Parquet files go.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOutput {
+    /// A directory path or `file://` URL; empty means `{data_dir}/lake`.
+    pub url: String,
+}
+
+/// `[batch]`: when a table's buffered rows become a file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBatch {
+    /// Flush a table when it holds this many rows.
+    pub max_rows: usize,
+    /// Flush a table when its buffered messages hold this many bytes.
+    pub max_bytes: ByteSize,
+    /// Flush a table this long after its first buffered row.
+    pub max_age: HumanDuration,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        Self {
+            max_rows: 500_000,
+            max_bytes: ByteSize(32 << 20),
+            max_age: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `[parquet]`: file encoding.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawParquet {
+    /// `zstd`, `snappy`, `lz4`, `gzip` or `none`.
+    pub compression: String,
+    /// Level for zstd (1-22) or gzip (0-10); 0 means the codec's default.
+    pub compression_level: i32,
+    /// Most rows per row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for RawParquet {
+    fn default() -> Self {
+        Self {
+            compression: "zstd".into(),
+            compression_level: 3,
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+/// `[memory]`: the byte budget for buffered data.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMemory {
+    /// Bytes for ring buffers, Arrow builders and batches being encoded.
+    pub budget: ByteSize,
+    /// What QoS 0 messages do when the budget is full: `backpressure` or `shed`.
+    pub qos0_when_full: String,
+}
+
+impl Default for RawMemory {
+    fn default() -> Self {
+        Self {
+            budget: ByteSize(128 << 20),
+            qos0_when_full: "backpressure".into(),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `RUST_LOG`-style filter; the `RUST_LOG` environment variable wins when set.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[[tables]]`: a named output dataset and the topics that feed it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    /// Table name (folder name in the output).
+    pub name: String,
+    /// MQTT filters, with named levels `{device_id}`, `{table}` or `{any_column}`.
+    pub topics: Vec<String>,
+    /// Payload fields tried, in order, for the row time.
+    #[serde(default = "default_time_fields")]
+    pub time_fields: Vec<String>,
+}
+
+fn default_time_fields() -> Vec<String> {
+    vec!["ts".into(), "time".into(), "timestamp".into()]
+}
+
+impl RawConfig {
+    /// The built-in default: every topic into one table `telemetry`.
+    pub fn builtin() -> Self {
+        Self {
+            tables: vec![RawTable {
+                name: "telemetry".into(),
+                topics: vec!["#".into()],
+                time_fields: default_time_fields(),
+            }],
+            ..Self::default()
+        }
+    }
+
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        if raw.tables.is_empty() {
+            raw.tables = Self::builtin().tables;
+        }
+        Ok(raw)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The effective config as TOML (no secrets exist in it yet; future ones are redacted here).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// What QoS 0 messages do when the memory budget is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos0WhenFull {
+    /// Stop reading the socket like for QoS 1/2 (nothing is lost).
+    Backpressure,
+    /// Drop the message and count it in `messages_shed`.
+    Shed,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Node id used in file names.
+    pub node_id: String,
+    /// Local state directory.
+    pub data_dir: PathBuf,
+    /// Shutdown flush deadline.
+    pub shutdown_grace: Duration,
+    /// MQTT listener settings.
+    pub mqtt: MqttConfig,
+    /// Root directory of the Parquet output.
+    pub output_root: PathBuf,
+    /// Topic → table routing.
+    pub tables: Vec<TableRule>,
+    /// Batch flush limits.
+    pub batch: BatchLimits,
+    /// Parquet encoding options.
+    pub parquet: ParquetOptions,
+    /// Memory budget in bytes.
+    pub memory_budget: usize,
+    /// QoS 0 policy when the budget is full.
+    pub qos0_when_full: Qos0WhenFull,
+    /// Log format is JSON.
+    pub log_json: bool,
+    /// Log filter.
+    pub log_level: String,
+    /// The raw form, for printing.
+    pub raw: RawConfig,
+}
+
+/// Validated `[mqtt]`.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Max packet size in bytes.
+    pub max_packet_size: usize,
+    /// Max concurrent connections.
+    pub max_connections: usize,
+    /// CONNECT deadline.
+    pub connect_timeout: Duration,
+}
+
+/// Validated `[batch]`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Rows per table before a flush.
+    pub max_rows: usize,
+    /// Buffered bytes per table before a flush.
+    pub max_bytes: usize,
+    /// Age of the first buffered row before a flush.
+    pub max_age: Duration,
+}
+
+/// Validated `[parquet]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ParquetOptions {
+    /// Codec with level.
+    pub compression: Compression,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+}
+
+impl Config {
+    /// The built-in default configuration.
+    pub fn builtin() -> Self {
+        Self::validate(RawConfig::builtin())
+            .unwrap_or_else(|e| unreachable!("builtin config is valid: {e}"))
+    }
+
+    /// Loads `path`, or the built-in default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(p) => Self::validate(RawConfig::load(p)?),
+            None => Self::validate(RawConfig::builtin()),
+        }
+    }
+
+    /// Checks every value and builds the typed config.
+    pub fn validate(mut raw: RawConfig) -> Result<Self, ConfigError> {
+        if raw.node.id.is_empty() {
+            raw.node.id = default_node_id();
+        }
+        validate_name("node.id", &raw.node.id, 128)?;
+        let listen: SocketAddr = raw.mqtt.listen.parse().map_err(|_| {
+            invalid(
+                "mqtt.listen",
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:1883\"",
+                    raw.mqtt.listen
+                ),
+            )
+        })?;
+        let mqtt = MqttConfig {
+            listen,
+            max_packet_size: positive("mqtt.max_packet_size", raw.mqtt.max_packet_size.as_usize())?,
+            max_connections: positive("mqtt.max_connections", raw.mqtt.max_connections)?,
+            connect_timeout: nonzero("mqtt.connect_timeout", raw.mqtt.connect_timeout)?,
+        };
+        if mqtt.max_packet_size > 256 << 20 {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                "must be at most 256MiB (the MQTT limit)",
+            ));
+        }
+        let output_root = output_root(&raw)?;
+        let tables = validate_tables(&raw.tables)?;
+        let batch = BatchLimits {
+            max_rows: positive("batch.max_rows", raw.batch.max_rows)?,
+            max_bytes: positive("batch.max_bytes", raw.batch.max_bytes.as_usize())?,
+            max_age: nonzero("batch.max_age", raw.batch.max_age)?,
+        };
+        let parquet = ParquetOptions {
+            compression: compression(&raw.parquet)?,
+            row_group_rows: positive("parquet.row_group_rows", raw.parquet.row_group_rows)?,
+        };
+        let memory_budget = raw.memory.budget.as_usize();
+        if memory_budget < 4 * mqtt.max_packet_size {
+            return Err(invalid(
+                "memory.budget",
+                format!(
+                    "must be at least 4 x mqtt.max_packet_size ({})",
+                    ByteSize(4 * mqtt.max_packet_size as u64)
+                ),
+            ));
+        }
+        let qos0_when_full = match raw.memory.qos0_when_full.as_str() {
+            "backpressure" => Qos0WhenFull::Backpressure,
+            "shed" => Qos0WhenFull::Shed,
+            other => {
+                return Err(invalid(
+                    "memory.qos0_when_full",
+                    format!("`{other}`: use \"backpressure\" or \"shed\""),
+                ));
+            }
+        };
+        let log_json = match raw.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}`: use \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(Self {
+            node_id: raw.node.id.clone(),
+            data_dir: raw.node.data_dir.clone(),
+            shutdown_grace: nonzero("node.shutdown_grace", raw.node.shutdown_grace)?,
+            mqtt,
+            output_root,
+            tables,
+            batch,
+            parquet,
+            memory_budget,
+            qos0_when_full,
+            log_json,
+            log_level: raw.log.level.clone(),
+            raw,
+        })
+    }
+
+    /// A router over the configured tables.
+    pub fn router(&self) -> Router {
+        Router::new(self.tables.clone())
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn nonzero(key: &str, value: HumanDuration) -> Result<Duration, ConfigError> {
+    if value.0.is_zero() {
+        return Err(invalid(key, "must be longer than 0s"));
+    }
+    Ok(value.0)
+}
+
+/// Checks a name used in paths: letters, digits, `_`, `-`, `.`; not starting with `.`.
+fn validate_name(key: &str, name: &str, max: usize) -> Result<(), ConfigError> {
+    if crate::decode::topic::is_safe_name(name) && name.len() <= max {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!(
+            "`{name}`: use 1-{max} letters, digits, `_`, `-` or `.`, not starting with `.` or `_`"
+        ),
+    ))
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    let id = id.trim_start_matches(['-', '.']).to_string();
+    if id.is_empty() { "node".into() } else { id }
+}
+
+fn output_root(raw: &RawConfig) -> Result<PathBuf, ConfigError> {
+    let url = raw.output.url.trim();
+    if url.is_empty() {
+        return Ok(raw.node.data_dir.join("lake"));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(invalid(
+                "output.url",
+                "a file:// URL needs an absolute path (file:///var/lib/...)",
+            ));
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(invalid(
+            "output.url",
+            format!("scheme `{scheme}://` is not supported yet: use a local path or file:// URL"),
+        ));
+    }
+    Ok(PathBuf::from(url))
+}
+
+fn validate_tables(raw: &[RawTable]) -> Result<Vec<TableRule>, ConfigError> {
+    let mut rules = Vec::new();
+    for (i, table) in raw.iter().enumerate() {
+        let key = format!("tables[{i}]");
+        validate_name(&format!("{key}.name"), &table.name, 64)?;
+        if raw[..i].iter().any(|t| t.name == table.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("`{}` is defined twice", table.name),
+            ));
+        }
+        if table.topics.is_empty() {
+            return Err(invalid(
+                format!("{key}.topics"),
+                "needs at least one MQTT filter",
+            ));
+        }
+        if table.time_fields.iter().any(|f| f.is_empty()) {
+            return Err(invalid(
+                format!("{key}.time_fields"),
+                "names must not be empty",
+            ));
+        }
+        for (j, filter) in table.topics.iter().enumerate() {
+            let rule = TableRule::compile(&table.name, filter, &table.time_fields)
+                .map_err(|m| invalid(format!("{key}.topics[{j}]"), m))?;
+            rules.push(rule);
+        }
+    }
+    Ok(rules)
+}
+
+fn compression(raw: &RawParquet) -> Result<Compression, ConfigError> {
+    let level = raw.compression_level;
+    let bad_level = |m: String| invalid("parquet.compression_level", m);
+    Ok(match raw.compression.as_str() {
+        "zstd" => Compression::ZSTD(
+            ZstdLevel::try_new(if level == 0 { 3 } else { level })
+                .map_err(|e| bad_level(e.to_string()))?,
+        ),
+        "gzip" => Compression::GZIP(
+            GzipLevel::try_new(if level == 0 { 6 } else { level as u32 })
+                .map_err(|e| bad_level(e.to_string()))?,
+        ),
+        "snappy" => Compression::SNAPPY,
+        "lz4" => Compression::LZ4_RAW,
+        "none" => Compression::UNCOMPRESSED,
+        other => {
+            return Err(invalid(
+                "parquet.compression",
+                format!("`{other}`: use zstd, snappy, lz4, gzip or none"),
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! Decode: an MQTT PUBLISH (topic, payload, client id) becomes a [`Message`] for one table:
+//! routed by topic ([`topic::Router`]), payload decoded into typed rows ([`json`]). A payload
+//! that cannot be decoded, or a topic no table takes, becomes a message for the `_rejected`
+//! table with the reason and the raw bytes: nothing is dropped silently.
+
+pub mod json;
+pub mod topic;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::REJECTED_TABLE;
+pub use json::{Row, Scalar};
+use topic::Router;
+
+/// Decoded rows of one published message, all bound for one table.
+#[derive(Debug)]
+pub struct Message {
+    /// Destination table.
+    pub table: Arc<str>,
+    /// Device id for every row (topic level or client id).
+    pub device_id: Arc<str>,
+    /// Receive time, µs since the epoch.
+    pub received_at: i64,
+    /// String columns taken from named topic levels.
+    pub columns: Vec<(Arc<str>, String)>,
+    /// The rows (a JSON array gives several).
+    pub rows: Vec<Row>,
+    /// Original topic, kept so a later schema conflict can still reject the message whole.
+    pub topic: String,
+    /// Original payload (shares the network buffer; no copy).
+    pub payload: Bytes,
+}
+
+/// Bytes one message is charged against the memory budget: payload, topic and a fixed
+/// overhead per field for the decoded values and builder slots.
+pub fn message_cost(payload_len: usize, topic_len: usize, fields: usize) -> usize {
+    256 + payload_len + topic_len + fields * 48
+}
+
+impl Message {
+    /// What this message is charged against the memory budget.
+    pub fn cost(&self) -> usize {
+        let fields =
+            self.rows.iter().map(|r| r.fields.len() + 3).sum::<usize>() + self.columns.len();
+        message_cost(self.payload.len(), self.topic.len(), fields)
+    }
+
+    /// A `_rejected` row keeping `topic`, `reason` and the raw `payload`.
+    pub fn rejected(
+        reason: String,
+        topic: String,
+        payload: Bytes,
+        device_id: Arc<str>,
+        received_at: i64,
+    ) -> Self {
+        let fields = vec![
+            ("topic".to_string(), Scalar::Str(topic.clone())),
+            ("reason".to_string(), Scalar::Str(reason)),
+            ("payload".to_string(), Scalar::Bytes(payload.clone())),
+        ];
+        Self {
+            table: Arc::from(REJECTED_TABLE),
+            device_id,
+            received_at,
+            columns: Vec::new(),
+            rows: vec![Row {
+                time: received_at,
+                fields,
+            }],
+            topic,
+            payload,
+        }
+    }
+
+    /// Whether this message is bound for the `_rejected` table.
+    pub fn is_rejected(&self) -> bool {
+        &*self.table == REJECTED_TABLE
+    }
+}
+
+/// Routes and decodes one PUBLISH. Never fails: problems become a `_rejected` message.
+pub fn decode_publish(
+    router: &Router,
+    topic: String,
+    payload: Bytes,
+    client_id: &Arc<str>,
+    received_at: i64,
+) -> Message {
+    let route = match router.route(&topic) {
+        Some(Ok(route)) => route,
+        Some(Err(reason)) => {
+            return Message::rejected(reason, topic, payload, client_id.clone(), received_at);
+        }
+        None => {
+            let reason = "no table takes this topic".to_string();
+            return Message::rejected(reason, topic, payload, client_id.clone(), received_at);
+        }
+    };
+    let reserved: Vec<&str> = route.columns.iter().map(|(name, _)| &**name).collect();
+    match json::decode(&payload, &route.time_fields, &reserved, received_at) {
+        Ok(rows) => {
+            let device_id = route.device_id.map_or_else(|| client_id.clone(), Arc::from);
+            let columns = route
+                .columns
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect();
+            let table = route.table;
+            Message {
+                table,
+                device_id,
+                received_at,
+                columns,
+                rows,
+                topic,
+                payload,
+            }
+        }
+        Err(e) => Message::rejected(
+            e.to_string(),
+            topic,
+            payload,
+            client_id.clone(),
+            received_at,
+        ),
+    }
+}

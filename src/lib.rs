@@ -1,0 +1,27 @@
+//! fleetlake: an edge telemetry ingest daemon. Devices publish small MQTT messages; fleetlake
+//! decodes them into typed rows, batches them per table under one memory budget, and writes
+//! sorted, compressed Parquet files that DuckDB, pyarrow, Polars, Spark or Trino read as one
+//! Hive-partitioned dataset.
+//!
+//! ```text
+//! devices ──MQTT──▶ mqtt::listener ─▶ mqtt::connection (session, decode) ─▶ buffer::Ingest (budget)
+//!                                                                              │ ack after admission
+//!                                                                              ▼
+//!                    batch::Batcher (per-table columnar::TableBuilder, flush by rows/bytes/age)
+//!                                                                              │
+//!                                                                              ▼
+//!        sink::publisher (blocking pool): columnar::encode (sort, hour parts, Parquet)
+//!                                        → sink::LocalSink (tmp → fsync → rename → fsync dir)
+//! ```
+//!
+//! Not yet: the write-ahead log (acks will move behind its fsync), S3 output, gRPC ingest.
+
+pub mod app;
+pub mod batch;
+pub mod buffer;
+pub mod columnar;
+pub mod config;
+pub mod decode;
+pub mod mqtt;
+pub mod sink;
+pub mod telemetry;

@@ -1,0 +1,315 @@
+//! One device connection: a task that reads bytes, frames packets, feeds the session state
+//! machine and carries out its steps in order. Every complete packet already in the read
+//! buffer is handled before the collected replies are written in one syscall, so a burst of
+//! QoS 1 publishes costs one write. A `Deliver` step waits for admission into the pipeline:
+//! when the memory budget is spent, this task stops reading its socket and sends no acks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout_at};
+use tracing::Instrument;
+
+use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
+use super::session::{Session, Step};
+use crate::buffer::{Admission, Ingest};
+use crate::decode::{decode_publish, topic::Router};
+use crate::telemetry::Stats;
+
+/// Read buffer growth per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct ConnContext {
+    pub(crate) router: Router,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) max_packet_size: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) id_prefix: String,
+    pub(crate) next_id: AtomicU64,
+}
+
+/// How a connection ended without an error.
+#[derive(Debug)]
+enum End {
+    /// The session closed it (DISCONNECT or a protocol rule).
+    Closed(&'static str),
+    /// fleetlake is shutting down.
+    Shutdown,
+    /// The pipeline no longer accepts messages.
+    PipelineClosed,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("no CONNECT within mqtt.connect_timeout")]
+    ConnectTimeout,
+    #[error("keep-alive expired")]
+    KeepAlive,
+    #[error("peer closed the connection without DISCONNECT")]
+    PeerClosed,
+}
+
+/// A connection task.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ConnContext>,
+    ingest: Ingest,
+    shutdown: watch::Receiver<bool>,
+    codec: Codec,
+    session: Session,
+    client_id: Arc<str>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    steps: Vec<Step>,
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
+impl Connection {
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: Arc<ConnContext>,
+        ingest: Ingest,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let codec = Codec::new(ctx.max_packet_size);
+        Self {
+            stream,
+            peer,
+            ctx,
+            ingest,
+            shutdown,
+            codec,
+            session: Session::new(),
+            client_id: Arc::from(""),
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::with_capacity(1024),
+            steps: Vec::with_capacity(4),
+        }
+    }
+
+    /// Serves the connection to its end, then publishes the will if the session still holds one.
+    pub(crate) async fn run(mut self) {
+        let span = tracing::debug_span!("mqtt", peer = %self.peer);
+        async move {
+            let result = self.serve().await;
+            let will = match &result {
+                Ok(End::Closed(reason)) => {
+                    tracing::debug!(client = %self.client_id, reason, "connection closed");
+                    true
+                }
+                Ok(End::Shutdown) => {
+                    if self.codec.protocol() == Some(Protocol::V5) && self.session.is_connected() {
+                        self.codec
+                            .encode(Outbound::Disconnect(0x8B), &mut self.wbuf);
+                        let _ = self.flush().await;
+                    }
+                    false
+                }
+                Ok(End::PipelineClosed) => false,
+                Err(e) => {
+                    self.on_error(e).await;
+                    true
+                }
+            };
+            if will {
+                self.publish_will().await;
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn on_error(&mut self, e: &ConnError) {
+        match e {
+            ConnError::PeerClosed if self.rbuf.is_empty() => {
+                tracing::debug!(client = %self.client_id, "client closed the connection");
+                return;
+            }
+            ConnError::Codec(CodecError::UnsupportedProtocol(_)) => {
+                let refuse = Outbound::ConnAck {
+                    code: super::codec::ConnCode::BadProtocol,
+                    assigned_id: None,
+                };
+                self.codec.encode(refuse, &mut self.wbuf);
+            }
+            ConnError::Codec(CodecError::TooLarge(_))
+                if self.codec.protocol() == Some(Protocol::V5) =>
+            {
+                self.codec
+                    .encode(Outbound::Disconnect(0x95), &mut self.wbuf);
+            }
+            ConnError::Codec(CodecError::Malformed(_))
+                if self.codec.protocol() == Some(Protocol::V5) =>
+            {
+                self.codec
+                    .encode(Outbound::Disconnect(0x81), &mut self.wbuf);
+            }
+            _ => {}
+        }
+        let _ = self.flush().await;
+        Stats::add(&self.ctx.stats.connections_failed, 1);
+        tracing::info!(client = %self.client_id, error = %e, "connection dropped");
+    }
+
+    async fn serve(&mut self) -> Result<End, ConnError> {
+        let connect_deadline = Instant::now() + self.ctx.connect_timeout;
+        loop {
+            while let Some(packet) = self.codec.decode(&mut self.rbuf)? {
+                if let Some(end) = self.handle(packet).await? {
+                    self.flush().await?;
+                    return Ok(end);
+                }
+            }
+            self.flush().await?;
+            let deadline = if self.session.is_connected() {
+                self.session.idle_timeout().map(|t| Instant::now() + t)
+            } else {
+                Some(connect_deadline)
+            };
+            self.rbuf.reserve(READ_CHUNK);
+            let Self {
+                stream,
+                rbuf,
+                shutdown,
+                session,
+                ..
+            } = self;
+            let read = async {
+                match deadline {
+                    Some(d) => timeout_at(d, stream.read_buf(rbuf)).await.map_err(|_| {
+                        if session.is_connected() {
+                            ConnError::KeepAlive
+                        } else {
+                            ConnError::ConnectTimeout
+                        }
+                    })?,
+                    None => stream.read_buf(rbuf).await,
+                }
+                .map_err(ConnError::from)
+            };
+            tokio::select! {
+                biased;
+                // Cancel-safe: `read_buf` keeps what it read in `rbuf`; a cancelled read loses nothing.
+                () = shutdown_signalled(shutdown) => return Ok(End::Shutdown),
+                n = read => if n? == 0 {
+                    return Err(ConnError::PeerClosed);
+                },
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, packet: Inbound) -> Result<Option<End>, ConnError> {
+        if let Inbound::Subscribe { filters, .. } = &packet {
+            tracing::info!(client = %self.client_id, filters, "SUBSCRIBE refused: fleetlake does not deliver messages to clients");
+        }
+        let was_connected = self.session.is_connected();
+        let mut steps = std::mem::take(&mut self.steps);
+        let ctx = self.ctx.clone();
+        self.session.handle(packet, || ctx.assign_id(), &mut steps);
+        if !was_connected && self.session.is_connected() {
+            self.client_id = Arc::from(self.session.client_id());
+            tracing::debug!(client = %self.client_id, "client connected");
+        }
+        let mut end = None;
+        for step in steps.drain(..) {
+            match step {
+                Step::Reply(packet) => self.codec.encode(packet, &mut self.wbuf),
+                Step::Deliver(publish) => {
+                    end = self.deliver(publish).await;
+                    if end.is_some() {
+                        break;
+                    }
+                }
+                Step::Close(reason) => {
+                    end = Some(End::Closed(reason));
+                    break;
+                }
+            }
+        }
+        steps.clear();
+        self.steps = steps;
+        Ok(end)
+    }
+
+    /// Decodes and admits one message; `Some` when the connection must end instead.
+    async fn deliver(&mut self, p: PublishIn) -> Option<End> {
+        let stats = &self.ctx.stats;
+        let counter = match p.qos {
+            0 => &stats.messages_qos0,
+            1 => &stats.messages_qos1,
+            _ => &stats.messages_qos2,
+        };
+        Stats::add(counter, 1);
+        Stats::add(&stats.payload_bytes, p.payload.len() as u64);
+        self.admit(p.topic, p.payload, p.qos).await
+    }
+
+    async fn admit(&mut self, topic: String, payload: bytes::Bytes, qos: u8) -> Option<End> {
+        let msg = decode_publish(
+            &self.ctx.router,
+            topic,
+            payload,
+            &self.client_id,
+            now_micros(),
+        );
+        if msg.is_rejected() {
+            Stats::add(&self.ctx.stats.messages_rejected, 1);
+            tracing::debug!(client = %self.client_id, topic = %msg.topic, "payload rejected");
+        }
+        tokio::select! {
+            biased;
+            // Cancel-safe: a cancelled submit holds no budget and the message was not acked.
+            () = shutdown_signalled(&mut self.shutdown) => Some(End::Shutdown),
+            admitted = self.ingest.submit(msg, qos) => match admitted {
+                Ok(Admission::Accepted | Admission::Shed) => None,
+                Err(_) => Some(End::PipelineClosed),
+            },
+        }
+    }
+
+    async fn publish_will(&mut self) {
+        if let Some(will) = self.session.take_will() {
+            Stats::add(&self.ctx.stats.messages_will, 1);
+            tracing::debug!(client = %self.client_id, topic = %will.topic, "publishing will");
+            let _ = self.admit(will.topic, will.payload, 1).await;
+        }
+    }
+}

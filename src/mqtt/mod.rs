@@ -1,0 +1,11 @@
+//! The device-facing MQTT listener (see ARCHITECTURE.md "Why our own MQTT listener"):
+//! [`listener`] accepts TCP connections under a connection limit; each runs in its own task
+//! ([`connection`]) that frames packets with [`codec`] and follows the sans-IO [`session`]
+//! state machine. Acks are sent only after the message was admitted into the pipeline.
+
+pub mod codec;
+pub mod connection;
+pub mod listener;
+pub mod session;
+
+pub use listener::Listener;

@@ -1,0 +1,179 @@
+//! The sans-IO MQTT session state machine: one per connection, fed decoded [`Inbound`]
+//! packets, answering with [`Step`]s for the connection task to carry out in order. It owns
+//! the protocol rules: CONNECT first and once, client id assignment, QoS 1/2 acknowledgement
+//! (QoS 2 delivered once per packet id until PUBREL, so a retransmitted QoS 2 PUBLISH is never
+//! a second row), keep-alive timing, and whether the will is published when the connection ends.
+//!
+//! The order of steps is the contract: a `Deliver` always comes before the ack of the same
+//! packet, so the connection task sends the ack only after the message was accepted.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::codec::{ConnCode, ConnectInfo, Inbound, Outbound, Protocol, PublishIn, Will};
+
+/// What the connection task must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send a packet.
+    Reply(Outbound),
+    /// Hand a publish to the pipeline (before any ack that follows).
+    Deliver(PublishIn),
+    /// Close the connection. The will, if still held ([`Session::take_will`]), is published.
+    Close(&'static str),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    AwaitingConnect,
+    Connected,
+    Closed,
+}
+
+/// Session state of one connection.
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    client_id: String,
+    protocol: Protocol,
+    keep_alive: u16,
+    will: Option<Will>,
+    /// QoS 2 packet ids delivered and awaiting PUBREL.
+    qos2_pending: HashSet<u16>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    /// A session waiting for CONNECT.
+    pub fn new() -> Self {
+        Self {
+            state: State::AwaitingConnect,
+            client_id: String::new(),
+            protocol: Protocol::V4,
+            keep_alive: 0,
+            will: None,
+            qos2_pending: HashSet::new(),
+        }
+    }
+
+    /// The client id (assigned when the client sent none).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Whether CONNECT was accepted.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// The will to publish when the connection ends abnormally, taken once.
+    pub fn take_will(&mut self) -> Option<Will> {
+        self.will.take()
+    }
+
+    /// How long the connection may stay silent: 1.5 × keep-alive (MQTT 3.1.2.10), `None` = off.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// Handles one packet; `assign_id` makes a client id for a client that sent an empty one.
+    pub fn handle(
+        &mut self,
+        packet: Inbound,
+        assign_id: impl FnOnce() -> String,
+        out: &mut Vec<Step>,
+    ) {
+        match (&self.state, packet) {
+            (State::AwaitingConnect, Inbound::Connect(info)) => self.connect(info, assign_id, out),
+            (State::AwaitingConnect, _) => self.close("first packet is not CONNECT", out),
+            (State::Closed, _) => {}
+            (State::Connected, Inbound::Connect(_)) => self.close("second CONNECT", out),
+            (State::Connected, Inbound::Publish(p)) => self.publish(p, out),
+            (State::Connected, Inbound::PubRel(pkid)) => {
+                self.qos2_pending.remove(&pkid);
+                out.push(Step::Reply(Outbound::PubComp(pkid)));
+            }
+            (State::Connected, Inbound::PingReq) => out.push(Step::Reply(Outbound::PingResp)),
+            (State::Connected, Inbound::Subscribe { pkid, filters }) => {
+                out.push(Step::Reply(Outbound::SubAckRefused { pkid, filters }));
+            }
+            (State::Connected, Inbound::Unsubscribe { pkid, filters }) => {
+                out.push(Step::Reply(Outbound::UnsubAck { pkid, filters }));
+            }
+            (State::Connected, Inbound::Disconnect { with_will }) => {
+                if !with_will {
+                    self.will = None;
+                }
+                self.close("client disconnected", out);
+            }
+            (State::Connected, Inbound::Unexpected(_)) => {}
+        }
+    }
+
+    fn connect(
+        &mut self,
+        info: ConnectInfo,
+        assign_id: impl FnOnce() -> String,
+        out: &mut Vec<Step>,
+    ) {
+        self.protocol = info.protocol;
+        let mut assigned = None;
+        if info.client_id.is_empty() {
+            if info.protocol == Protocol::V4 && !info.clean {
+                // MQTT 3.1.1 §3.1.3.1: an empty id needs clean session.
+                out.push(Step::Reply(Outbound::ConnAck {
+                    code: ConnCode::BadClientId,
+                    assigned_id: None,
+                }));
+                return self.close("empty client id without clean session", out);
+            }
+            let id = assign_id();
+            assigned = (info.protocol == Protocol::V5).then(|| id.clone());
+            self.client_id = id;
+        } else {
+            self.client_id = info.client_id;
+        }
+        self.keep_alive = info.keep_alive;
+        self.will = info.will;
+        self.state = State::Connected;
+        out.push(Step::Reply(Outbound::ConnAck {
+            code: ConnCode::Accepted,
+            assigned_id: assigned,
+        }));
+    }
+
+    fn publish(&mut self, p: PublishIn, out: &mut Vec<Step>) {
+        if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
+            return self.close("invalid topic name in PUBLISH", out);
+        }
+        match p.qos {
+            0 => out.push(Step::Deliver(p)),
+            1 => {
+                let pkid = p.pkid;
+                out.push(Step::Deliver(p));
+                out.push(Step::Reply(Outbound::PubAck(pkid)));
+            }
+            _ => {
+                let pkid = p.pkid;
+                // A retransmission before PUBREL was already delivered: ack again, no new row.
+                if self.qos2_pending.insert(pkid) {
+                    out.push(Step::Deliver(p));
+                }
+                out.push(Step::Reply(Outbound::PubRec(pkid)));
+            }
+        }
+    }
+
+    fn close(&mut self, reason: &'static str, out: &mut Vec<Step>) {
+        self.state = State::Closed;
+        out.push(Step::Close(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! Sink: where finished parts become files. [`file_name`] and [`relative_path`] derive the name
+//! from the node id and the message sequence range (`{node}-{first:020}-{last:020}.parquet`),
+//! so a replay of the same range writes the same name. [`LocalSink::publish`] makes the file
+//! appear atomically: temp file in the target folder → fsync → rename → fsync folder; readers
+//! globbing `*.parquet` never see the hidden `.…tmp` file.
+
+pub mod publisher;
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use crate::columnar::encode::{Part, write_parquet};
+use crate::config::ParquetOptions;
+
+/// Why a file could not be published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Parquet encoding failed.
+    #[error("encoding {path}: {source}")]
+    Encode {
+        /// The file being written.
+        path: PathBuf,
+        /// The encoder's error.
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// `{node}-{first_seq}-{last_seq}.parquet`, sequence numbers zero-padded to 20 digits.
+pub fn file_name(node: &str, first_seq: u64, last_seq: u64) -> String {
+    format!("{node}-{first_seq:020}-{last_seq:020}.parquet")
+}
+
+/// `{table}/date=YYYY-MM-DD/hour=HH/{file_name}` relative to the output root.
+pub fn relative_path(table: &str, part: &Part, node: &str) -> PathBuf {
+    PathBuf::from(table)
+        .join(format!("date={}", part.date))
+        .join(format!("hour={}", part.hour))
+        .join(file_name(node, part.first_seq, part.last_seq))
+}
+
+/// A published file.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// Final path.
+    pub path: PathBuf,
+    /// Rows in the file.
+    pub rows: usize,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// Publishes files under a local root directory.
+#[derive(Clone, Debug)]
+pub struct LocalSink {
+    root: PathBuf,
+    node: String,
+    opts: ParquetOptions,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
+    move |source| SinkError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync dir", dir))
+}
+
+impl LocalSink {
+    /// A sink writing under `root` with file names for `node`.
+    pub fn new(root: PathBuf, node: String, opts: ParquetOptions) -> Self {
+        Self { root, node, opts }
+    }
+
+    /// Creates the root and removes temp files a crash left behind; returns how many.
+    pub fn prepare(&self) -> Result<usize, SinkError> {
+        fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        Ok(remove_temp_files(&self.root))
+    }
+
+    /// Writes `part` of `table` atomically and durably (blocking).
+    pub fn publish(&self, table: &str, part: &Part) -> Result<Published, SinkError> {
+        let path = self.root.join(relative_path(table, part, &self.node));
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.create_dirs(&dir)?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let writer = write_parquet(part, &self.opts, BufWriter::with_capacity(256 * 1024, file))
+            .map_err(|source| SinkError::Encode {
+                path: tmp.clone(),
+                source,
+            })?;
+        let file = writer.into_inner().map_err(|e| SinkError::Io {
+            op: "write",
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        let bytes = file.metadata().map_err(io("stat", &tmp))?.len();
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        fsync_dir(&dir)?;
+        Ok(Published {
+            path,
+            rows: part.records.num_rows(),
+            bytes,
+        })
+    }
+
+    /// Creates `dir` and its missing parents below the root, fsyncing each new entry's parent.
+    fn create_dirs(&self, dir: &Path) -> Result<(), SinkError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        let mut cur = dir;
+        while !cur.is_dir() && cur.starts_with(&self.root) {
+            missing.push(cur.to_path_buf());
+            match cur.parent() {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        for d in missing.iter().rev() {
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io("create", d)(e)),
+            }
+            fsync_dir(d.parent().unwrap_or(&self.root))?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes `.*.tmp` files below `dir` (left by a crash mid-write); returns how many.
+fn remove_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            removed += remove_temp_files(&path);
+        } else if name.starts_with('.') && name.ends_with(".tmp") && fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests;

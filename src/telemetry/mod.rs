@@ -1,0 +1,30 @@
+//! Telemetry: log setup and the counters every stage updates. Logs go to stderr (journald
+//! friendly: no colour unless stderr is a terminal), human text or JSON; the filter comes from
+//! `RUST_LOG` when set, else `[log] level`. Counters are plain atomics in [`Stats`], summed up
+//! in the shutdown log line (the admin `/metrics` endpoint comes with the systemd issue).
+
+mod stats;
+
+use std::io::IsTerminal;
+
+pub use stats::Stats;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global tracing subscriber.
+pub fn init_logging(json: bool, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let result = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(e) = result {
+        eprintln!("fleetlake: logging already initialised: {e}");
+    }
+}

@@ -1,0 +1,66 @@
+//! Process-wide counters. Each is a monotonic `AtomicU64` (relaxed: they are statistics, not
+//! synchronisation). Names follow `fleetlake_<name>_<unit>_total` once exported.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters of the whole daemon.
+        #[derive(Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl fmt::Debug for Stats {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut s = f.debug_struct("Stats");
+                $(s.field(stringify!($name), &self.$name.load(Ordering::Relaxed));)*
+                s.finish()
+            }
+        }
+    };
+}
+
+counters! {
+    /// TCP connections accepted.
+    connections_accepted,
+    /// Connections closed at once because `mqtt.max_connections` was reached.
+    connections_refused,
+    /// Connections ended by a protocol error, timeout or oversized packet.
+    connections_failed,
+    /// PUBLISH packets received with QoS 0.
+    messages_qos0,
+    /// PUBLISH packets received with QoS 1.
+    messages_qos1,
+    /// PUBLISH packets received with QoS 2.
+    messages_qos2,
+    /// Will messages ingested.
+    messages_will,
+    /// QoS 0 messages dropped because the budget was full and `qos0_when_full = "shed"`.
+    messages_shed,
+    /// Payload bytes received.
+    payload_bytes,
+    /// Messages stored in `_rejected` (bad payload, unknown topic, type conflict).
+    messages_rejected,
+    /// Parquet files published.
+    files_published,
+    /// Rows in published files.
+    rows_published,
+    /// Bytes of published files.
+    bytes_published,
+    /// Failed publish attempts (retried).
+    publish_errors,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
