@@ -1,1 +1,117 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+
 use super::*;
+use crate::decode::{Row, Scalar};
+
+fn limits() -> BatchLimits {
+    BatchLimits {
+        max_rows: 3,
+        max_bytes: 10_000,
+        max_age: Duration::from_secs(5),
+    }
+}
+
+fn admitted(table: &str, value: Scalar, cost: usize) -> Admitted {
+    let msg = Message {
+        table: Arc::from(table),
+        device_id: Arc::from("d"),
+        received_at: 0,
+        columns: Vec::new(),
+        rows: vec![Row {
+            time: 0,
+            fields: vec![("v".into(), value)],
+        }],
+        topic: "t/x".into(),
+        payload: Bytes::from_static(b"{\"v\":\"x\"}"),
+    };
+    Admitted { msg, cost }
+}
+
+fn batches() -> Batches {
+    Batches::new(limits(), 1_000_000, Arc::new(Stats::default()))
+}
+
+#[test]
+fn a_table_is_flushed_when_it_reaches_max_rows() {
+    let mut b = batches();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for seq in 0..3 {
+        b.push(admitted("t", Scalar::Int(1), 10), seq, now, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].reason, out[0].cost, out[0].batch.records.num_rows()),
+        (FlushReason::Rows, 30, 3)
+    );
+    assert_eq!(b.buffered(), 0);
+}
+
+#[test]
+fn a_table_is_flushed_when_it_reaches_max_bytes() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    b.push(
+        admitted("t", Scalar::Int(1), 10_000),
+        0,
+        Instant::now(),
+        &mut out,
+    );
+    assert_eq!(out.first().map(|r| r.reason), Some(FlushReason::Bytes));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_age_timer_starts_at_the_first_row_of_a_batch() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    assert_eq!(b.next_deadline(), None);
+    let t0 = Instant::now();
+    b.push(admitted("t", Scalar::Int(1), 10), 0, t0, &mut out);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    b.push(
+        admitted("t", Scalar::Int(1), 10),
+        1,
+        Instant::now(),
+        &mut out,
+    );
+    assert_eq!(b.next_deadline(), Some(t0 + Duration::from_secs(5)));
+    b.flush_due(t0 + Duration::from_secs(4), &mut out);
+    assert!(out.is_empty());
+    b.flush_due(t0 + Duration::from_secs(5), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].reason, FlushReason::Age);
+    assert_eq!(b.next_deadline(), None);
+}
+
+#[test]
+fn a_type_conflict_sends_the_message_to_rejected_with_the_reason() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    b.push(admitted("t", Scalar::Int(1), 10), 0, now, &mut out);
+    b.push(admitted("t", Scalar::Str("x".into()), 10), 1, now, &mut out);
+    b.flush_all(&mut out);
+    let mut tables: Vec<(String, usize)> = out
+        .iter()
+        .map(|r| (r.batch.table.to_string(), r.batch.records.num_rows()))
+        .collect();
+    tables.sort();
+    assert_eq!(tables, [("_rejected".into(), 1), ("t".into(), 1)]);
+}
+
+#[test]
+fn budget_pressure_flushes_the_largest_table() {
+    let mut b = Batches::new(limits(), 100, Arc::new(Stats::default()));
+    let mut out = Vec::new();
+    let now = Instant::now();
+    b.push(admitted("small", Scalar::Int(1), 10), 0, now, &mut out);
+    b.push(admitted("big", Scalar::Int(1), 95), 1, now, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (&*out[0].batch.table, out[0].reason),
+        ("big", FlushReason::Budget)
+    );
+    assert_eq!(b.buffered(), 10);
+}

@@ -1,1 +1,86 @@
 use super::*;
+
+fn err_key(text: &str) -> String {
+    match RawConfig::parse(text, "test").and_then(Config::validate) {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        Err(e) => format!("other: {e}"),
+        Ok(_) => "ok".into(),
+    }
+}
+
+#[test]
+fn the_builtin_default_is_valid_and_routes_everything_to_telemetry() {
+    let config = Config::builtin();
+    assert_eq!(config.mqtt.listen.to_string(), "127.0.0.1:1883");
+    assert_eq!(config.output_root, PathBuf::from("./fleetlake-data/lake"));
+    let router = config.router();
+    let route = router
+        .route("sensors/thermo-7/telemetry")
+        .and_then(Result::ok)
+        .map(|r| r.table.to_string());
+    assert_eq!(route.as_deref(), Some("telemetry"));
+}
+
+#[test]
+fn an_empty_file_gives_the_builtin_default() {
+    let raw = RawConfig::parse("", "test").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(raw.tables.len(), 1);
+}
+
+#[test]
+fn the_production_example_in_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleetlake.toml");
+    let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.mqtt.listen.ip().to_string(), "0.0.0.0");
+}
+
+#[test]
+fn bad_values_are_reported_with_their_key() {
+    assert_eq!(err_key("[batch]\nmax_rows = 0"), "batch.max_rows");
+    assert_eq!(err_key("[mqtt]\nlisten = \"nowhere\""), "mqtt.listen");
+    assert_eq!(
+        err_key("[parquet]\ncompression = \"brotli9\""),
+        "parquet.compression"
+    );
+    assert_eq!(
+        err_key("[parquet]\ncompression_level = 99"),
+        "parquet.compression_level"
+    );
+    assert_eq!(err_key("[output]\nurl = \"s3://bucket/x\""), "output.url");
+    assert_eq!(
+        err_key("[[tables]]\nname = \"a\"\ntopics = [\"x/#/y\"]"),
+        "tables[0].topics[0]"
+    );
+    assert_eq!(
+        err_key("[[tables]]\nname = \"_x\"\ntopics = [\"#\"]"),
+        "tables[0].name"
+    );
+    assert_eq!(err_key("[memory]\nbudget = \"1MiB\""), "memory.budget");
+    assert_eq!(
+        err_key("[memory]\nqos0_when_full = \"maybe\""),
+        "memory.qos0_when_full"
+    );
+    assert_eq!(err_key("[node]\nid = \"a/b\""), "node.id");
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    let err = RawConfig::parse("[batch]\nmax_rowz = 5", "test")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("max_rowz"), "{err}");
+}
+
+#[test]
+fn units_and_file_urls_are_understood() {
+    let raw = RawConfig::parse(
+        "[batch]\nmax_bytes = \"8MiB\"\nmax_age = \"250ms\"\n[output]\nurl = \"file:///var/lib/lake\"",
+        "test",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::validate(raw).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.batch.max_bytes, 8 << 20);
+    assert_eq!(config.batch.max_age, Duration::from_millis(250));
+    assert_eq!(config.output_root, PathBuf::from("/var/lib/lake"));
+}

@@ -1,1 +1,70 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parquet::basic::Compression;
+
 use super::*;
+use crate::columnar::{TableBuilder, encode::partition};
+use crate::decode::{Message, Row};
+
+fn part() -> Part {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    let m = Message {
+        table: Arc::from("t"),
+        device_id: Arc::from("d"),
+        received_at: 0,
+        columns: Vec::new(),
+        rows: vec![Row {
+            time: 1_767_225_600_000_000,
+            fields: Vec::new(),
+        }],
+        topic: String::new(),
+        payload: Bytes::new(),
+    };
+    b.append(&m, 42).unwrap_or_else(|e| panic!("{e}"));
+    let batch = b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"));
+    partition(&batch)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0)
+}
+
+#[test]
+fn file_names_are_derived_from_node_and_zero_padded_sequence_range() {
+    assert_eq!(
+        file_name("gw-1", 7, 1234),
+        "gw-1-00000000000000000007-00000000000000001234.parquet"
+    );
+    let path = relative_path("telemetry", &part(), "gw");
+    assert_eq!(
+        path.to_string_lossy(),
+        "telemetry/date=2026-01-01/hour=00/gw-00000000000000000042-00000000000000000042.parquet"
+    );
+}
+
+#[test]
+fn publish_leaves_only_the_final_file_and_prepare_removes_crash_leftovers()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let opts = ParquetOptions {
+        compression: Compression::SNAPPY,
+        row_group_rows: 100,
+    };
+    let sink = LocalSink::new(dir.path().join("lake"), "gw".into(), opts);
+    assert_eq!(sink.prepare()?, 0);
+    let published = sink.publish("telemetry", &part())?;
+    assert!(published.path.is_file());
+    assert_eq!(published.rows, 1);
+    let folder = published
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let names: Vec<String> = fs::read_dir(&folder)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    fs::write(folder.join(".x.parquet.tmp"), b"half")?;
+    assert_eq!(sink.prepare()?, 1);
+    Ok(())
+}

@@ -1,1 +1,161 @@
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type};
+use bytes::Bytes;
+
 use super::*;
+use crate::decode::Row;
+
+fn msg(device: &str, fields: Vec<(&str, Scalar)>) -> Message {
+    Message {
+        table: Arc::from("t"),
+        device_id: Arc::from(device),
+        received_at: 5,
+        columns: Vec::new(),
+        rows: vec![Row {
+            time: 1,
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }],
+        topic: "a".into(),
+        payload: Bytes::new(),
+    }
+}
+
+fn finish(b: &mut TableBuilder) -> Batch {
+    b.finish()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no batch"))
+}
+
+fn column_names(batch: &Batch) -> Vec<String> {
+    batch
+        .records
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+#[test]
+fn a_field_first_seen_later_becomes_a_nullable_column_with_nulls_before() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    b.append(&msg("d1", vec![("a", Scalar::Int(1))]), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.append(
+        &msg(
+            "d2",
+            vec![("a", Scalar::Int(2)), ("b", Scalar::Str("x".into()))],
+        ),
+        1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let batch = finish(&mut b);
+    assert_eq!(
+        column_names(&batch),
+        ["time", "received_at", "device_id", "a", "b"]
+    );
+    let col_b = batch.records.column(4).as_string::<i32>();
+    assert!(col_b.is_null(0));
+    assert_eq!(col_b.value(1), "x");
+    assert_eq!(&*batch.seqs, &[0, 1]);
+}
+
+#[test]
+fn an_int_column_widens_to_float_keeping_earlier_values() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    b.append(&msg("d", vec![("v", Scalar::Int(40))]), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.append(&msg("d", vec![]), 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.append(&msg("d", vec![("v", Scalar::Float(40.5))]), 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.append(&msg("d", vec![("v", Scalar::Int(7))]), 3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batch = finish(&mut b);
+    let v = batch.records.column(3).as_primitive::<Float64Type>();
+    assert_eq!(
+        (v.value(0), v.is_null(1), v.value(2), v.value(3)),
+        (40.0, true, 40.5, 7.0)
+    );
+}
+
+#[test]
+fn a_conflicting_type_refuses_the_whole_message_and_leaves_the_builder_unchanged() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    b.append(&msg("d", vec![("v", Scalar::Int(1))]), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = b.append(
+        &msg(
+            "d",
+            vec![("w", Scalar::Int(1)), ("v", Scalar::Str("x".into()))],
+        ),
+        1,
+    );
+    assert_eq!(
+        err,
+        Err(Conflict {
+            field: "v".into(),
+            column: Kind::Int,
+            value: Kind::Str
+        })
+    );
+    assert_eq!(b.rows(), 1);
+    let batch = finish(&mut b);
+    assert_eq!(
+        column_names(&batch),
+        ["time", "received_at", "device_id", "v"]
+    );
+}
+
+#[test]
+fn a_conflict_inside_one_array_message_is_caught_before_appending() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    let mut m = msg("d", vec![("v", Scalar::Int(1))]);
+    m.rows.push(Row {
+        time: 2,
+        fields: vec![("v".into(), Scalar::Bool(true))],
+    });
+    assert!(b.append(&m, 0).is_err());
+    assert_eq!(b.rows(), 0);
+}
+
+#[test]
+fn the_schema_outlives_a_flush_so_types_stay_stable_across_files() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    b.append(&msg("d", vec![("v", Scalar::Float(1.5))]), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    finish(&mut b);
+    b.append(&msg("d", vec![("v", Scalar::Int(2))]), 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batch = finish(&mut b);
+    assert_eq!(
+        batch
+            .records
+            .column(3)
+            .as_primitive::<Float64Type>()
+            .value(0),
+        2.0
+    );
+    assert!(b.finish().ok().flatten().is_none());
+}
+
+#[test]
+fn topic_columns_are_strings_on_every_row() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    let mut m = msg("d", vec![("n", Scalar::Int(3))]);
+    m.columns.push((Arc::from("site"), "north".into()));
+    b.append(&m, 0).unwrap_or_else(|e| panic!("{e}"));
+    let batch = finish(&mut b);
+    assert_eq!(
+        column_names(&batch),
+        ["time", "received_at", "device_id", "site", "n"]
+    );
+    assert_eq!(
+        batch.records.column(4).as_primitive::<Int64Type>().value(0),
+        3
+    );
+}

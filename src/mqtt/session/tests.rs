@@ -1,1 +1,172 @@
+use bytes::Bytes;
+
 use super::*;
+
+fn connect(protocol: Protocol, client_id: &str, clean: bool, will: bool) -> Inbound {
+    Inbound::Connect(ConnectInfo {
+        protocol,
+        client_id: client_id.into(),
+        clean,
+        keep_alive: 10,
+        will: will.then(|| Will {
+            topic: "status/x".into(),
+            payload: Bytes::from_static(b"{\"up\":false}"),
+        }),
+    })
+}
+
+fn publish(qos: u8, pkid: u16, topic: &str) -> Inbound {
+    Inbound::Publish(PublishIn {
+        qos,
+        pkid,
+        dup: false,
+        topic: topic.into(),
+        payload: Bytes::from_static(b"{}"),
+    })
+}
+
+fn step(s: &mut Session, p: Inbound) -> Vec<Step> {
+    let mut out = Vec::new();
+    s.handle(p, || "assigned-1".into(), &mut out);
+    out
+}
+
+fn connected(protocol: Protocol) -> Session {
+    let mut s = Session::new();
+    step(&mut s, connect(protocol, "dev-1", true, true));
+    s
+}
+
+fn kinds(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| match s {
+            Step::Reply(o) => format!("{o:?}"),
+            Step::Deliver(p) => format!("Deliver({})", p.pkid),
+            Step::Close(r) => format!("Close({r})"),
+        })
+        .collect()
+}
+
+#[test]
+fn connect_is_answered_with_an_accepting_connack() {
+    let mut s = Session::new();
+    let out = step(&mut s, connect(Protocol::V4, "dev-1", true, false));
+    assert_eq!(
+        kinds(&out),
+        ["ConnAck { code: Accepted, assigned_id: None }"]
+    );
+    assert!(s.is_connected());
+    assert_eq!(s.client_id(), "dev-1");
+    assert_eq!(s.idle_timeout(), Some(Duration::from_secs(15)));
+}
+
+#[test]
+fn a_packet_before_connect_closes_the_connection() {
+    let mut s = Session::new();
+    let out = step(&mut s, publish(0, 0, "a"));
+    assert_eq!(kinds(&out), ["Close(first packet is not CONNECT)"]);
+    assert!(!s.is_connected());
+}
+
+#[test]
+fn an_empty_client_id_gets_an_assigned_one_and_v5_is_told_it() {
+    let mut s = Session::new();
+    let out = step(&mut s, connect(Protocol::V5, "", true, false));
+    assert_eq!(s.client_id(), "assigned-1");
+    assert_eq!(
+        kinds(&out),
+        [r#"ConnAck { code: Accepted, assigned_id: Some("assigned-1") }"#]
+    );
+}
+
+#[test]
+fn an_empty_client_id_without_clean_session_is_refused_on_v311() {
+    let mut s = Session::new();
+    let out = step(&mut s, connect(Protocol::V4, "", false, false));
+    assert_eq!(
+        kinds(&out)[0],
+        "ConnAck { code: BadClientId, assigned_id: None }"
+    );
+    assert!(matches!(out[1], Step::Close(_)));
+}
+
+#[test]
+fn qos1_is_delivered_before_its_puback() {
+    let mut s = connected(Protocol::V4);
+    assert_eq!(
+        kinds(&step(&mut s, publish(1, 7, "a/b"))),
+        ["Deliver(7)", "PubAck(7)"]
+    );
+    assert_eq!(kinds(&step(&mut s, publish(0, 0, "a/b"))), ["Deliver(0)"]);
+}
+
+#[test]
+fn a_retransmitted_qos2_publish_is_acked_again_but_not_delivered_twice() {
+    let mut s = connected(Protocol::V5);
+    assert_eq!(
+        kinds(&step(&mut s, publish(2, 9, "a"))),
+        ["Deliver(9)", "PubRec(9)"]
+    );
+    assert_eq!(kinds(&step(&mut s, publish(2, 9, "a"))), ["PubRec(9)"]);
+    assert_eq!(kinds(&step(&mut s, Inbound::PubRel(9))), ["PubComp(9)"]);
+    // After PUBREL the packet id is free: a new message with it is new data.
+    assert_eq!(
+        kinds(&step(&mut s, publish(2, 9, "a"))),
+        ["Deliver(9)", "PubRec(9)"]
+    );
+}
+
+#[test]
+fn a_wildcard_topic_in_publish_is_a_protocol_error() {
+    let mut s = connected(Protocol::V4);
+    assert!(matches!(
+        step(&mut s, publish(1, 1, "a/+"))[..],
+        [Step::Close(_)]
+    ));
+}
+
+#[test]
+fn a_normal_disconnect_discards_the_will() {
+    let mut s = connected(Protocol::V4);
+    step(&mut s, Inbound::Disconnect { with_will: false });
+    assert!(s.take_will().is_none());
+}
+
+#[test]
+fn an_abnormal_end_keeps_the_will_for_publishing_once() {
+    let mut s = connected(Protocol::V4);
+    assert!(s.take_will().is_some());
+    assert!(s.take_will().is_none());
+}
+
+#[test]
+fn v5_disconnect_with_will_keeps_the_will() {
+    let mut s = connected(Protocol::V5);
+    step(&mut s, Inbound::Disconnect { with_will: true });
+    assert!(s.take_will().is_some());
+}
+
+#[test]
+fn subscribe_is_refused_and_ping_answered() {
+    let mut s = connected(Protocol::V4);
+    let out = step(
+        &mut s,
+        Inbound::Subscribe {
+            pkid: 3,
+            filters: 2,
+        },
+    );
+    assert_eq!(kinds(&out), ["SubAckRefused { pkid: 3, filters: 2 }"]);
+    assert_eq!(kinds(&step(&mut s, Inbound::PingReq)), ["PingResp"]);
+}
+
+#[test]
+fn a_second_connect_closes_the_connection() {
+    let mut s = connected(Protocol::V4);
+    assert!(matches!(
+        step(&mut s, connect(Protocol::V4, "x", true, false))[..],
+        [Step::Close(_)]
+    ));
+    assert!(step(&mut s, Inbound::PingReq).is_empty());
+}
