@@ -308,8 +308,10 @@ impl Connection {
     async fn publish_will(&mut self) {
         if let Some(will) = self.session.take_will() {
             Stats::add(&self.ctx.stats.messages_will, 1);
-            tracing::debug!(client = %self.client_id, topic = %will.topic, "publishing will");
-            let _ = self.admit(will.topic, will.payload, 1).await;
+            let topic = will.topic.clone();
+            if self.admit(will.topic, will.payload, 1).await.is_none() {
+                tracing::info!(client = %self.client_id, %topic, "will published");
+            }
         }
     }
 }
