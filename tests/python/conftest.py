@@ -1,0 +1,87 @@
+"""Starts the real fleetlake binary on 127.0.0.1:0 with a temp dir for each test."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE = 20.0
+
+
+def binary() -> str:
+    if os.environ.get("FLEETLAKE_BIN"):
+        return os.environ["FLEETLAKE_BIN"]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return str(target / "debug" / "fleetlake")
+
+
+def wait_for(what, cond, deadline=DEADLINE):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, tmp: Path, extra: str = ""):
+        self.dir = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.lake = tmp / "data" / "lake"
+        config = tmp / "fleetlake.toml"
+        config.write_text(
+            f'[node]\nid = "pytest"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'
+            f'[mqtt]\nlisten = "127.0.0.1:0"\n{extra}\n'
+        )
+        self.proc = subprocess.Popen(
+            [binary(), "run", "--log-format", "json", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines = []
+        self.ready = threading.Event()
+        self.port = None
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self.ready.wait(DEADLINE):
+            self.proc.kill()
+            raise AssertionError("daemon did not get ready:\n" + "\n".join(self.lines))
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "fleetlake ready" in line:
+                self.port = int(json.loads(line)["mqtt_listen"].rsplit(":", 1)[1])
+                self.ready.set()
+
+    def files(self, table="telemetry"):
+        return sorted((self.lake / table).rglob("*.parquet"))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=DEADLINE)
+        assert code == 0, "".join(self.lines)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    started = []
+
+    def start(extra=""):
+        d = Daemon(tmp_path / f"d{len(started)}", extra)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

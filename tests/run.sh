@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
+# Installs what the tests need when it is missing (Debian: mosquitto-clients; Python: duckdb,
+# pyarrow, paho-mqtt, pytest), then runs formatting and lint checks, the Rust unit and
+# integration tests, and the Python end-to-end tests against the binary cargo built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v mosquitto_pub >/dev/null 2>&1; then
+  echo "== installing mosquitto-clients"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+fi
+
+PY_PKGS=(duckdb pyarrow "paho-mqtt>=2" pytest)
+if ! python3 -c "import duckdb, pyarrow, pytest, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
+  echo "== installing Python test packages"
+  python3 -m pip install -q "${PY_PKGS[@]}" \
+    || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --locked
+
+echo "== pytest (end to end: mosquitto_pub, paho-mqtt, DuckDB, pyarrow)"
+export FLEETLAKE_BIN="${CARGO_TARGET_DIR:-target}/debug/fleetlake"
+python3 -m pytest -q tests/python
