@@ -168,3 +168,29 @@ fn connections_over_the_limit_are_closed_at_once() -> TestResult {
     assert!(Client::closed_by_server(&mut second));
     Ok(())
 }
+
+#[test]
+fn more_data_than_the_memory_budget_all_lands_through_budget_flushes() -> TestResult {
+    // Budget 64 KiB (4 x 16 KiB packets); ~1 KiB messages; no age or row flush would fire.
+    let daemon = Daemon::start_with(
+        "max_packet_size = \"16KiB\"",
+        "[memory]\nbudget = \"64KiB\"\n[batch]\nmax_age = \"1h\"\nmax_rows = 1000000",
+    )?;
+    let filler = "x".repeat(900);
+    let mut c = Client::connect(daemon.addr, "bulk")?;
+    for i in 1..=500u16 {
+        c.publish1("bulk", &format!(r#"{{"seq": {i}, "pad": "{filler}"}}"#), i)?;
+    }
+    c.disconnect()?;
+    let (status, daemon) = daemon.stop()?;
+    assert!(status.success());
+    let rows = read_rows(&daemon.lake().join("telemetry"))?;
+    assert_eq!(rows.len(), 500);
+    let files = common::parquet_files(&daemon.lake().join("telemetry")).len();
+    assert!(
+        files > 5,
+        "expected many budget-pressure flushes, got {files} files"
+    );
+    assert!(daemon.log_contains("Budget"));
+    Ok(())
+}

@@ -159,3 +159,43 @@ fn topic_columns_are_strings_on_every_row() {
         3
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn scalar() -> impl Strategy<Value = Scalar> {
+        prop_oneof![
+            any::<i64>().prop_map(Scalar::Int),
+            (-1e6f64..1e6).prop_map(Scalar::Float),
+            any::<bool>().prop_map(Scalar::Bool),
+            "[a-z]{0,4}".prop_map(Scalar::Str),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Vec<(String, Scalar)>> {
+        prop::collection::vec(("[abcd]", scalar()), 0..4)
+    }
+
+    proptest! {
+        #[test]
+        fn any_message_sequence_keeps_columns_aligned_and_conflicts_change_nothing(msgs in prop::collection::vec(message(), 1..60)) {
+            let mut b = TableBuilder::new(Arc::from("t"));
+            let mut accepted = 0;
+            for (seq, fields) in msgs.into_iter().enumerate() {
+                let before = b.rows();
+                let fields = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                match b.append(&msg("d", fields), seq as u64) {
+                    Ok(()) => { accepted += 1; prop_assert_eq!(b.rows(), before + 1); }
+                    Err(_) => prop_assert_eq!(b.rows(), before),
+                }
+                for col in &b.columns {
+                    prop_assert_eq!(col.data.len(), b.rows());
+                }
+            }
+            let rows = b.finish().map_err(|e| TestCaseError::fail(e.to_string()))?.map_or(0, |batch| batch.records.num_rows());
+            prop_assert_eq!(rows, accepted);
+        }
+    }
+}

@@ -170,3 +170,57 @@ fn a_second_connect_closes_the_connection() {
     ));
     assert!(step(&mut s, Inbound::PingReq).is_empty());
 }
+
+mod properties {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Publish(u8, u16),
+        PubRel(u16),
+        Ping,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3, 1u16..5).prop_map(|(q, id)| Op::Publish(q, id)),
+            (1u16..5).prop_map(Op::PubRel),
+            Just(Op::Ping),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn qos2_is_delivered_once_per_pkid_until_pubrel_and_acks_follow_delivery(ops in prop::collection::vec(op(), 1..200)) {
+            let mut s = connected(Protocol::V4);
+            let mut pending: HashSet<u16> = HashSet::new();
+            for op in ops {
+                match op {
+                    Op::Publish(qos, pkid) => {
+                        let out = step(&mut s, publish(qos, pkid, "a/b"));
+                        let delivered = matches!(out.first(), Some(Step::Deliver(_)));
+                        match qos {
+                            0 => prop_assert!(delivered && out.len() == 1),
+                            1 => prop_assert!(delivered && matches!(out.get(1), Some(Step::Reply(Outbound::PubAck(id))) if *id == pkid)),
+                            _ => {
+                                prop_assert_eq!(delivered, pending.insert(pkid));
+                                prop_assert!(matches!(out.last(), Some(Step::Reply(Outbound::PubRec(id))) if *id == pkid));
+                            }
+                        }
+                    }
+                    Op::PubRel(pkid) => {
+                        pending.remove(&pkid);
+                        let out = step(&mut s, Inbound::PubRel(pkid));
+                        prop_assert!(matches!(out[..], [Step::Reply(Outbound::PubComp(id))] if id == pkid));
+                    }
+                    Op::Ping => prop_assert!(matches!(step(&mut s, Inbound::PingReq)[..], [Step::Reply(Outbound::PingResp)])),
+                }
+                prop_assert!(s.is_connected());
+            }
+        }
+    }
+}
