@@ -128,6 +128,7 @@ fn run_connection(addr: &str, id: u64, messages: u64, qos: u8, window: u64) -> s
     fence.pkid = 65_001;
     encode(Packet::Publish(fence), &mut out);
     stream.write_all(&out)?;
+    out.clear();
     read_acks(&mut stream, &mut inb, in_flight + 1)?;
     encode(Packet::Disconnect, &mut out);
     let _ = stream.write_all(&out);

@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         _ = term.recv() => Exit::Forced,
         _ = int.recv() => Exit::Forced,
     };
-    tracing::info!(stats = ?stats, "fleetlake stopped");
+    let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
+    tracing::info!(stats = ?stats, cpu_seconds, peak_rss_kib, "fleetlake stopped");
     Ok(exit)
 }

@@ -28,3 +28,19 @@ pub fn init_logging(json: bool, level: &str) {
         eprintln!("fleetlake: logging already initialised: {e}");
     }
 }
+
+/// CPU seconds (user + system) and peak RSS in KiB of this process, from `/proc/self`
+/// (Linux; `None` elsewhere). Clock ticks are taken as 100 Hz, the Linux `USER_HZ`.
+pub fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some((ticks as f64 / 100.0, hwm))
+}

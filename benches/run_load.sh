@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# First rough throughput/RSS figures: starts a release fleetlake in a temp dir, loads it with
+# benches/mqtt_load.rs, stops it with SIGTERM (flushing everything), then prints the load
+# generator's rate, the daemon's CPU seconds and peak RSS, and the rows DuckDB reads back.
+#   benches/run_load.sh [MESSAGES] [QOS] [CONNS]      e.g. benches/run_load.sh 1000000 0 4
+set -euo pipefail
+cd "$(dirname "$0")/.."
+messages=${1:-1000000}; qos=${2:-0}; conns=${3:-4}
+cargo build --release --quiet --bin fleetlake --bench mqtt_load
+target=${CARGO_TARGET_DIR:-target}
+load=$(ls -t "$target"/release/deps/mqtt_load-* | grep -v '\.d$' | head -1)
+dir=$(mktemp -d)
+port=$((20000 + RANDOM % 20000))
+cat > "$dir/bench.toml" <<TOML
+[node]
+id = "bench"
+data_dir = "$dir/data"
+[mqtt]
+listen = "127.0.0.1:$port"
+[log]
+level = "info"
+format = "json"
+TOML
+"$target/release/fleetlake" run --config "$dir/bench.toml" 2> "$dir/log" &
+pid=$!
+for _ in $(seq 100); do (: > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+"$load" --bench --addr "127.0.0.1:$port" --messages "$messages" --qos "$qos" --conns "$conns"
+kill -TERM $pid; wait $pid || true
+usage=$(grep '"fleetlake stopped"' "$dir/log" | python3 -c "import json,sys; l=json.loads(sys.stdin.read()); print(f\"daemon_cpu_seconds={l['cpu_seconds']} peak_rss_kib={l['peak_rss_kib']}\")")
+rows=$(python3 -c "import duckdb,sys; print(duckdb.sql(\"SELECT count(*) FROM read_parquet('$dir/data/lake/telemetry/**/*.parquet')\").fetchall()[0][0])")
+bytes=$(du -sb "$dir/data/lake/telemetry" | cut -f1)
+echo "$usage rows_in_parquet=$rows lake_bytes=$bytes"
+[ -n "${KEEP:-}" ] && echo "kept $dir" || rm -rf "$dir"
