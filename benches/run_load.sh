@@ -2,7 +2,7 @@
 # First rough throughput/RSS figures: starts a release fleetlake in a temp dir, loads it with
 # benches/mqtt_load.rs, stops it with SIGTERM (flushing everything), then prints the load
 # generator's rate, the daemon's CPU seconds and peak RSS, and the rows DuckDB reads back.
-#   benches/run_load.sh [MESSAGES] [QOS] [CONNS]      e.g. benches/run_load.sh 1000000 0 4
+#   [BUDGET=64MiB] benches/run_load.sh [MESSAGES] [QOS] [CONNS]   e.g. benches/run_load.sh 1000000 0 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages=${1:-1000000}; qos=${2:-0}; conns=${3:-4}
@@ -17,6 +17,8 @@ id = "bench"
 data_dir = "$dir/data"
 [mqtt]
 listen = "127.0.0.1:$port"
+[memory]
+budget = "${BUDGET:-64MiB}"
 [log]
 level = "info"
 format = "json"

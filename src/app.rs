@@ -62,7 +62,8 @@ pub async fn run(config: Config) -> Result<Exit> {
     let publisher =
         tokio::spawn(Publisher::new(ready_rx, sink, budget.clone(), stats.clone()).run());
     let batches = Batches::new(config.batch, budget.total() / 2, stats.clone());
-    let batcher = tokio::spawn(Batcher::new(ingest_rx, ready_tx, batches, seq).run());
+    let batcher =
+        tokio::spawn(Batcher::new(ingest_rx, ready_tx, batches, seq, budget.clone()).run());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingest = Ingest::new(ingest_tx, budget, stats.clone(), config.qos0_when_full);

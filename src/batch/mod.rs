@@ -1,7 +1,13 @@
 //! Batching: admitted messages accumulate per table in [`Batches`] (sans-IO: it is given the
-//! time) until a table reaches `batch.max_rows`, `batch.max_bytes`, or `batch.max_age` since
-//! its first row (the timer starts at the first row), or until the budget is under pressure
-//! (buffered bytes past half the budget: the largest table is flushed so admission can go on).
+//! time) until a table reaches `batch.max_rows`, `batch.max_bytes` (bytes of its rows in the
+//! Arrow builders), or `batch.max_age` since its first row (the timer starts at the first
+//! row), or until the budget is under pressure (buffered bytes past half the budget: the
+//! largest table is flushed so admission can go on).
+//!
+//! Budget accounting: a message is admitted holding its [`Message::cost`] (decoded form, with
+//! its network buffer). Once its rows are in the builders it holds three times their columnar
+//! size instead (builder capacity slack up to 2x, plus the sorted copy made while encoding);
+//! the difference is handed back at once through [`Batches::take_freed`].
 //! [`Batcher`] is the task around it: it numbers messages, feeds them in, and hands finished
 //! batches to the publisher. When its input closes it flushes every partial batch.
 
@@ -15,11 +21,14 @@ use tokio::time::Instant;
 
 pub use seq::SeqAllocator;
 
-use crate::buffer::Admitted;
+use crate::buffer::{Admitted, Budget};
 use crate::columnar::{Batch, TableBuilder};
 use crate::config::BatchLimits;
 use crate::decode::Message;
 use crate::telemetry::Stats;
+
+/// Budget held per columnar byte of buffered rows (see the module docs).
+const KEPT_FACTOR: usize = 3;
 
 /// Why a batch was flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +59,9 @@ pub struct Ready {
 #[derive(Debug)]
 struct Pending {
     builder: TableBuilder,
+    /// Columnar bytes of the buffered rows.
+    bytes: usize,
+    /// Budget bytes held by the buffered rows.
     cost: usize,
     first_at: Option<Instant>,
 }
@@ -61,6 +73,7 @@ pub struct Batches {
     limits: BatchLimits,
     buffered: usize,
     pressure: usize,
+    freed: usize,
     stats: Arc<Stats>,
 }
 
@@ -72,8 +85,14 @@ impl Batches {
             limits,
             buffered: 0,
             pressure,
+            freed: 0,
             stats,
         }
+    }
+
+    /// Budget bytes no longer needed since the last call (to give back to the budget).
+    pub fn take_freed(&mut self) -> usize {
+        std::mem::take(&mut self.freed)
     }
 
     /// Bytes held by buffered messages.
@@ -81,13 +100,20 @@ impl Batches {
         self.buffered
     }
 
-    /// Adds a message (sequence `seq`); batches that became ready are pushed to `out`.
-    pub fn push(&mut self, admitted: Admitted, seq: u64, now: Instant, out: &mut Vec<Ready>) {
-        let Admitted { msg, cost } = admitted;
-        let conflict = self.pending(&msg.table).builder.append(&msg, seq).err();
-        let table = match conflict {
-            None => msg.table.clone(),
-            Some(conflict) => {
+    /// Adds a message (sequence `seq`) holding `cost` budget bytes; batches that became ready
+    /// are pushed to `out`.
+    pub fn push(
+        &mut self,
+        msg: Message,
+        cost: usize,
+        seq: u64,
+        now: Instant,
+        out: &mut Vec<Ready>,
+    ) {
+        let appended = self.pending(&msg.table).builder.append(&msg, seq);
+        let (table, bytes) = match appended {
+            Ok(bytes) => (msg.table.clone(), bytes),
+            Err(conflict) => {
                 let rejected = Message::rejected(
                     conflict.to_string(),
                     msg.topic,
@@ -97,19 +123,26 @@ impl Batches {
                 );
                 let table = rejected.table.clone();
                 // `_rejected` has a fixed schema, so this append cannot conflict.
-                let _ = self.pending(&table).builder.append(&rejected, seq);
+                let bytes = self
+                    .pending(&table)
+                    .builder
+                    .append(&rejected, seq)
+                    .unwrap_or(0);
                 Stats::add(&self.stats.messages_rejected, 1);
-                table
+                (table, bytes)
             }
         };
-        self.buffered += cost;
+        let kept = (KEPT_FACTOR * bytes).min(cost);
+        self.freed += cost - kept;
+        self.buffered += kept;
         let limits = self.limits;
         let pending = self.pending(&table);
-        pending.cost += cost;
+        pending.cost += kept;
+        pending.bytes += bytes;
         pending.first_at.get_or_insert(now);
         let reason = if pending.builder.rows() >= limits.max_rows {
             Some(FlushReason::Rows)
-        } else if pending.cost >= limits.max_bytes {
+        } else if pending.bytes >= limits.max_bytes {
             Some(FlushReason::Bytes)
         } else {
             None
@@ -132,6 +165,7 @@ impl Batches {
     fn pending(&mut self, table: &Arc<str>) -> &mut Pending {
         self.tables.entry(table.clone()).or_insert_with(|| Pending {
             builder: TableBuilder::new(table.clone()),
+            bytes: 0,
             cost: 0,
             first_at: None,
         })
@@ -142,6 +176,7 @@ impl Batches {
             return;
         };
         let cost = std::mem::take(&mut pending.cost);
+        pending.bytes = 0;
         pending.first_at = None;
         self.buffered -= cost;
         match pending.builder.finish() {
@@ -194,6 +229,7 @@ pub struct Batcher {
     out: mpsc::Sender<Ready>,
     batches: Batches,
     seq: SeqAllocator,
+    budget: Budget,
 }
 
 impl Batcher {
@@ -203,12 +239,14 @@ impl Batcher {
         out: mpsc::Sender<Ready>,
         batches: Batches,
         seq: SeqAllocator,
+        budget: Budget,
     ) -> Self {
         Self {
             rx,
             out,
             batches,
             seq,
+            budget,
         }
     }
 
@@ -220,16 +258,10 @@ impl Batcher {
             tokio::select! {
                 // Cancel-safe: `recv` loses nothing when the timer branch wins.
                 msg = self.rx.recv() => match msg {
-                    Some(admitted) => {
-                        let seq = match self.seq.next().await {
-                            Ok(seq) => seq,
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot reserve sequence numbers; stopping intake");
-                                break;
-                            }
-                        };
-                        self.batches.push(admitted, seq, Instant::now(), &mut ready);
-                    }
+                    Some(admitted) => if let Err(e) = self.push(admitted, &mut ready).await {
+                        tracing::error!(error = %e, "cannot reserve sequence numbers; stopping intake");
+                        break;
+                    },
                     None => break,
                 },
                 () = sleep_until(deadline) => self.batches.flush_due(Instant::now(), &mut ready),
@@ -242,6 +274,26 @@ impl Batcher {
         self.batches.flush_all(&mut ready);
         self.send(&mut ready).await;
         tracing::debug!("batcher finished");
+    }
+
+    /// Numbers and buffers each message of a group, sharing out the group's budget bytes so
+    /// that what the batches give back adds up to exactly what was taken.
+    async fn push(&mut self, admitted: Admitted, ready: &mut Vec<Ready>) -> std::io::Result<()> {
+        let now = Instant::now();
+        let mut remaining = admitted.cost;
+        let last = admitted.msgs.len().saturating_sub(1);
+        for (i, msg) in admitted.msgs.into_iter().enumerate() {
+            let seq = self.seq.next().await?;
+            let cost = if i == last {
+                remaining
+            } else {
+                msg.cost().min(remaining)
+            };
+            remaining -= cost;
+            self.batches.push(msg, cost, seq, now, ready);
+        }
+        self.budget.release(self.batches.take_freed());
+        Ok(())
     }
 
     async fn send(&mut self, ready: &mut Vec<Ready>) -> bool {

@@ -8,13 +8,13 @@ use crate::decode::{Row, Scalar};
 fn limits() -> BatchLimits {
     BatchLimits {
         max_rows: 3,
-        max_bytes: 10_000,
+        max_bytes: 1_000,
         max_age: Duration::from_secs(5),
     }
 }
 
-fn admitted(table: &str, value: Scalar, cost: usize) -> Admitted {
-    let msg = Message {
+fn admitted(table: &str, value: Scalar) -> Message {
+    Message {
         table: Arc::from(table),
         device_id: Arc::from("d"),
         received_at: 0,
@@ -25,8 +25,7 @@ fn admitted(table: &str, value: Scalar, cost: usize) -> Admitted {
         }],
         topic: "t/x".into(),
         payload: Bytes::from_static(b"{\"v\":\"x\"}"),
-    };
-    Admitted { msg, cost }
+    }
 }
 
 fn batches() -> Batches {
@@ -39,7 +38,7 @@ fn a_table_is_flushed_when_it_reaches_max_rows() {
     let now = Instant::now();
     let mut out = Vec::new();
     for seq in 0..3 {
-        b.push(admitted("t", Scalar::Int(1), 10), seq, now, &mut out);
+        b.push(admitted("t", Scalar::Int(1)), 10, seq, now, &mut out);
     }
     assert_eq!(out.len(), 1);
     assert_eq!(
@@ -50,16 +49,52 @@ fn a_table_is_flushed_when_it_reaches_max_rows() {
 }
 
 #[test]
-fn a_table_is_flushed_when_it_reaches_max_bytes() {
-    let mut b = batches();
+fn a_table_is_flushed_when_its_columnar_bytes_reach_max_bytes() {
+    let limits = BatchLimits {
+        max_bytes: 60,
+        ..limits()
+    };
+    let mut b = Batches::new(limits, 1_000_000, Arc::new(Stats::default()));
     let mut out = Vec::new();
+    // One row takes 37 bytes (time, received_at, seq, device id "d", one Int64).
     b.push(
-        admitted("t", Scalar::Int(1), 10_000),
+        admitted("t", Scalar::Int(1)),
+        10_000,
         0,
         Instant::now(),
         &mut out,
     );
+    assert!(out.is_empty());
+    b.push(
+        admitted("t", Scalar::Int(1)),
+        10_000,
+        1,
+        Instant::now(),
+        &mut out,
+    );
     assert_eq!(out.first().map(|r| r.reason), Some(FlushReason::Bytes));
+}
+
+#[test]
+fn budget_beyond_three_times_the_columnar_size_is_freed_on_append() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    b.push(
+        admitted("t", Scalar::Int(1)),
+        1_000,
+        0,
+        Instant::now(),
+        &mut out,
+    );
+    assert_eq!(
+        (b.take_freed(), b.buffered(), b.take_freed()),
+        (1_000 - 111, 111, 0)
+    );
+    b.flush_all(&mut out);
+    assert_eq!(
+        out[0].cost, 111,
+        "the batch gives back what it still holds when published"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -68,10 +103,11 @@ async fn the_age_timer_starts_at_the_first_row_of_a_batch() {
     let mut out = Vec::new();
     assert_eq!(b.next_deadline(), None);
     let t0 = Instant::now();
-    b.push(admitted("t", Scalar::Int(1), 10), 0, t0, &mut out);
+    b.push(admitted("t", Scalar::Int(1)), 10, 0, t0, &mut out);
     tokio::time::advance(Duration::from_secs(3)).await;
     b.push(
-        admitted("t", Scalar::Int(1), 10),
+        admitted("t", Scalar::Int(1)),
+        10,
         1,
         Instant::now(),
         &mut out,
@@ -90,8 +126,8 @@ fn a_type_conflict_sends_the_message_to_rejected_with_the_reason() {
     let mut b = batches();
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("t", Scalar::Int(1), 10), 0, now, &mut out);
-    b.push(admitted("t", Scalar::Str("x".into()), 10), 1, now, &mut out);
+    b.push(admitted("t", Scalar::Int(1)), 10, 0, now, &mut out);
+    b.push(admitted("t", Scalar::Str("x".into())), 10, 1, now, &mut out);
     b.flush_all(&mut out);
     let mut tables: Vec<(String, usize)> = out
         .iter()
@@ -103,15 +139,20 @@ fn a_type_conflict_sends_the_message_to_rejected_with_the_reason() {
 
 #[test]
 fn budget_pressure_flushes_the_largest_table() {
-    let mut b = Batches::new(limits(), 100, Arc::new(Stats::default()));
+    let mut b = Batches::new(limits(), 80, Arc::new(Stats::default()));
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("small", Scalar::Int(1), 10), 0, now, &mut out);
-    b.push(admitted("big", Scalar::Int(1), 95), 1, now, &mut out);
+    b.push(admitted("small", Scalar::Int(1)), 10, 0, now, &mut out);
+    b.push(admitted("big", Scalar::Int(1)), 95, 1, now, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (&*out[0].batch.table, out[0].reason),
         ("big", FlushReason::Budget)
     );
     assert_eq!(b.buffered(), 10);
+    assert_eq!(
+        b.take_freed(),
+        0,
+        "rows worth more than their cost keep all of it"
+    );
 }

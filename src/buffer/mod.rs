@@ -17,12 +17,16 @@ use crate::config::Qos0WhenFull;
 use crate::decode::Message;
 use crate::telemetry::Stats;
 
-/// A message admitted into the pipeline with the budget it holds.
+/// Messages admitted into the pipeline together, with the budget they hold.
+///
+/// A connection admits everything it decoded from one socket read as one group: one budget
+/// operation and one queue send per read instead of per message (each send may wake the
+/// batcher's thread, which costs more than decoding a small message).
 #[derive(Debug)]
 pub struct Admitted {
-    /// The message.
-    pub msg: Message,
-    /// Bytes of budget it holds.
+    /// The messages, in arrival order.
+    pub msgs: Vec<Message>,
+    /// Bytes of budget they hold together.
     pub cost: usize,
 }
 
@@ -65,22 +69,35 @@ impl Ingest {
         }
     }
 
-    /// Admits `msg` (QoS `qos`), waiting for budget when it is spent (cancel-safe: a cancelled
-    /// wait holds no budget).
-    pub async fn submit(&self, msg: Message, qos: u8) -> Result<Admission, Closed> {
-        let cost = msg.cost();
-        let cost = if qos == 0 && self.qos0_when_full == Qos0WhenFull::Shed {
+    /// Bytes a source should gather before submitting a group.
+    pub fn group_limit(&self) -> usize {
+        (self.budget.total() / 8).min(1 << 20)
+    }
+
+    /// Admits `msgs` whose summed [`Message::cost`] is `cost`, waiting for budget when it is
+    /// spent (cancel-safe: a cancelled wait holds no budget). `qos0_only` groups may be shed
+    /// under `memory.qos0_when_full = "shed"`.
+    pub async fn submit(
+        &self,
+        msgs: Vec<Message>,
+        cost: usize,
+        qos0_only: bool,
+    ) -> Result<Admission, Closed> {
+        if msgs.is_empty() {
+            return Ok(Admission::Accepted);
+        }
+        let cost = if qos0_only && self.qos0_when_full == Qos0WhenFull::Shed {
             match self.budget.try_acquire(cost) {
                 Some(c) => c,
                 None => {
-                    Stats::add(&self.stats.messages_shed, 1);
+                    Stats::add(&self.stats.messages_shed, msgs.len() as u64);
                     return Ok(Admission::Shed);
                 }
             }
         } else {
             self.budget.acquire(cost).await
         };
-        match self.tx.send(Admitted { msg, cost }).await {
+        match self.tx.send(Admitted { msgs, cost }).await {
             Ok(()) => Ok(Admission::Accepted),
             Err(_) => {
                 self.budget.release(cost);

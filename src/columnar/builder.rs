@@ -187,6 +187,15 @@ pub struct TableBuilder {
     rows: usize,
 }
 
+fn scalar_bytes(v: &Scalar) -> usize {
+    match v {
+        Scalar::Int(_) | Scalar::Float(_) => 8,
+        Scalar::Bool(_) => 1,
+        Scalar::Str(s) => s.len() + 4,
+        Scalar::Bytes(b) => b.len() + 4,
+    }
+}
+
 fn timestamp_builder() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone("UTC")
 }
@@ -240,9 +249,19 @@ impl TableBuilder {
     }
 
     /// Appends every row of `msg` (message sequence `seq`), or refuses it whole on a conflict.
-    pub fn append(&mut self, msg: &Message, seq: u64) -> Result<(), Conflict> {
+    /// Returns the bytes the rows take in the builders (values, offsets; not capacity slack).
+    pub fn append(&mut self, msg: &Message, seq: u64) -> Result<usize, Conflict> {
         self.check(msg)?;
+        let mut bytes = 0;
         for row in &msg.rows {
+            // time, received_at, seq, device id offset + text
+            bytes += 28 + msg.device_id.len();
+            bytes += msg.columns.iter().map(|(_, v)| v.len() + 4).sum::<usize>();
+            bytes += row
+                .fields
+                .iter()
+                .map(|(_, v)| scalar_bytes(v))
+                .sum::<usize>();
             self.time.append_value(row.time);
             self.received_at.append_value(msg.received_at);
             self.device_id.append_value(&msg.device_id);
@@ -261,7 +280,7 @@ impl TableBuilder {
             }
             self.seqs.push(seq);
         }
-        Ok(())
+        Ok(bytes)
     }
 
     fn put(&mut self, name: &str, value: &Scalar) {

@@ -138,7 +138,7 @@ pub struct RawOutput {
 pub struct RawBatch {
     /// Flush a table when it holds this many rows.
     pub max_rows: usize,
-    /// Flush a table when its buffered messages hold this many bytes.
+    /// Flush a table when its buffered rows take this many bytes in the Arrow builders.
     pub max_bytes: ByteSize,
     /// Flush a table this long after its first buffered row.
     pub max_age: HumanDuration,
@@ -148,7 +148,7 @@ impl Default for RawBatch {
     fn default() -> Self {
         Self {
             max_rows: 500_000,
-            max_bytes: ByteSize(32 << 20),
+            max_bytes: ByteSize(16 << 20),
             max_age: HumanDuration(Duration::from_secs(60)),
         }
     }
@@ -189,7 +189,7 @@ pub struct RawMemory {
 impl Default for RawMemory {
     fn default() -> Self {
         Self {
-            budget: ByteSize(128 << 20),
+            budget: ByteSize(64 << 20),
             qos0_when_full: "backpressure".into(),
         }
     }

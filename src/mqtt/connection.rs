@@ -1,8 +1,9 @@
 //! One device connection: a task that reads bytes, frames packets, feeds the session state
 //! machine and carries out its steps in order. Every complete packet already in the read
-//! buffer is handled before the collected replies are written in one syscall, so a burst of
-//! QoS 1 publishes costs one write. A `Deliver` step waits for admission into the pipeline:
-//! when the memory budget is spent, this task stops reading its socket and sends no acks.
+//! buffer is handled first: decoded messages gather into one group and acks into one write
+//! buffer. Then the group is admitted into the pipeline, and only after that are the acks
+//! written, in one syscall. When the memory budget is spent, admission waits: this task stops
+//! reading its socket and sends no acks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tracing::Instrument;
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
 use crate::buffer::{Admission, Ingest};
-use crate::decode::{decode_publish, topic::Router};
+use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
 
 /// Read buffer growth per read.
@@ -75,6 +76,10 @@ pub(crate) struct Connection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     steps: Vec<Step>,
+    /// Decoded messages not yet admitted; their acks wait in `wbuf`.
+    group: Vec<Message>,
+    group_cost: usize,
+    group_qos0_only: bool,
 }
 
 /// Resolves once shutdown is signalled (or its sender is gone).
@@ -114,6 +119,9 @@ impl Connection {
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(1024),
             steps: Vec::with_capacity(4),
+            group: Vec::new(),
+            group_cost: 0,
+            group_qos0_only: true,
         }
     }
 
@@ -137,8 +145,10 @@ impl Connection {
                 }
                 Ok(End::PipelineClosed) => false,
                 Err(e) => {
+                    // Whole messages read before the error are kept (and then acked).
+                    let admitted = self.admit_group().await.is_none();
                     self.on_error(e).await;
-                    true
+                    admitted
                 }
             };
             if will {
@@ -186,9 +196,15 @@ impl Connection {
         loop {
             while let Some(packet) = self.codec.decode(&mut self.rbuf)? {
                 if let Some(end) = self.handle(packet).await? {
+                    if let Some(end) = self.admit_group().await {
+                        return Ok(end);
+                    }
                     self.flush().await?;
                     return Ok(end);
                 }
+            }
+            if let Some(end) = self.admit_group().await {
+                return Ok(end);
             }
             self.flush().await?;
             let deadline = if self.session.is_connected() {
@@ -269,7 +285,7 @@ impl Connection {
         Ok(end)
     }
 
-    /// Decodes and admits one message; `Some` when the connection must end instead.
+    /// Decodes one message into the group; admits the group once it is large.
     async fn deliver(&mut self, p: PublishIn) -> Option<End> {
         let stats = &self.ctx.stats;
         let counter = match p.qos {
@@ -279,10 +295,14 @@ impl Connection {
         };
         Stats::add(counter, 1);
         Stats::add(&stats.payload_bytes, p.payload.len() as u64);
-        self.admit(p.topic, p.payload, p.qos).await
+        self.add_to_group(p.topic, p.payload, p.qos);
+        if self.group_cost >= self.ingest.group_limit() {
+            return self.admit_group().await;
+        }
+        None
     }
 
-    async fn admit(&mut self, topic: String, payload: bytes::Bytes, qos: u8) -> Option<End> {
+    fn add_to_group(&mut self, topic: String, payload: bytes::Bytes, qos: u8) {
         let msg = decode_publish(
             &self.ctx.router,
             topic,
@@ -294,11 +314,25 @@ impl Connection {
             Stats::add(&self.ctx.stats.messages_rejected, 1);
             tracing::debug!(client = %self.client_id, topic = %msg.topic, "payload rejected");
         }
+        self.group_cost += msg.cost();
+        self.group_qos0_only &= qos == 0;
+        self.group.push(msg);
+    }
+
+    /// Admits the gathered group; `Some` when the connection must end instead (its acks are
+    /// then never sent).
+    async fn admit_group(&mut self) -> Option<End> {
+        if self.group.is_empty() {
+            return None;
+        }
+        let group = std::mem::take(&mut self.group);
+        let cost = std::mem::take(&mut self.group_cost);
+        let qos0_only = std::mem::replace(&mut self.group_qos0_only, true);
         tokio::select! {
             biased;
-            // Cancel-safe: a cancelled submit holds no budget and the message was not acked.
+            // Cancel-safe: a cancelled submit holds no budget and nothing was acked.
             () = shutdown_signalled(&mut self.shutdown) => Some(End::Shutdown),
-            admitted = self.ingest.submit(msg, qos) => match admitted {
+            admitted = self.ingest.submit(group, cost, qos0_only) => match admitted {
                 Ok(Admission::Accepted | Admission::Shed) => None,
                 Err(_) => Some(End::PipelineClosed),
             },
@@ -309,7 +343,8 @@ impl Connection {
         if let Some(will) = self.session.take_will() {
             Stats::add(&self.ctx.stats.messages_will, 1);
             let topic = will.topic.clone();
-            if self.admit(will.topic, will.payload, 1).await.is_none() {
+            self.add_to_group(will.topic, will.payload, 1);
+            if self.admit_group().await.is_none() {
                 tracing::info!(client = %self.client_id, %topic, "will published");
             }
         }

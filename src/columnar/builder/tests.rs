@@ -187,7 +187,7 @@ mod properties {
                 let before = b.rows();
                 let fields = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
                 match b.append(&msg("d", fields), seq as u64) {
-                    Ok(()) => { accepted += 1; prop_assert_eq!(b.rows(), before + 1); }
+                    Ok(_) => { accepted += 1; prop_assert_eq!(b.rows(), before + 1); }
                     Err(_) => prop_assert_eq!(b.rows(), before),
                 }
                 for col in &b.columns {
