@@ -13,7 +13,6 @@
 
 mod seq;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -58,6 +57,7 @@ pub struct Ready {
 
 #[derive(Debug)]
 struct Pending {
+    table: Arc<str>,
     builder: TableBuilder,
     /// Columnar bytes of the buffered rows.
     bytes: usize,
@@ -69,7 +69,7 @@ struct Pending {
 /// Per-table buffers and the flush rules.
 #[derive(Debug)]
 pub struct Batches {
-    tables: HashMap<Arc<str>, Pending>,
+    tables: Vec<Pending>,
     limits: BatchLimits,
     buffered: usize,
     pressure: usize,
@@ -81,7 +81,7 @@ impl Batches {
     /// Empty buffers; a flush for pressure starts when buffered bytes reach `pressure`.
     pub fn new(limits: BatchLimits, pressure: usize, stats: Arc<Stats>) -> Self {
         Self {
-            tables: HashMap::new(),
+            tables: Vec::new(),
             limits,
             buffered: 0,
             pressure,
@@ -110,71 +110,67 @@ impl Batches {
         now: Instant,
         out: &mut Vec<Ready>,
     ) {
-        let appended = self.pending(&msg.table).builder.append(&msg, seq);
-        let (table, bytes) = match appended {
-            Ok(bytes) => (msg.table.clone(), bytes),
+        let mut t = self.index_of(&msg.table);
+        let bytes = match self.tables[t].builder.append(&msg, seq) {
+            Ok(bytes) => bytes,
             Err(conflict) => {
+                let reason = conflict.to_string();
                 let rejected = Message::rejected(
-                    conflict.to_string(),
+                    reason,
                     msg.topic,
                     msg.payload,
                     msg.device_id,
                     msg.received_at,
                 );
-                let table = rejected.table.clone();
-                // `_rejected` has a fixed schema, so this append cannot conflict.
-                let bytes = self
-                    .pending(&table)
-                    .builder
-                    .append(&rejected, seq)
-                    .unwrap_or(0);
+                t = self.index_of(&rejected.table);
                 Stats::add(&self.stats.messages_rejected, 1);
-                (table, bytes)
+                // `_rejected` has a fixed schema, so this append cannot conflict.
+                self.tables[t].builder.append(&rejected, seq).unwrap_or(0)
             }
         };
         let kept = (KEPT_FACTOR * bytes).min(cost);
         self.freed += cost - kept;
         self.buffered += kept;
         let limits = self.limits;
-        let pending = self.pending(&table);
+        let pending = &mut self.tables[t];
         pending.cost += kept;
         pending.bytes += bytes;
         pending.first_at.get_or_insert(now);
-        let reason = if pending.builder.rows() >= limits.max_rows {
-            Some(FlushReason::Rows)
+        if pending.builder.rows() >= limits.max_rows {
+            self.flush(t, FlushReason::Rows, out);
         } else if pending.bytes >= limits.max_bytes {
-            Some(FlushReason::Bytes)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            self.flush(&table, reason, out);
+            self.flush(t, FlushReason::Bytes, out);
         }
         if self.buffered >= self.pressure {
-            let largest = self
-                .tables
-                .iter()
-                .max_by_key(|(_, p)| p.cost)
-                .map(|(t, _)| t.clone());
-            if let Some(table) = largest {
-                self.flush(&table, FlushReason::Budget, out);
+            let largest = (0..self.tables.len()).max_by_key(|&i| self.tables[i].cost);
+            if let Some(i) = largest {
+                self.flush(i, FlushReason::Budget, out);
             }
         }
     }
 
-    fn pending(&mut self, table: &Arc<str>) -> &mut Pending {
-        self.tables.entry(table.clone()).or_insert_with(|| Pending {
+    /// Index of `table`'s buffer, created on first use. Tables are few, and a message's table
+    /// name is usually the very `Arc` the router handed out, so this is a pointer compare.
+    fn index_of(&mut self, table: &Arc<str>) -> usize {
+        let found = self
+            .tables
+            .iter()
+            .position(|p| Arc::ptr_eq(&p.table, table));
+        if let Some(i) = found.or_else(|| self.tables.iter().position(|p| p.table == *table)) {
+            return i;
+        }
+        self.tables.push(Pending {
+            table: table.clone(),
             builder: TableBuilder::new(table.clone()),
             bytes: 0,
             cost: 0,
             first_at: None,
-        })
+        });
+        self.tables.len() - 1
     }
 
-    fn flush(&mut self, table: &Arc<str>, reason: FlushReason, out: &mut Vec<Ready>) {
-        let Some(pending) = self.tables.get_mut(table) else {
-            return;
-        };
+    fn flush(&mut self, t: usize, reason: FlushReason, out: &mut Vec<Ready>) {
+        let pending = &mut self.tables[t];
         let cost = std::mem::take(&mut pending.cost);
         pending.bytes = 0;
         pending.first_at = None;
@@ -187,37 +183,32 @@ impl Batches {
             }),
             Ok(None) => {}
             // Arrays built by our own builders always agree with their schema.
-            Err(e) => tracing::error!(table = %table, error = %e, "cannot finish a batch"),
+            Err(e) => tracing::error!(table = %pending.table, error = %e, "cannot finish a batch"),
         }
     }
 
     /// When the oldest buffered table is due for an age flush.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.tables
-            .values()
-            .filter_map(|p| p.first_at)
-            .min()
-            .map(|t| t + self.limits.max_age)
+        let oldest = self.tables.iter().filter_map(|p| p.first_at).min();
+        oldest.map(|t| t + self.limits.max_age)
     }
 
     /// Flushes every table whose first row is older than `max_age`.
     pub fn flush_due(&mut self, now: Instant, out: &mut Vec<Ready>) {
-        let due: Vec<Arc<str>> = self
-            .tables
-            .iter()
-            .filter(|(_, p)| p.first_at.is_some_and(|t| t + self.limits.max_age <= now))
-            .map(|(t, _)| t.clone())
-            .collect();
-        for table in due {
-            self.flush(&table, FlushReason::Age, out);
+        for t in 0..self.tables.len() {
+            if self.tables[t]
+                .first_at
+                .is_some_and(|at| at + self.limits.max_age <= now)
+            {
+                self.flush(t, FlushReason::Age, out);
+            }
         }
     }
 
     /// Flushes everything (shutdown).
     pub fn flush_all(&mut self, out: &mut Vec<Ready>) {
-        let tables: Vec<Arc<str>> = self.tables.keys().cloned().collect();
-        for table in tables {
-            self.flush(&table, FlushReason::Shutdown, out);
+        for t in 0..self.tables.len() {
+            self.flush(t, FlushReason::Shutdown, out);
         }
     }
 }

@@ -183,6 +183,9 @@ pub struct TableBuilder {
     device_id: StringBuilder,
     columns: Vec<Column>,
     index: HashMap<Arc<str>, usize>,
+    /// Column index of each field position of the previous row: rows of one table usually
+    /// carry the same fields in the same order, so a name compare replaces a hash lookup.
+    hint: Vec<usize>,
     seqs: Vec<u64>,
     rows: usize,
 }
@@ -210,8 +213,17 @@ impl TableBuilder {
             device_id: StringBuilder::new(),
             columns: Vec::new(),
             index: HashMap::new(),
+            hint: Vec::new(),
             seqs: Vec::new(),
             rows: 0,
+        }
+    }
+
+    /// The column named `name`, trying the previous row's column at position `pos` first.
+    fn lookup(&self, name: &str, pos: usize) -> Option<usize> {
+        match self.hint.get(pos) {
+            Some(&i) if &*self.columns[i].name == name => Some(i),
+            _ => self.index.get(name).copied(),
         }
     }
 
@@ -224,25 +236,25 @@ impl TableBuilder {
     fn check(&self, msg: &Message) -> Result<(), Conflict> {
         let mut new: Vec<(&str, Kind)> = Vec::new();
         let captured = msg.columns.iter().map(|(name, _)| (&**name, Kind::Str));
-        let fields = msg
-            .rows
-            .iter()
-            .flat_map(|r| r.fields.iter().map(|(n, v)| (n.as_str(), Kind::of(v))));
-        for (name, kind) in captured.chain(fields) {
-            let have = match self.index.get(name) {
-                Some(&i) => Some(self.columns[i].data.kind()),
-                None => new.iter().find(|(n, _)| *n == name).map(|(_, k)| *k),
-            };
-            match have {
-                Some(col) if !col.accepts(kind) => {
-                    return Err(Conflict {
-                        field: name.to_string(),
-                        column: col,
-                        value: kind,
-                    });
+        for row in &msg.rows {
+            let fields = row.fields.iter().map(|(n, v)| (n.as_str(), Kind::of(v)));
+            for (pos, (name, kind)) in captured.clone().chain(fields).enumerate() {
+                let have = match self.lookup(name, pos) {
+                    Some(i) => Some(self.columns[i].data.kind()),
+                    None => new.iter().find(|(n, _)| *n == name).map(|(_, k)| *k),
+                };
+                match have {
+                    Some(column) if !column.accepts(kind) => {
+                        let field = name.to_string();
+                        return Err(Conflict {
+                            field,
+                            column,
+                            value: kind,
+                        });
+                    }
+                    Some(_) => {}
+                    None => new.push((name, kind)),
                 }
-                Some(_) => {}
-                None => new.push((name, kind)),
             }
         }
         Ok(())
@@ -256,20 +268,21 @@ impl TableBuilder {
         for row in &msg.rows {
             // time, received_at, seq, device id offset + text
             bytes += 28 + msg.device_id.len();
-            bytes += msg.columns.iter().map(|(_, v)| v.len() + 4).sum::<usize>();
-            bytes += row
-                .fields
-                .iter()
-                .map(|(_, v)| scalar_bytes(v))
-                .sum::<usize>();
             self.time.append_value(row.time);
             self.received_at.append_value(msg.received_at);
             self.device_id.append_value(&msg.device_id);
-            for (name, value) in &msg.columns {
-                self.put(name, &Scalar::Str(value.clone()));
+            for (pos, (name, value)) in msg.columns.iter().enumerate() {
+                bytes += value.len() + 4;
+                if let Some(Data::Str(b)) = self.column_for(name, Kind::Str, pos) {
+                    b.append_value(value);
+                }
             }
-            for (name, value) in &row.fields {
-                self.put(name, value);
+            let offset = msg.columns.len();
+            for (pos, (name, value)) in row.fields.iter().enumerate() {
+                bytes += scalar_bytes(value);
+                if let Some(data) = self.column_for(name, Kind::of(value), offset + pos) {
+                    data.append(value);
+                }
             }
             self.rows += 1;
             for col in &mut self.columns {
@@ -283,10 +296,12 @@ impl TableBuilder {
         Ok(bytes)
     }
 
-    fn put(&mut self, name: &str, value: &Scalar) {
-        let kind = Kind::of(value);
-        let i = match self.index.get(name) {
-            Some(&i) => i,
+    /// The builder for field `name` of the current row (created, or widened from Int64 to
+    /// Float64, as `kind` needs); `None` when the row already has a value for `name` (the
+    /// same name twice in one row, e.g. `a.b` and `{"a":{"b"}}`: the first wins).
+    fn column_for(&mut self, name: &str, kind: Kind, pos: usize) -> Option<&mut Data> {
+        let i = match self.lookup(name, pos) {
+            Some(i) => i,
             None => {
                 let name: Arc<str> = Arc::from(name);
                 let mut data = Data::new(kind);
@@ -299,14 +314,18 @@ impl TableBuilder {
                 self.columns.len() - 1
             }
         };
-        let col = &mut self.columns[i];
-        if col.data.len() > self.rows {
-            return; // the same name twice in one row (e.g. `a.b` and {"a":{"b"}}): first wins
+        if pos >= self.hint.len() {
+            self.hint.resize(pos + 1, i);
         }
-        if col.data.kind() == Kind::Int && kind == Kind::Float {
-            col.data.widen_to_float();
+        self.hint[pos] = i;
+        let data = &mut self.columns[i].data;
+        if data.len() > self.rows {
+            return None;
         }
-        col.data.append(value);
+        if data.kind() == Kind::Int && kind == Kind::Float {
+            data.widen_to_float();
+        }
+        Some(data)
     }
 
     /// Takes the buffered rows as a batch; `None` when empty. The schema is kept.

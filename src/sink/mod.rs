@@ -57,6 +57,10 @@ pub struct Published {
     pub path: PathBuf,
     /// Rows in the file.
     pub rows: usize,
+    /// First message sequence number in the file.
+    pub first_seq: u64,
+    /// Last message sequence number in the file.
+    pub last_seq: u64,
     /// File size.
     pub bytes: u64,
 }
@@ -121,6 +125,8 @@ impl LocalSink {
         Ok(Published {
             path,
             rows: part.records.num_rows(),
+            first_seq: part.first_seq,
+            last_seq: part.last_seq,
             bytes,
         })
     }

@@ -96,6 +96,8 @@ impl Publisher {
                 table = %ready.batch.table,
                 rows = f.rows,
                 bytes = f.bytes,
+                first_seq = f.first_seq,
+                last_seq = f.last_seq,
                 reason = ?ready.reason,
                 path = %f.path.display(),
                 "published parquet file"
