@@ -4,11 +4,15 @@
 //! that holds epoch seconds/ms/µs/ns (told apart by magnitude) or an RFC 3339 string; that
 //! field is then not stored again. Without one, the row time is the receive time.
 //!
-//! Cost: parsing goes through `serde_json::Value` (about 1 µs for a 60-byte reading); parsing
-//! straight into column builders is the known next step (see ARCHITECTURE.md cost budget).
+//! Cost: the payload is parsed in one pass by serde visitors straight into the row's field
+//! list: no intermediate `serde_json::Value` tree or map per message.
+
+use std::fmt;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 /// A typed field value.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +60,14 @@ pub enum DecodeError {
 /// `payload_<name>`.
 const RESERVED: [&str; 5] = ["time", "received_at", "device_id", "date", "hour"];
 
+/// What every row of one payload shares.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    time_fields: &'a [String],
+    reserved: &'a [&'a str],
+    received_at: i64,
+}
+
 /// Decodes a payload into rows; `reserved` adds column names taken by topic levels.
 pub fn decode(
     payload: &[u8],
@@ -64,80 +76,241 @@ pub fn decode(
     received_at: i64,
 ) -> Result<Vec<Row>, DecodeError> {
     let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    match value {
-        Value::Object(map) => Ok(vec![row(map, time_fields, reserved, received_at)]),
-        Value::Array(items) if items.is_empty() => Err(DecodeError::EmptyArray),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::Object(map) => Ok(row(map, time_fields, reserved, received_at)),
-                other => Err(DecodeError::NotAnObject(kind(&other))),
-            })
-            .collect(),
-        other => Err(DecodeError::NotAnObject(kind(&other))),
+    let mut de = serde_json::Deserializer::from_str(text);
+    let ctx = Ctx {
+        time_fields,
+        reserved,
+        received_at,
+    };
+    let rows = Payload(ctx)
+        .deserialize(&mut de)
+        .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    de.end().map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    rows
+}
+
+/// The whole payload: an object or an array of objects. Shape errors are returned as values
+/// (the inner `Result`) so they keep their own [`DecodeError`] instead of a parser message.
+struct Payload<'a>(Ctx<'a>);
+
+impl<'de> DeserializeSeed<'de> for Payload<'_> {
+    type Value = Result<Vec<Row>, DecodeError>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array of non-objects",
-        Value::Object(_) => "object",
-    }
-}
+impl<'de> Visitor<'de> for Payload<'_> {
+    type Value = Result<Vec<Row>, DecodeError>;
 
-fn row(
-    mut map: Map<String, Value>,
-    time_fields: &[String],
-    reserved: &[&str],
-    received_at: i64,
-) -> Row {
-    let mut time = None;
-    for name in time_fields {
-        if let Some(t) = map.get(name).and_then(parse_time) {
-            map.remove(name);
-            time = Some(t);
-            break;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok(Ok(vec![row(self.0, map)?]))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        let mut shape = None;
+        while let Some(item) = seq.next_element_seed(Element(self.0))? {
+            match item {
+                Ok(row) => rows.push(row),
+                Err(kind) => shape = shape.or(Some(kind)),
+            }
         }
+        Ok(match shape {
+            Some(kind) => Err(DecodeError::NotAnObject(kind)),
+            None if rows.is_empty() => Err(DecodeError::EmptyArray),
+            None => Ok(rows),
+        })
     }
-    let mut fields = Vec::with_capacity(map.len());
-    for (key, value) in map {
-        let key = if RESERVED.contains(&key.as_str()) || reserved.contains(&key.as_str()) {
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err(DecodeError::NotAnObject("boolean")))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err(DecodeError::NotAnObject("number")))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err(DecodeError::NotAnObject("number")))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err(DecodeError::NotAnObject("number")))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err(DecodeError::NotAnObject("string")))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err(DecodeError::NotAnObject("null")))
+    }
+}
+
+/// One element of a top-level array: a row, or the kind of JSON that is not an object.
+struct Element<'a>(Ctx<'a>);
+
+impl<'de> DeserializeSeed<'de> for Element<'_> {
+    type Value = Result<Row, &'static str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Element<'_> {
+    type Value = Result<Row, &'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok(Ok(row(self.0, map)?))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err("array of non-objects"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("string"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err("null"))
+    }
+}
+
+/// Reads one JSON object into a row: fields in payload order, the row time picked from the
+/// time fields (the first one in `time_fields` order that parses).
+fn row<'de, A: MapAccess<'de>>(ctx: Ctx<'_>, mut map: A) -> Result<Row, A::Error> {
+    let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+    // (priority in time_fields, µs, index in `fields`)
+    let mut time: Option<(usize, i64, usize)> = None;
+    while let Some(key) = map.next_key::<String>()? {
+        let priority = ctx.time_fields.iter().position(|f| *f == key);
+        let key = if RESERVED.contains(&key.as_str()) || ctx.reserved.contains(&key.as_str()) {
             format!("payload_{key}")
         } else {
             key
         };
-        flatten(key, value, &mut fields);
+        let before = fields.len();
+        map.next_value_seed(Field {
+            key,
+            out: &mut fields,
+        })?;
+        let Some(priority) = priority else { continue };
+        if fields.len() != before + 1 || time.is_some_and(|(p, _, _)| p < priority) {
+            continue;
+        }
+        if let Some(micros) = scalar_time(&fields[before].1) {
+            time = Some((priority, micros, before));
+        }
     }
-    Row {
-        time: time.unwrap_or(received_at),
-        fields,
+    let time = match time {
+        Some((_, micros, index)) => {
+            fields.remove(index);
+            micros
+        }
+        None => ctx.received_at,
+    };
+    Ok(Row { time, fields })
+}
+
+/// One field value, flattened into `out` under `key`.
+struct Field<'a> {
+    key: String,
+    out: &'a mut Vec<(String, Scalar)>,
+}
+
+impl<'de> DeserializeSeed<'de> for Field<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-fn flatten(key: String, value: Value, out: &mut Vec<(String, Scalar)>) {
-    let scalar = match value {
-        Value::Null => return,
-        Value::Bool(b) => Scalar::Bool(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Scalar::Int(i),
-            None => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => Scalar::Str(s),
-        Value::Array(_) => Scalar::Str(value.to_string()),
-        Value::Object(map) => {
-            for (k, v) in map {
-                flatten(format!("{key}.{k}"), v, out);
-            }
-            return;
+impl<'de> Visitor<'de> for Field<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out.push((self.key, Scalar::Bool(v)));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.out.push((self.key, Scalar::Int(v)));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        let value = i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int);
+        self.out.push((self.key, value));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.out.push((self.key, Scalar::Float(v)));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.out.push((self.key, Scalar::Str(v.to_owned())));
+        Ok(())
+    }
+    fn visit_string<E>(self, v: String) -> Result<(), E> {
+        self.out.push((self.key, Scalar::Str(v)));
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let out = self.out;
+        while let Some(k) = map.next_key::<String>()? {
+            map.next_value_seed(Field {
+                key: format!("{}.{k}", self.key),
+                out: &mut *out,
+            })?;
         }
-    };
-    out.push((key, scalar));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let value = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        self.out.push((self.key, Scalar::Str(value.to_string())));
+        Ok(())
+    }
+}
+
+fn scalar_time(v: &Scalar) -> Option<i64> {
+    match v {
+        Scalar::Int(i) => int_to_micros(*i),
+        Scalar::Float(f) => epoch_to_micros(*f),
+        Scalar::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_micros()),
+        Scalar::Bool(_) | Scalar::Bytes(_) => None,
+    }
 }
 
 /// Epoch magnitude limits: below 1e11 is seconds (until year 5138), below 1e14 milliseconds,
@@ -156,23 +329,13 @@ fn epoch_to_micros(x: f64) -> Option<i64> {
     us.is_finite().then(|| us.round() as i64)
 }
 
-/// A time value in µs: an epoch number (any of s/ms/µs/ns) or an RFC 3339 string.
-pub fn parse_time(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => match n.as_i64() {
-            // Integers are scaled exactly so nanosecond stamps keep their µs digits.
-            Some(i) => Some(match i.unsigned_abs() {
-                a if a < 100_000_000_000 => i.checked_mul(1_000_000)?,
-                a if a < 100_000_000_000_000 => i.checked_mul(1_000)?,
-                a if a < 100_000_000_000_000_000 => i,
-                _ => i / 1_000,
-            }),
-            None => epoch_to_micros(n.as_f64()?),
-        },
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_micros()),
-        _ => None,
+/// Integer epoch → µs, scaled exactly so nanosecond stamps keep their µs digits.
+fn int_to_micros(i: i64) -> Option<i64> {
+    match i.unsigned_abs() {
+        a if a < 100_000_000_000 => i.checked_mul(1_000_000),
+        a if a < 100_000_000_000_000 => i.checked_mul(1_000),
+        a if a < 100_000_000_000_000_000 => Some(i),
+        _ => Some(i / 1_000),
     }
 }
 

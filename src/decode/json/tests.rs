@@ -92,3 +92,29 @@ fn huge_integers_become_floats() {
     let row = one(r#"{"big": 18446744073709551615}"#);
     assert!(matches!(row.fields[0].1, Scalar::Float(_)));
 }
+
+#[test]
+fn the_first_time_field_in_config_order_wins_wherever_it_stands_in_the_payload() {
+    let row = one(r#"{"time": "2020-01-01T00:00:00Z", "ts": 1767225600, "v": 1}"#);
+    assert_eq!(row.time, 1_767_225_600_000_000);
+    let names: Vec<&str> = row.fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["payload_time", "v"], "the losing time field is kept, renamed as reserved");
+    let row = one(r#"{"ts": "bad", "time": 1767225600}"#);
+    assert_eq!(row.time, 1_767_225_600_000_000);
+    assert_eq!(row.fields, [("ts".to_string(), Scalar::Str("bad".into()))]);
+}
+
+#[test]
+fn trailing_bytes_after_the_json_value_are_an_error() {
+    let err = decode(br#"{"a": 1} x"#, &ts(), &[], RX).err();
+    assert!(matches!(err, Some(DecodeError::NotJson(_))), "{err:?}");
+}
+
+#[test]
+fn fields_keep_payload_order_and_escaped_strings_decode() {
+    let row = one(r#"{"z": 1, "a": "line\nbreak", "m": -5}"#);
+    let names: Vec<&str> = row.fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["z", "a", "m"]);
+    assert_eq!(row.fields[1].1, Scalar::Str("line\nbreak".into()));
+    assert_eq!(row.fields[2].1, Scalar::Int(-5));
+}
