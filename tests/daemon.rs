@@ -68,6 +68,34 @@ fn a_retransmitted_qos2_publish_becomes_one_row() -> TestResult {
 }
 
 #[test]
+fn a_qos2_publish_resent_after_a_dropped_connection_is_stored_once() -> TestResult {
+    use rumqttc::mqttbytes::{QoS, v4::Publish};
+    let daemon = Daemon::start("")?;
+    let (mut c, present) = Client::connect_persistent(daemon.addr, "flaky")?;
+    assert!(!present);
+    let mut p = Publish::new("a", QoS::ExactlyOnce, br#"{"v": 1}"#.to_vec());
+    p.pkid = 9;
+    c.send(Packet::Publish(p.clone()))?;
+    assert!(matches!(c.recv()?, Packet::PubRec(r) if r.pkid == 9));
+    drop(c); // the PUBREC "got lost": the client will resend the PUBLISH
+    wait_for("the first connection to end", || {
+        daemon.log_contains("client closed the connection")
+    })?;
+
+    let (mut c, present) = Client::connect_persistent(daemon.addr, "flaky")?;
+    assert!(present, "the session was kept");
+    p.dup = true;
+    c.send(Packet::Publish(p))?;
+    assert!(matches!(c.recv()?, Packet::PubRec(r) if r.pkid == 9));
+    c.send(Packet::PubRel(rumqttc::mqttbytes::v4::PubRel::new(9)))?;
+    assert!(matches!(c.recv()?, Packet::PubComp(r) if r.pkid == 9));
+    c.disconnect()?;
+    let (_, daemon) = daemon.stop()?;
+    assert_eq!(read_rows(&daemon.lake().join("telemetry"))?.len(), 1);
+    Ok(())
+}
+
+#[test]
 fn the_will_is_stored_when_a_client_vanishes_but_not_after_disconnect() -> TestResult {
     let daemon = Daemon::start("")?;
     let vanished =

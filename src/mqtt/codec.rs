@@ -107,6 +107,8 @@ pub enum Outbound {
     ConnAck {
         /// Result.
         code: ConnCode,
+        /// A stored session was resumed.
+        session_present: bool,
         /// Id given to a client that sent an empty one (MQTT 5 tells it).
         assigned_id: Option<String>,
     },
@@ -343,13 +345,17 @@ fn utf8(bytes: Bytes) -> Result<String, CodecError> {
 
 fn encode_v4(packet: Outbound, buf: &mut BytesMut) -> Result<usize, mb::Error> {
     match packet {
-        Outbound::ConnAck { code, .. } => {
+        Outbound::ConnAck {
+            code,
+            session_present,
+            ..
+        } => {
             let code = match code {
                 ConnCode::Accepted => v4::ConnectReturnCode::Success,
                 ConnCode::BadProtocol => v4::ConnectReturnCode::RefusedProtocolVersion,
                 ConnCode::BadClientId => v4::ConnectReturnCode::BadClientId,
             };
-            v4::ConnAck::new(code, false).write(buf)
+            v4::ConnAck::new(code, session_present).write(buf)
         }
         Outbound::PubAck(id) => v4::PubAck::new(id).write(buf),
         Outbound::PubRec(id) => v4::PubRec::new(id).write(buf),
@@ -369,7 +375,11 @@ fn encode_v5(
     max_packet_size: usize,
 ) -> Result<usize, String> {
     let packet = match packet {
-        Outbound::ConnAck { code, assigned_id } => {
+        Outbound::ConnAck {
+            code,
+            session_present,
+            assigned_id,
+        } => {
             let accepted = code == ConnCode::Accepted;
             let code = match code {
                 ConnCode::Accepted => v5::ConnectReturnCode::Success,
@@ -378,7 +388,7 @@ fn encode_v5(
             };
             let properties = accepted.then(|| connack_properties(assigned_id, max_packet_size));
             v5::Packet::ConnAck(v5::ConnAck {
-                session_present: false,
+                session_present,
                 code,
                 properties,
             })

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
+use super::sessions::SessionStore;
 use crate::buffer::{Admission, Ingest};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
@@ -35,6 +36,7 @@ pub(crate) struct ConnContext {
     pub(crate) connect_timeout: Duration,
     pub(crate) id_prefix: String,
     pub(crate) next_id: AtomicU64,
+    pub(crate) sessions: SessionStore,
 }
 
 /// How a connection ended without an error.
@@ -130,6 +132,13 @@ impl Connection {
         let span = tracing::debug_span!("mqtt", peer = %self.peer);
         async move {
             let result = self.serve().await;
+            // Parked before anything is logged: a log line about this connection's end means
+            // its session is already back in the store.
+            if let Some((client_id, qos2_pending)) = self.session.park()
+                && !self.ctx.sessions.park(client_id, qos2_pending)
+            {
+                tracing::warn!(client = %self.client_id, "session store full: session not kept");
+            }
             let will = match &result {
                 Ok(End::Closed(reason)) => {
                     tracing::debug!(client = %self.client_id, reason, "connection closed");
@@ -168,6 +177,7 @@ impl Connection {
             ConnError::Codec(CodecError::UnsupportedProtocol(_)) => {
                 let refuse = Outbound::ConnAck {
                     code: super::codec::ConnCode::BadProtocol,
+                    session_present: false,
                     assigned_id: None,
                 };
                 self.codec.encode(refuse, &mut self.wbuf);
@@ -259,7 +269,7 @@ impl Connection {
         let was_connected = self.session.is_connected();
         let mut steps = std::mem::take(&mut self.steps);
         let ctx = self.ctx.clone();
-        self.session.handle(packet, || ctx.assign_id(), &mut steps);
+        self.session.handle(packet, &*ctx, &mut steps);
         if !was_connected && self.session.is_connected() {
             self.client_id = Arc::from(self.session.client_id());
             tracing::debug!(client = %self.client_id, "client connected");

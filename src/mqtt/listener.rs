@@ -10,7 +10,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use std::collections::HashSet;
+
 use super::connection::{ConnContext, Connection};
+use super::session::SessionEnv;
+use super::sessions::SessionStore;
 use crate::buffer::Ingest;
 use crate::config::MqttConfig;
 use crate::decode::topic::Router;
@@ -44,6 +48,7 @@ impl Listener {
             connect_timeout: cfg.connect_timeout,
             id_prefix: format!("fleetlake-{node_id}-"),
             next_id: AtomicU64::new(0),
+            sessions: SessionStore::default(),
         });
         let limit = Arc::new(Semaphore::new(cfg.max_connections));
         Ok(Self {
@@ -101,13 +106,17 @@ impl Listener {
     }
 }
 
-impl ConnContext {
-    /// A fresh client id for a client that sent none.
-    pub(crate) fn assign_id(&self) -> String {
-        format!(
-            "{}{}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+impl SessionEnv for ConnContext {
+    fn assign_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n}", self.id_prefix)
+    }
+
+    fn resume(&self, client_id: &str) -> Option<HashSet<u16>> {
+        self.sessions.take(client_id)
+    }
+
+    fn discard(&self, client_id: &str) {
+        self.sessions.discard(client_id);
     }
 }

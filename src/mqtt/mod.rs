@@ -7,5 +7,6 @@ pub mod codec;
 pub mod connection;
 pub mod listener;
 pub mod session;
+pub mod sessions;
 
 pub use listener::Listener;

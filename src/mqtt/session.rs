@@ -6,6 +6,11 @@
 //!
 //! The order of steps is the contract: a `Deliver` always comes before the ack of the same
 //! packet, so the connection task sends the ack only after the message was accepted.
+//!
+//! A client that connects without clean session (3.1.1) / clean start (5) gets a persistent
+//! session: the QoS 2 packet ids still awaiting PUBREL survive a reconnect (through
+//! [`SessionEnv`]), so a QoS 2 PUBLISH resent after a dropped connection is not stored twice.
+//! Sessions live in memory only (until the WAL lands, a restart forgets them).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -30,11 +35,23 @@ enum State {
     Closed,
 }
 
+/// What a session needs from the rest of the server.
+pub trait SessionEnv {
+    /// A fresh client id for a client that sent none.
+    fn assign_id(&self) -> String;
+    /// Takes the stored persistent session of `client_id`: its QoS 2 packet ids awaiting
+    /// PUBREL. `None` when there is none.
+    fn resume(&self, client_id: &str) -> Option<HashSet<u16>>;
+    /// Forgets any stored session of `client_id` (a clean-session connect).
+    fn discard(&self, client_id: &str);
+}
+
 /// Session state of one connection.
 #[derive(Debug)]
 pub struct Session {
     state: State,
     client_id: String,
+    persistent: bool,
     protocol: Protocol,
     keep_alive: u16,
     will: Option<Will>,
@@ -54,6 +71,7 @@ impl Session {
         Self {
             state: State::AwaitingConnect,
             client_id: String::new(),
+            persistent: false,
             protocol: Protocol::V4,
             keep_alive: 0,
             will: None,
@@ -71,6 +89,18 @@ impl Session {
         self.state == State::Connected
     }
 
+    /// For a persistent session, its client id and QoS 2 state to store when the connection
+    /// ends (taken once).
+    pub fn park(&mut self) -> Option<(String, HashSet<u16>)> {
+        if !std::mem::take(&mut self.persistent) {
+            return None;
+        }
+        Some((
+            self.client_id.clone(),
+            std::mem::take(&mut self.qos2_pending),
+        ))
+    }
+
     /// The will to publish when the connection ends abnormally, taken once.
     pub fn take_will(&mut self) -> Option<Will> {
         self.will.take()
@@ -81,15 +111,10 @@ impl Session {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 
-    /// Handles one packet; `assign_id` makes a client id for a client that sent an empty one.
-    pub fn handle(
-        &mut self,
-        packet: Inbound,
-        assign_id: impl FnOnce() -> String,
-        out: &mut Vec<Step>,
-    ) {
+    /// Handles one packet, pushing what to do to `out`.
+    pub fn handle(&mut self, packet: Inbound, env: &impl SessionEnv, out: &mut Vec<Step>) {
         match (&self.state, packet) {
-            (State::AwaitingConnect, Inbound::Connect(info)) => self.connect(info, assign_id, out),
+            (State::AwaitingConnect, Inbound::Connect(info)) => self.connect(info, env, out),
             (State::AwaitingConnect, _) => self.close("first packet is not CONNECT", out),
             (State::Closed, _) => {}
             (State::Connected, Inbound::Connect(_)) => self.close("second CONNECT", out),
@@ -115,34 +140,43 @@ impl Session {
         }
     }
 
-    fn connect(
-        &mut self,
-        info: ConnectInfo,
-        assign_id: impl FnOnce() -> String,
-        out: &mut Vec<Step>,
-    ) {
+    fn connect(&mut self, info: ConnectInfo, env: &impl SessionEnv, out: &mut Vec<Step>) {
         self.protocol = info.protocol;
         let mut assigned = None;
         if info.client_id.is_empty() {
             if info.protocol == Protocol::V4 && !info.clean {
                 // MQTT 3.1.1 §3.1.3.1: an empty id needs clean session.
+                let code = ConnCode::BadClientId;
                 out.push(Step::Reply(Outbound::ConnAck {
-                    code: ConnCode::BadClientId,
+                    code,
+                    session_present: false,
                     assigned_id: None,
                 }));
                 return self.close("empty client id without clean session", out);
             }
-            let id = assign_id();
+            let id = env.assign_id();
             assigned = (info.protocol == Protocol::V5).then(|| id.clone());
             self.client_id = id;
         } else {
             self.client_id = info.client_id;
         }
+        let mut session_present = false;
+        if info.clean {
+            env.discard(&self.client_id);
+        } else {
+            self.persistent = true;
+            if let Some(pending) = env.resume(&self.client_id) {
+                self.qos2_pending = pending;
+                session_present = true;
+            }
+        }
         self.keep_alive = info.keep_alive;
         self.will = info.will;
         self.state = State::Connected;
+        let code = ConnCode::Accepted;
         out.push(Step::Reply(Outbound::ConnAck {
-            code: ConnCode::Accepted,
+            code,
+            session_present,
             assigned_id: assigned,
         }));
     }

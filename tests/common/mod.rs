@@ -46,7 +46,7 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleetlake"))
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,fleetlake::mqtt=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -155,6 +155,26 @@ impl Client {
             false,
         ));
         Self::connect_with(addr, connect)
+    }
+
+    /// Connects without clean session; also returns CONNACK's session-present flag.
+    pub fn connect_persistent(
+        addr: SocketAddr,
+        client_id: &str,
+    ) -> Result<(Self, bool), Box<dyn std::error::Error>> {
+        let mut connect = Connect::new(client_id);
+        connect.clean_session = false;
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        let mut c = Self {
+            stream,
+            buf: BytesMut::new(),
+        };
+        c.send(Packet::Connect(connect))?;
+        match c.recv()? {
+            Packet::ConnAck(ack) => Ok((c, ack.session_present)),
+            other => Err(format!("expected CONNACK, got {other:?}").into()),
+        }
     }
 
     fn connect_with(

@@ -98,7 +98,11 @@ fn the_first_time_field_in_config_order_wins_wherever_it_stands_in_the_payload()
     let row = one(r#"{"time": "2020-01-01T00:00:00Z", "ts": 1767225600, "v": 1}"#);
     assert_eq!(row.time, 1_767_225_600_000_000);
     let names: Vec<&str> = row.fields.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["payload_time", "v"], "the losing time field is kept, renamed as reserved");
+    assert_eq!(
+        names,
+        ["payload_time", "v"],
+        "the losing time field is kept, renamed as reserved"
+    );
     let row = one(r#"{"ts": "bad", "time": 1767225600}"#);
     assert_eq!(row.time, 1_767_225_600_000_000);
     assert_eq!(row.fields, [("ts".to_string(), Scalar::Str("bad".into()))]);

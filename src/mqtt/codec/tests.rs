@@ -103,6 +103,7 @@ fn replies_encode_in_the_connection_protocol() {
     out.clear();
     codec.encode(
         Outbound::ConnAck {
+            session_present: false,
             code: ConnCode::Accepted,
             assigned_id: None,
         },

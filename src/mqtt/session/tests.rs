@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use bytes::Bytes;
 
 use super::*;
@@ -25,10 +27,30 @@ fn publish(qos: u8, pkid: u16, topic: &str) -> Inbound {
     })
 }
 
-fn step(s: &mut Session, p: Inbound) -> Vec<Step> {
+/// An in-memory environment: one stored-session map, a fixed assigned id.
+#[derive(Default)]
+struct Env(std::cell::RefCell<std::collections::HashMap<String, HashSet<u16>>>);
+
+impl SessionEnv for Env {
+    fn assign_id(&self) -> String {
+        "assigned-1".into()
+    }
+    fn resume(&self, client_id: &str) -> Option<HashSet<u16>> {
+        self.0.borrow_mut().remove(client_id)
+    }
+    fn discard(&self, client_id: &str) {
+        self.0.borrow_mut().remove(client_id);
+    }
+}
+
+fn step_in(env: &Env, s: &mut Session, p: Inbound) -> Vec<Step> {
     let mut out = Vec::new();
-    s.handle(p, || "assigned-1".into(), &mut out);
+    s.handle(p, env, &mut out);
     out
+}
+
+fn step(s: &mut Session, p: Inbound) -> Vec<Step> {
+    step_in(&Env::default(), s, p)
 }
 
 fn connected(protocol: Protocol) -> Session {
@@ -54,7 +76,7 @@ fn connect_is_answered_with_an_accepting_connack() {
     let out = step(&mut s, connect(Protocol::V4, "dev-1", true, false));
     assert_eq!(
         kinds(&out),
-        ["ConnAck { code: Accepted, assigned_id: None }"]
+        ["ConnAck { code: Accepted, session_present: false, assigned_id: None }"]
     );
     assert!(s.is_connected());
     assert_eq!(s.client_id(), "dev-1");
@@ -76,7 +98,7 @@ fn an_empty_client_id_gets_an_assigned_one_and_v5_is_told_it() {
     assert_eq!(s.client_id(), "assigned-1");
     assert_eq!(
         kinds(&out),
-        [r#"ConnAck { code: Accepted, assigned_id: Some("assigned-1") }"#]
+        [r#"ConnAck { code: Accepted, session_present: false, assigned_id: Some("assigned-1") }"#]
     );
 }
 
@@ -86,7 +108,7 @@ fn an_empty_client_id_without_clean_session_is_refused_on_v311() {
     let out = step(&mut s, connect(Protocol::V4, "", false, false));
     assert_eq!(
         kinds(&out)[0],
-        "ConnAck { code: BadClientId, assigned_id: None }"
+        "ConnAck { code: BadClientId, session_present: false, assigned_id: None }"
     );
     assert!(matches!(out[1], Step::Close(_)));
 }
@@ -169,6 +191,53 @@ fn a_second_connect_closes_the_connection() {
         [Step::Close(_)]
     ));
     assert!(step(&mut s, Inbound::PingReq).is_empty());
+}
+
+#[test]
+fn a_persistent_session_keeps_qos2_state_across_a_reconnect() {
+    let env = Env::default();
+    let mut first = Session::new();
+    step_in(&env, &mut first, connect(Protocol::V4, "dev", false, false));
+    assert_eq!(
+        kinds(&step_in(&env, &mut first, publish(2, 4, "a"))),
+        ["Deliver(4)", "PubRec(4)"]
+    );
+    let (id, pending) = first.park().unwrap_or_else(|| panic!("persistent session"));
+    env.0.borrow_mut().insert(id, pending);
+
+    let mut second = Session::new();
+    let out = step_in(
+        &env,
+        &mut second,
+        connect(Protocol::V4, "dev", false, false),
+    );
+    assert_eq!(
+        kinds(&out),
+        ["ConnAck { code: Accepted, session_present: true, assigned_id: None }"]
+    );
+    assert_eq!(
+        kinds(&step_in(&env, &mut second, publish(2, 4, "a"))),
+        ["PubRec(4)"],
+        "resent, not stored again"
+    );
+    assert_eq!(
+        kinds(&step_in(&env, &mut second, Inbound::PubRel(4))),
+        ["PubComp(4)"]
+    );
+}
+
+#[test]
+fn a_clean_session_connect_discards_the_stored_session() {
+    let env = Env::default();
+    env.0.borrow_mut().insert("dev".into(), HashSet::from([4]));
+    let mut s = Session::new();
+    let out = step_in(&env, &mut s, connect(Protocol::V4, "dev", true, false));
+    assert_eq!(
+        kinds(&out),
+        ["ConnAck { code: Accepted, session_present: false, assigned_id: None }"]
+    );
+    assert!(env.0.borrow().is_empty());
+    assert!(s.park().is_none(), "a clean session is not stored");
 }
 
 mod properties {
