@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Connect, LastWill, Packet, PubRel, Publish};
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, LastWill, Packet, PubRel, Publish};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -138,7 +138,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr, client_id: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        Self::connect_with(addr, Connect::new(client_id))
+        Ok(Self::connect_with(addr, Connect::new(client_id))?.0)
     }
 
     pub fn connect_with_will(
@@ -148,13 +148,9 @@ impl Client {
         payload: &str,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let mut connect = Connect::new(client_id);
-        connect.last_will = Some(LastWill::new(
-            topic,
-            payload.as_bytes().to_vec(),
-            QoS::AtLeastOnce,
-            false,
-        ));
-        Self::connect_with(addr, connect)
+        let will = LastWill::new(topic, payload.as_bytes().to_vec(), QoS::AtLeastOnce, false);
+        connect.last_will = Some(will);
+        Ok(Self::connect_with(addr, connect)?.0)
     }
 
     /// Connects without clean session; also returns CONNACK's session-present flag.
@@ -164,23 +160,14 @@ impl Client {
     ) -> Result<(Self, bool), Box<dyn std::error::Error>> {
         let mut connect = Connect::new(client_id);
         connect.clean_session = false;
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(DEADLINE))?;
-        let mut c = Self {
-            stream,
-            buf: BytesMut::new(),
-        };
-        c.send(Packet::Connect(connect))?;
-        match c.recv()? {
-            Packet::ConnAck(ack) => Ok((c, ack.session_present)),
-            other => Err(format!("expected CONNACK, got {other:?}").into()),
-        }
+        Self::connect_with(addr, connect)
     }
 
+    /// Sends CONNECT; expects an accepting CONNACK and returns its session-present flag.
     fn connect_with(
         addr: SocketAddr,
         connect: Connect,
-    ) -> Result<Self, Box<dyn std::error::Error>> {
+    ) -> Result<(Self, bool), Box<dyn std::error::Error>> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(DEADLINE))?;
         let mut c = Self {
@@ -189,10 +176,8 @@ impl Client {
         };
         c.send(Packet::Connect(connect))?;
         match c.recv()? {
-            Packet::ConnAck(ack)
-                if ack.code == rumqttc::mqttbytes::v4::ConnectReturnCode::Success =>
-            {
-                Ok(c)
+            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
+                Ok((c, ack.session_present))
             }
             other => Err(format!("expected CONNACK, got {other:?}").into()),
         }
