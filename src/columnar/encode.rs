@@ -125,10 +125,5 @@ pub fn write_parquet<W: Write + Send>(
     writer.into_inner()
 }
 
-/// Total rows of `parts` (for logs and tests).
-pub fn rows(parts: &[Part]) -> usize {
-    parts.iter().map(|p| p.records.num_rows()).sum()
-}
-
 #[cfg(test)]
 mod tests;

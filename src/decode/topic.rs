@@ -9,7 +9,6 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct TableRule {
     table: Arc<str>,
-    filter: String,
     levels: Vec<Level>,
     time_fields: Arc<[String]>,
 }
@@ -95,15 +94,9 @@ impl TableRule {
         }
         Ok(Self {
             table: Arc::from(table),
-            filter: filter.to_string(),
             levels,
             time_fields: time_fields.to_vec().into(),
         })
-    }
-
-    /// The filter as written.
-    pub fn filter(&self) -> &str {
-        &self.filter
     }
 
     /// Matches a topic name; `Err` when it matches but a `{table}` level is not a valid name.

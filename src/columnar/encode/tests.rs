@@ -82,7 +82,7 @@ fn rows_are_split_by_hour_and_sorted_by_device_then_time() {
         ),
         ("01", 10, 14)
     );
-    assert_eq!(rows(&parts), 5);
+    assert_eq!(parts.iter().map(|p| p.records.num_rows()).sum::<usize>(), 5);
 }
 
 #[test]
