@@ -91,7 +91,10 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(fleetlake::app::run(config)) {
+    let result = runtime.block_on(fleetlake::app::run(config));
+    // After a forced stop, do not wait long for blocking work still running (an encode).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(fleetlake::app::Exit::Clean) => ExitCode::SUCCESS,
         Ok(fleetlake::app::Exit::Forced) => ExitCode::from(130),
         Err(e) => {
