@@ -222,3 +222,32 @@ fn more_data_than_the_memory_budget_all_lands_through_budget_flushes() -> TestRe
     assert!(daemon.log_contains("Budget"));
     Ok(())
 }
+
+#[test]
+fn shutdown_gives_up_after_the_grace_period_when_a_file_cannot_be_written() -> TestResult {
+    let daemon = Daemon::start_full("1s", "", "")?;
+    // A plain file where the table's folder must go: every publish attempt fails.
+    std::fs::write(daemon.lake().join("telemetry"), b"in the way")?;
+    let mut c = Client::connect(daemon.addr, "dev")?;
+    c.publish1("a", r#"{"v": 1}"#, 1)?;
+    let (status, daemon) = daemon.stop()?;
+    assert_eq!(status.code(), Some(130), "forced stop exit code");
+    assert!(daemon.log_contains("cannot publish batch"));
+    assert!(daemon.log_contains("shutdown grace period over"));
+    Ok(())
+}
+
+#[test]
+fn a_second_signal_during_a_stuck_shutdown_exits_at_once() -> TestResult {
+    let daemon = Daemon::start_full("1h", "", "")?;
+    std::fs::write(daemon.lake().join("telemetry"), b"in the way")?;
+    let mut c = Client::connect(daemon.addr, "dev")?;
+    c.publish1("a", r#"{"v": 1}"#, 1)?;
+    daemon.signal("INT")?;
+    wait_for("the first signal to start the shutdown", || {
+        daemon.log_contains("SIGINT: shutting down")
+    })?;
+    let (status, _) = daemon.stop()?;
+    assert_eq!(status.code(), Some(130));
+    Ok(())
+}

@@ -36,9 +36,18 @@ impl Daemon {
 
     /// Starts the daemon with more `[mqtt]` keys and `extra` TOML.
     pub fn start_with(mqtt: &str, extra: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_full("10s", mqtt, extra)
+    }
+
+    /// Starts the daemon with `node.shutdown_grace`, more `[mqtt]` keys and `extra` TOML.
+    pub fn start_full(
+        grace: &str,
+        mqtt: &str,
+        extra: &str,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let config = format!(
-            "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"10s\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
+            "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("fleetlake.toml");
@@ -85,11 +94,18 @@ impl Daemon {
         self.dir.path().join("data").join("lake")
     }
 
+    /// Sends a signal (`"TERM"`, `"INT"`) to the daemon.
+    pub fn signal(&self, name: &str) -> std::io::Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait for exit.
     pub fn stop(mut self) -> Result<(ExitStatus, Self), Box<dyn std::error::Error>> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
+        self.signal("TERM")?;
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
