@@ -62,7 +62,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     let publisher =
         tokio::spawn(Publisher::new(ready_rx, sink, budget.clone(), stats.clone()).run());
     let batches = Batches::new(config.batch, budget.total() / 2, stats.clone());
-    let batcher =
+    let mut batcher =
         tokio::spawn(Batcher::new(ingest_rx, ready_tx, batches, seq, budget.clone()).run());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -86,13 +86,22 @@ pub async fn run(config: Config) -> Result<Exit> {
         "fleetlake ready"
     );
 
+    // The batcher only ends early on a fatal error (it logged why): then stop, and exit
+    // non-zero so a supervisor restarts the process instead of it serving without intake.
+    let mut failed = false;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = &mut batcher => {
+            tracing::error!("the batcher stopped on its own: shutting down");
+            failed = true;
+        }
     }
     let _ = shutdown_tx.send(true);
     let drained = async {
-        let _ = batcher.await;
+        if !failed {
+            let _ = batcher.await;
+        }
         let _ = publisher.await;
     };
     let exit = tokio::select! {
@@ -106,5 +115,8 @@ pub async fn run(config: Config) -> Result<Exit> {
     };
     let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
     tracing::info!(stats = ?stats, cpu_seconds, peak_rss_kib, "fleetlake stopped");
+    if failed {
+        anyhow::bail!("the pipeline failed; messages it had not published are lost");
+    }
     Ok(exit)
 }
