@@ -22,7 +22,7 @@ pub use seq::SeqAllocator;
 
 use crate::buffer::{Admitted, Budget};
 use crate::columnar::{Batch, TableBuilder};
-use crate::config::BatchLimits;
+use crate::config::{BatchLimits, REJECTED_TABLE};
 use crate::decode::Message;
 use crate::telemetry::Stats;
 
@@ -110,11 +110,17 @@ impl Batches {
         now: Instant,
         out: &mut Vec<Ready>,
     ) {
-        let mut t = self.index_of(&msg.table);
-        let bytes = match self.tables[t].builder.append(&msg, seq) {
-            Ok(bytes) => bytes,
-            Err(conflict) => {
-                let reason = conflict.to_string();
+        let appended = match self.index_of(&msg.table) {
+            Ok(t) => self.tables[t]
+                .builder
+                .append(&msg, seq)
+                .map(|bytes| (t, bytes))
+                .map_err(|c| c.to_string()),
+            Err(reason) => Err(reason),
+        };
+        let (t, bytes) = match appended {
+            Ok(appended) => appended,
+            Err(reason) => {
                 let rejected = Message::rejected(
                     reason,
                     msg.topic,
@@ -122,10 +128,13 @@ impl Batches {
                     msg.device_id,
                     msg.received_at,
                 );
-                t = self.index_of(&rejected.table);
                 Stats::add(&self.stats.messages_rejected, 1);
-                // `_rejected` has a fixed schema, so this append cannot conflict.
-                self.tables[t].builder.append(&rejected, seq).unwrap_or(0)
+                // `_rejected` is exempt from `max_tables` and has a fixed schema: no error here.
+                let t = self.index_of(&rejected.table).unwrap_or_default();
+                (
+                    t,
+                    self.tables[t].builder.append(&rejected, seq).unwrap_or(0),
+                )
             }
         };
         let kept = (KEPT_FACTOR * bytes).min(cost);
@@ -151,13 +160,26 @@ impl Batches {
 
     /// Index of `table`'s buffer, created on first use. Tables are few, and a message's table
     /// name is usually the very `Arc` the router handed out, so this is a pointer compare.
-    fn index_of(&mut self, table: &Arc<str>) -> usize {
+    /// `Err` when a new table would pass `batch.max_tables` (`_rejected` does not count).
+    fn index_of(&mut self, table: &Arc<str>) -> Result<usize, String> {
         let found = self
             .tables
             .iter()
             .position(|p| Arc::ptr_eq(&p.table, table));
         if let Some(i) = found.or_else(|| self.tables.iter().position(|p| p.table == *table)) {
-            return i;
+            return Ok(i);
+        }
+        let is_rejected = &**table == REJECTED_TABLE;
+        let user_tables = self
+            .tables
+            .iter()
+            .filter(|p| &*p.table != REJECTED_TABLE)
+            .count();
+        if !is_rejected && user_tables >= self.limits.max_tables {
+            let max = self.limits.max_tables;
+            return Err(format!(
+                "table `{table}` would pass batch.max_tables ({max})"
+            ));
         }
         self.tables.push(Pending {
             table: table.clone(),
@@ -166,7 +188,7 @@ impl Batches {
             cost: 0,
             first_at: None,
         });
-        self.tables.len() - 1
+        Ok(self.tables.len() - 1)
     }
 
     fn flush(&mut self, t: usize, reason: FlushReason, out: &mut Vec<Ready>) {

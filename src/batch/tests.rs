@@ -8,6 +8,7 @@ use crate::decode::{Row, Scalar};
 fn limits() -> BatchLimits {
     BatchLimits {
         max_rows: 3,
+        max_tables: 2,
         max_bytes: 1_000,
         max_age: Duration::from_secs(5),
     }
@@ -154,5 +155,42 @@ fn budget_pressure_flushes_the_largest_table() {
         b.take_freed(),
         0,
         "rows worth more than their cost keep all of it"
+    );
+}
+
+#[test]
+fn tables_past_max_tables_go_to_rejected_with_the_reason() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for (seq, table) in ["a", "b", "c"].into_iter().enumerate() {
+        b.push(
+            admitted(table, Scalar::Int(1)),
+            10,
+            seq as u64,
+            now,
+            &mut out,
+        );
+    }
+    b.flush_all(&mut out);
+    let mut tables: Vec<String> = out.iter().map(|r| r.batch.table.to_string()).collect();
+    tables.sort();
+    assert_eq!(tables, ["_rejected", "a", "b"]);
+    let rejected = out
+        .iter()
+        .find(|r| &*r.batch.table == "_rejected")
+        .map(|r| r.batch.records.clone());
+    let reason = rejected.map(|r| {
+        let col = r.column_by_name("reason").cloned();
+        col.map(|c| {
+            arrow::array::AsArray::as_string::<i32>(&*c)
+                .value(0)
+                .to_string()
+        })
+    });
+    assert!(
+        reason
+            .flatten()
+            .is_some_and(|r| r.contains("batch.max_tables"))
     );
 }

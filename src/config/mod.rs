@@ -142,6 +142,9 @@ pub struct RawBatch {
     pub max_bytes: ByteSize,
     /// Flush a table this long after its first buffered row.
     pub max_age: HumanDuration,
+    /// Most tables (besides `_rejected`); messages for more go to `_rejected`. Bounds what
+    /// `{table}` topic levels can create.
+    pub max_tables: usize,
 }
 
 impl Default for RawBatch {
@@ -150,6 +153,7 @@ impl Default for RawBatch {
             max_rows: 500_000,
             max_bytes: ByteSize(16 << 20),
             max_age: HumanDuration(Duration::from_secs(60)),
+            max_tables: 256,
         }
     }
 }
@@ -333,6 +337,8 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     /// Age of the first buffered row before a flush.
     pub max_age: Duration,
+    /// Most tables besides `_rejected`.
+    pub max_tables: usize,
 }
 
 /// Validated `[parquet]`.
@@ -392,6 +398,7 @@ impl Config {
             max_rows: positive("batch.max_rows", raw.batch.max_rows)?,
             max_bytes: positive("batch.max_bytes", raw.batch.max_bytes.as_usize())?,
             max_age: nonzero("batch.max_age", raw.batch.max_age)?,
+            max_tables: positive("batch.max_tables", raw.batch.max_tables)?,
         };
         let parquet = ParquetOptions {
             compression: compression(&raw.parquet)?,

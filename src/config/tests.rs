@@ -37,6 +37,7 @@ fn the_production_example_in_config_is_valid() {
 #[test]
 fn bad_values_are_reported_with_their_key() {
     assert_eq!(err_key("[batch]\nmax_rows = 0"), "batch.max_rows");
+    assert_eq!(err_key("[batch]\nmax_tables = 0"), "batch.max_tables");
     assert_eq!(err_key("[mqtt]\nlisten = \"nowhere\""), "mqtt.listen");
     assert_eq!(
         err_key("[parquet]\ncompression = \"brotli9\""),
