@@ -223,13 +223,19 @@ fn more_data_than_the_memory_budget_all_lands_through_budget_flushes() -> TestRe
     Ok(())
 }
 
-#[test]
-fn shutdown_gives_up_after_the_grace_period_when_a_file_cannot_be_written() -> TestResult {
-    let daemon = Daemon::start_full("1s", "", "")?;
-    // A plain file where the table's folder must go: every publish attempt fails.
+/// A daemon holding one acknowledged row it can never publish: a plain file stands where the
+/// table's folder must go, so every publish attempt fails.
+fn daemon_with_an_unpublishable_row(grace: &str) -> Result<Daemon, Box<dyn std::error::Error>> {
+    let daemon = Daemon::start_full(grace, "", "")?;
     std::fs::write(daemon.lake().join("telemetry"), b"in the way")?;
     let mut c = Client::connect(daemon.addr, "dev")?;
     c.publish1("a", r#"{"v": 1}"#, 1)?;
+    Ok(daemon)
+}
+
+#[test]
+fn shutdown_gives_up_after_the_grace_period_when_a_file_cannot_be_written() -> TestResult {
+    let daemon = daemon_with_an_unpublishable_row("1s")?;
     let (status, daemon) = daemon.stop()?;
     assert_eq!(status.code(), Some(130), "forced stop exit code");
     assert!(daemon.log_contains("cannot publish batch"));
@@ -239,10 +245,7 @@ fn shutdown_gives_up_after_the_grace_period_when_a_file_cannot_be_written() -> T
 
 #[test]
 fn a_second_signal_during_a_stuck_shutdown_exits_at_once() -> TestResult {
-    let daemon = Daemon::start_full("1h", "", "")?;
-    std::fs::write(daemon.lake().join("telemetry"), b"in the way")?;
-    let mut c = Client::connect(daemon.addr, "dev")?;
-    c.publish1("a", r#"{"v": 1}"#, 1)?;
+    let daemon = daemon_with_an_unpublishable_row("1h")?;
     daemon.signal("INT")?;
     wait_for("the first signal to start the shutdown", || {
         daemon.log_contains("SIGINT: shutting down")
