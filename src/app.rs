@@ -1,21 +1,32 @@
 //! Wiring: builds every stage from the [`Config`], spawns them and shuts them down in order.
-//! Sources stop first (listener, then each connection); the batcher sees its input close once
-//! the last connection is gone and flushes every partial batch; the publisher ends after the
-//! last file is published. All of that must finish within `node.shutdown_grace`.
+//!
+//! Start: the publisher and batcher start first, then the WAL is replayed into the batcher
+//! (records the checkpoint does not cover), then the WAL writer starts on a new segment, and
+//! only then does the listener bind. Stop: sources stop first (listener, then each
+//! connection); once the last connection is gone the WAL writer writes what it holds and
+//! ends; the batcher sees its input close and flushes every partial batch; the publisher ends
+//! after the last file is published; then the WAL segments it covers are deleted. All of that
+//! must finish within `node.shutdown_grace`. A WAL write or fsync error stops the daemon with
+//! a failure exit: a restart replays the log.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-use crate::batch::{Batcher, Batches, SeqAllocator};
-use crate::buffer::{Budget, Ingest};
+use crate::batch::{Batcher, Batches};
+use crate::buffer::{Admitted, Budget, Ingest};
 use crate::config::Config;
+use crate::decode::decode_publish;
+use crate::decode::topic::Router;
 use crate::mqtt::Listener;
 use crate::sink::LocalSink;
-use crate::sink::publisher::Publisher;
+use crate::sink::publisher::{Progress, Publisher};
 use crate::telemetry::Stats;
+use crate::wal::{self, Checkpoint, CheckpointFile, DiskFs, Log, Recovery};
 
 /// Messages queued between the sources and the batcher (bytes are bounded by the budget).
 const INGEST_QUEUE: usize = 4096;
@@ -54,19 +65,52 @@ pub async fn run(config: Config) -> Result<Exit> {
             "removed unfinished temp files left by an earlier crash"
         );
     }
-    let seq = SeqAllocator::open(&config.data_dir)
-        .with_context(|| format!("opening sequence state in {}", config.data_dir.display()))?;
+    let wal_dir = config.data_dir.join("wal");
+    let fs = DiskFs::open(&wal_dir)
+        .with_context(|| format!("opening the WAL directory {}", wal_dir.display()))?;
+    let checkpoint_file = CheckpointFile::new(&wal_dir);
+    let checkpoint = checkpoint_file
+        .load()
+        .context("reading the WAL checkpoint")?;
+    let low_water = Arc::new(AtomicU64::new(checkpoint.low_water));
 
-    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
     let (ready_tx, ready_rx) = mpsc::channel(READY_QUEUE);
+    let progress = Progress {
+        file: checkpoint_file,
+        checkpoint: checkpoint.clone(),
+        low_water: low_water.clone(),
+    };
     let publisher =
-        tokio::spawn(Publisher::new(ready_rx, sink, budget.clone(), stats.clone()).run());
-    let batches = Batches::new(config.batch, budget.total() / 2, stats.clone());
-    let mut batcher =
-        tokio::spawn(Batcher::new(ingest_rx, ready_tx, batches, seq, budget.clone()).run());
+        tokio::spawn(Publisher::new(ready_rx, sink, budget.clone(), stats.clone(), progress).run());
+    let mut batches = Batches::new(config.batch, budget.total() / 2, stats.clone());
+    if let Some(cut) = &checkpoint.in_progress {
+        batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);
+    }
+    let mut batcher = tokio::spawn(Batcher::new(batch_rx, ready_tx, batches, budget.clone()).run());
+
+    let replay = Replay {
+        checkpoint: checkpoint.clone(),
+        router: config.router(),
+        out: batch_tx.clone(),
+        budget: budget.clone(),
+        stats: stats.clone(),
+    };
+    let (fs, recovery) = replay.run(fs).await.context("replaying the WAL")?;
+    let next_seq = recovery.next_seq().max(checkpoint.next_seq_floor());
+    let log = Log::start(fs, recovery.segments, next_seq, config.wal.segment_size)
+        .with_context(|| format!("starting a WAL segment in {}", wal_dir.display()))?;
+    let (wal, mut wal_end) = wal::writer::spawn(
+        log,
+        batch_tx,
+        config.wal.sync_interval,
+        low_water.clone(),
+        stats.clone(),
+    )
+    .context("starting the WAL writer thread")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ingest = Ingest::new(ingest_tx, budget, stats.clone(), config.qos0_when_full);
+    let ingest = Ingest::new(wal, budget, stats.clone(), config.qos0_when_full);
     let listener = Listener::bind(
         &config.mqtt,
         &config.node_id,
@@ -86,9 +130,10 @@ pub async fn run(config: Config) -> Result<Exit> {
         "fleetlake ready"
     );
 
-    // The batcher only ends early on a fatal error (it logged why): then stop, and exit
-    // non-zero so a supervisor restarts the process instead of it serving without intake.
+    // The batcher and the WAL writer only end early on a fatal error: then stop, and exit
+    // non-zero so a supervisor restarts the process (and the restart replays the WAL).
     let mut failed = false;
+    let mut wal_log = None;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -96,12 +141,29 @@ pub async fn run(config: Config) -> Result<Exit> {
             tracing::error!("the batcher stopped on its own: shutting down");
             failed = true;
         }
+        end = &mut wal_end => {
+            match end {
+                Ok(Err(e)) => tracing::error!(error = %e, "WAL write or fsync failed: exiting so that a restart replays the log"),
+                _ => tracing::error!("the WAL writer stopped on its own: shutting down"),
+            }
+            failed = true;
+        }
     }
     let _ = shutdown_tx.send(true);
+    if failed {
+        let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
+        tracing::info!(stats = ?stats, cpu_seconds, peak_rss_kib, "fleetlake stopped");
+        anyhow::bail!(
+            "the pipeline failed; unacknowledged messages were not stored, acknowledged ones are in the WAL"
+        );
+    }
     let drained = async {
-        if !failed {
-            let _ = batcher.await;
+        match (&mut wal_end).await {
+            Ok(Ok(log)) => wal_log = Some(log),
+            Ok(Err(e)) => tracing::error!(error = %e, "WAL write or fsync failed during shutdown"),
+            Err(_) => {}
         }
+        let _ = batcher.await;
         let _ = publisher.await;
     };
     let exit = tokio::select! {
@@ -113,10 +175,90 @@ pub async fn run(config: Config) -> Result<Exit> {
         _ = term.recv() => Exit::Forced,
         _ = int.recv() => Exit::Forced,
     };
+    if let Some(mut log) = wal_log.filter(|_| exit == Exit::Clean) {
+        let lw = low_water.load(Ordering::Acquire);
+        match log.release(lw, true) {
+            Ok(n) => Stats::add(&stats.wal_segments_released, n as u64),
+            Err(e) => tracing::warn!(error = %e, "cannot delete published WAL segments"),
+        }
+    }
     let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
     tracing::info!(stats = ?stats, cpu_seconds, peak_rss_kib, "fleetlake stopped");
-    if failed {
-        anyhow::bail!("the pipeline failed; messages it had not published are lost");
-    }
     Ok(exit)
+}
+
+/// Feeds WAL records the checkpoint does not cover back into the batcher, through the budget.
+struct Replay {
+    checkpoint: Checkpoint,
+    router: Router,
+    out: mpsc::Sender<Admitted>,
+    budget: Budget,
+    stats: Arc<Stats>,
+}
+
+impl Replay {
+    /// Replays on the blocking pool; gives the file system back with what was found.
+    async fn run(self, fs: DiskFs) -> Result<(DiskFs, Recovery)> {
+        let handle = tokio::runtime::Handle::current();
+        let started = Instant::now();
+        let stats = self.stats.clone();
+        let (fs, recovery, replayed) =
+            tokio::task::spawn_blocking(move || self.replay(fs, &handle)).await??;
+        Stats::add(&stats.wal_replayed, replayed);
+        Stats::add(&stats.wal_damaged_segments, recovery.damaged);
+        tracing::info!(
+            segments = recovery.segments.len(),
+            records = recovery.records,
+            replayed,
+            damaged_segments = recovery.damaged,
+            mib = recovery.bytes >> 20,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "WAL recovered"
+        );
+        Ok((fs, recovery))
+    }
+
+    fn replay(
+        self,
+        fs: DiskFs,
+        handle: &tokio::runtime::Handle,
+    ) -> std::io::Result<(DiskFs, Recovery, u64)> {
+        let group_limit = (self.budget.total() / 8).min(1 << 20);
+        let mut group = Vec::new();
+        let mut cost = 0;
+        let mut replayed = 0u64;
+        let send = |msgs: Vec<crate::decode::Message>, cost: usize| {
+            let cost = handle.block_on(self.budget.acquire(cost));
+            self.out
+                .blocking_send(Admitted { msgs, cost })
+                .map_err(|_| std::io::Error::other("the batcher stopped during replay"))
+        };
+        let recovery = wal::replay(&fs, |entry| {
+            if entry.seq < self.checkpoint.low_water {
+                return Ok(());
+            }
+            let mut msg = decode_publish(
+                &self.router,
+                entry.topic,
+                entry.payload,
+                &entry.client,
+                entry.received_at,
+            );
+            if self.checkpoint.covers(&msg.table, entry.seq) {
+                return Ok(());
+            }
+            msg.seq = entry.seq;
+            cost += msg.cost();
+            group.push(msg);
+            replayed += 1;
+            if cost >= group_limit {
+                send(std::mem::take(&mut group), std::mem::take(&mut cost))?;
+            }
+            Ok(())
+        })?;
+        if !group.is_empty() {
+            send(group, cost)?;
+        }
+        Ok((fs, recovery, replayed))
+    }
 }

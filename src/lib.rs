@@ -25,3 +25,4 @@ pub mod decode;
 pub mod mqtt;
 pub mod sink;
 pub mod telemetry;
+pub mod wal;

@@ -8,17 +8,19 @@
 //! its network buffer). Once its rows are in the builders it holds three times their columnar
 //! size instead (builder capacity slack up to 2x, plus the sorted copy made while encoding);
 //! the difference is handed back at once through [`Batches::take_freed`].
-//! [`Batcher`] is the task around it: it numbers messages, feeds them in, and hands finished
-//! batches to the publisher. When its input closes it flushes every partial batch.
-
-mod seq;
+//! [`Batcher`] is the task around it: it feeds durable messages in (in WAL sequence order)
+//! and hands finished batches to the publisher. When its input closes it flushes every partial
+//! batch.
+//!
+//! Replay: each [`Ready`] carries a `low_water` (every message below it is in this or an
+//! earlier batch), which the checkpoint stores once the batch is published. A batch whose
+//! files may have appeared before a crash is rebuilt exactly by [`Batches::hold`]: its table
+//! is exempt from every flush rule until its last sequence number, then flushed.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-pub use seq::SeqAllocator;
 
 use crate::buffer::{Admitted, Budget};
 use crate::columnar::{Batch, TableBuilder};
@@ -42,6 +44,8 @@ pub enum FlushReason {
     Budget,
     /// Shutdown.
     Shutdown,
+    /// Rebuilding a batch that was being published when the last run stopped.
+    Replay,
 }
 
 /// A finished batch and the budget bytes it holds.
@@ -53,6 +57,15 @@ pub struct Ready {
     pub cost: usize,
     /// Why it was flushed.
     pub reason: FlushReason,
+    /// Every message below this sequence number is in this batch or an earlier one.
+    pub low_water: u64,
+}
+
+impl Ready {
+    /// Highest sequence number in the batch.
+    pub fn last_seq(&self) -> u64 {
+        self.batch.seqs.iter().copied().max().unwrap_or(0)
+    }
 }
 
 #[derive(Debug)]
@@ -64,6 +77,8 @@ struct Pending {
     /// Budget bytes held by the buffered rows.
     cost: usize,
     first_at: Option<Instant>,
+    /// Sequence number of the first buffered message.
+    first_seq: Option<u64>,
 }
 
 /// Per-table buffers and the flush rules.
@@ -75,6 +90,10 @@ pub struct Batches {
     pressure: usize,
     freed: usize,
     stats: Arc<Stats>,
+    /// One past the last sequence number pushed.
+    next_seq: u64,
+    /// A table rebuilding a batch up to this sequence number (see [`Batches::hold`]).
+    held: Option<(usize, u64)>,
 }
 
 impl Batches {
@@ -87,7 +106,22 @@ impl Batches {
             pressure,
             freed: 0,
             stats,
+            next_seq: 0,
+            held: None,
         }
+    }
+
+    /// Rebuilds `table`'s batch ending at `last_seq` exactly: no flush rule applies to the
+    /// table until a message at or past `last_seq` arrives; then the table is flushed (reason
+    /// [`FlushReason::Replay`]) right after `last_seq`.
+    pub fn hold(&mut self, table: &Arc<str>, last_seq: u64) {
+        if let Ok(t) = self.index_of(table) {
+            self.held = Some((t, last_seq));
+        }
+    }
+
+    fn is_held(&self, t: usize) -> bool {
+        self.held.is_some_and(|(h, _)| h == t)
     }
 
     /// Budget bytes no longer needed since the last call (to give back to the budget).
@@ -102,14 +136,16 @@ impl Batches {
 
     /// Adds a message (sequence `seq`) holding `cost` budget bytes; batches that became ready
     /// are pushed to `out`.
-    pub fn push(
-        &mut self,
-        msg: Message,
-        cost: usize,
-        seq: u64,
-        now: Instant,
-        out: &mut Vec<Ready>,
-    ) {
+    pub fn push(&mut self, msg: Message, cost: usize, now: Instant, out: &mut Vec<Ready>) {
+        let seq = msg.seq;
+        self.next_seq = self.next_seq.max(seq + 1);
+        if let Some((h, last)) = self.held
+            && seq > last
+        {
+            // The held batch's last message never came (it was rejected or lost): close it.
+            self.held = None;
+            self.flush(h, FlushReason::Replay, out);
+        }
         let appended = match self.index_of(&msg.table) {
             Ok(t) => self.tables[t]
                 .builder
@@ -145,13 +181,21 @@ impl Batches {
         pending.cost += kept;
         pending.bytes += bytes;
         pending.first_at.get_or_insert(now);
-        if pending.builder.rows() >= limits.max_rows {
+        pending.first_seq.get_or_insert(seq);
+        if let Some((h, last)) = self.held {
+            if h == t && seq >= last {
+                self.held = None;
+                self.flush(t, FlushReason::Replay, out);
+            }
+        } else if pending.builder.rows() >= limits.max_rows {
             self.flush(t, FlushReason::Rows, out);
         } else if pending.bytes >= limits.max_bytes {
             self.flush(t, FlushReason::Bytes, out);
         }
         if self.buffered >= self.pressure {
-            let largest = (0..self.tables.len()).max_by_key(|&i| self.tables[i].cost);
+            let largest = (0..self.tables.len())
+                .filter(|&i| !self.is_held(i))
+                .max_by_key(|&i| self.tables[i].cost);
             if let Some(i) = largest {
                 self.flush(i, FlushReason::Budget, out);
             }
@@ -187,6 +231,7 @@ impl Batches {
             bytes: 0,
             cost: 0,
             first_at: None,
+            first_seq: None,
         });
         Ok(self.tables.len() - 1)
     }
@@ -196,31 +241,45 @@ impl Batches {
         let cost = std::mem::take(&mut pending.cost);
         pending.bytes = 0;
         pending.first_at = None;
+        pending.first_seq = None;
         self.buffered -= cost;
-        match pending.builder.finish() {
+        let finished = pending.builder.finish();
+        let low_water = self
+            .tables
+            .iter()
+            .filter_map(|p| p.first_seq)
+            .fold(self.next_seq, u64::min);
+        match finished {
             Ok(Some(batch)) => out.push(Ready {
                 batch,
                 cost,
                 reason,
+                low_water,
             }),
             Ok(None) => {}
             // Arrays built by our own builders always agree with their schema.
-            Err(e) => tracing::error!(table = %pending.table, error = %e, "cannot finish a batch"),
+            Err(e) => {
+                tracing::error!(table = %self.tables[t].table, error = %e, "cannot finish a batch")
+            }
         }
     }
 
     /// When the oldest buffered table is due for an age flush.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let oldest = self.tables.iter().filter_map(|p| p.first_at).min();
+        let oldest = (0..self.tables.len())
+            .filter(|&i| !self.is_held(i))
+            .filter_map(|i| self.tables[i].first_at)
+            .min();
         oldest.map(|t| t + self.limits.max_age)
     }
 
     /// Flushes every table whose first row is older than `max_age`.
     pub fn flush_due(&mut self, now: Instant, out: &mut Vec<Ready>) {
         for t in 0..self.tables.len() {
-            if self.tables[t]
-                .first_at
-                .is_some_and(|at| at + self.limits.max_age <= now)
+            if !self.is_held(t)
+                && self.tables[t]
+                    .first_at
+                    .is_some_and(|at| at + self.limits.max_age <= now)
             {
                 self.flush(t, FlushReason::Age, out);
             }
@@ -229,6 +288,7 @@ impl Batches {
 
     /// Flushes everything (shutdown).
     pub fn flush_all(&mut self, out: &mut Vec<Ready>) {
+        self.held = None;
         for t in 0..self.tables.len() {
             self.flush(t, FlushReason::Shutdown, out);
         }
@@ -241,7 +301,6 @@ pub struct Batcher {
     rx: mpsc::Receiver<Admitted>,
     out: mpsc::Sender<Ready>,
     batches: Batches,
-    seq: SeqAllocator,
     budget: Budget,
 }
 
@@ -251,14 +310,12 @@ impl Batcher {
         rx: mpsc::Receiver<Admitted>,
         out: mpsc::Sender<Ready>,
         batches: Batches,
-        seq: SeqAllocator,
         budget: Budget,
     ) -> Self {
         Self {
             rx,
             out,
             batches,
-            seq,
             budget,
         }
     }
@@ -271,10 +328,7 @@ impl Batcher {
             tokio::select! {
                 // Cancel-safe: `recv` loses nothing when the timer branch wins.
                 msg = self.rx.recv() => match msg {
-                    Some(admitted) => if let Err(e) = self.push(admitted, &mut ready).await {
-                        tracing::error!(error = %e, "cannot reserve sequence numbers; stopping intake");
-                        break;
-                    },
+                    Some(admitted) => self.push(admitted, &mut ready),
                     None => break,
                 },
                 () = sleep_until(deadline) => self.batches.flush_due(Instant::now(), &mut ready),
@@ -289,24 +343,22 @@ impl Batcher {
         tracing::debug!("batcher finished");
     }
 
-    /// Numbers and buffers each message of a group, sharing out the group's budget bytes so
-    /// that what the batches give back adds up to exactly what was taken.
-    async fn push(&mut self, admitted: Admitted, ready: &mut Vec<Ready>) -> std::io::Result<()> {
+    /// Buffers each message of a group, sharing out the group's budget bytes so that what the
+    /// batches give back adds up to exactly what was taken.
+    fn push(&mut self, admitted: Admitted, ready: &mut Vec<Ready>) {
         let now = Instant::now();
         let mut remaining = admitted.cost;
         let last = admitted.msgs.len().saturating_sub(1);
         for (i, msg) in admitted.msgs.into_iter().enumerate() {
-            let seq = self.seq.next().await?;
             let cost = if i == last {
                 remaining
             } else {
                 msg.cost().min(remaining)
             };
             remaining -= cost;
-            self.batches.push(msg, cost, seq, now, ready);
+            self.batches.push(msg, cost, now, ready);
         }
         self.budget.release(self.batches.take_freed());
-        Ok(())
     }
 
     async fn send(&mut self, ready: &mut Vec<Ready>) -> bool {

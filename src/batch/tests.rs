@@ -14,7 +14,7 @@ fn limits() -> BatchLimits {
     }
 }
 
-fn admitted(table: &str, value: Scalar) -> Message {
+fn admitted(table: &str, value: Scalar, seq: u64) -> Message {
     Message {
         table: Arc::from(table),
         device_id: Arc::from("d"),
@@ -26,6 +26,7 @@ fn admitted(table: &str, value: Scalar) -> Message {
         }],
         topic: "t/x".into(),
         payload: Bytes::from_static(b"{\"v\":\"x\"}"),
+        seq,
     }
 }
 
@@ -39,7 +40,7 @@ fn a_table_is_flushed_when_it_reaches_max_rows() {
     let now = Instant::now();
     let mut out = Vec::new();
     for seq in 0..3 {
-        b.push(admitted("t", Scalar::Int(1)), 10, seq, now, &mut out);
+        b.push(admitted("t", Scalar::Int(1), seq), 10, now, &mut out);
     }
     assert_eq!(out.len(), 1);
     assert_eq!(
@@ -59,17 +60,15 @@ fn a_table_is_flushed_when_its_columnar_bytes_reach_max_bytes() {
     let mut out = Vec::new();
     // One row takes 37 bytes (time, received_at, seq, device id "d", one Int64).
     b.push(
-        admitted("t", Scalar::Int(1)),
+        admitted("t", Scalar::Int(1), 0),
         10_000,
-        0,
         Instant::now(),
         &mut out,
     );
     assert!(out.is_empty());
     b.push(
-        admitted("t", Scalar::Int(1)),
+        admitted("t", Scalar::Int(1), 1),
         10_000,
-        1,
         Instant::now(),
         &mut out,
     );
@@ -81,9 +80,8 @@ fn budget_beyond_three_times_the_columnar_size_is_freed_on_append() {
     let mut b = batches();
     let mut out = Vec::new();
     b.push(
-        admitted("t", Scalar::Int(1)),
+        admitted("t", Scalar::Int(1), 0),
         1_000,
-        0,
         Instant::now(),
         &mut out,
     );
@@ -104,12 +102,11 @@ async fn the_age_timer_starts_at_the_first_row_of_a_batch() {
     let mut out = Vec::new();
     assert_eq!(b.next_deadline(), None);
     let t0 = Instant::now();
-    b.push(admitted("t", Scalar::Int(1)), 10, 0, t0, &mut out);
+    b.push(admitted("t", Scalar::Int(1), 0), 10, t0, &mut out);
     tokio::time::advance(Duration::from_secs(3)).await;
     b.push(
-        admitted("t", Scalar::Int(1)),
+        admitted("t", Scalar::Int(1), 1),
         10,
-        1,
         Instant::now(),
         &mut out,
     );
@@ -127,8 +124,8 @@ fn a_type_conflict_sends_the_message_to_rejected_with_the_reason() {
     let mut b = batches();
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("t", Scalar::Int(1)), 10, 0, now, &mut out);
-    b.push(admitted("t", Scalar::Str("x".into())), 10, 1, now, &mut out);
+    b.push(admitted("t", Scalar::Int(1), 0), 10, now, &mut out);
+    b.push(admitted("t", Scalar::Str("x".into()), 1), 10, now, &mut out);
     b.flush_all(&mut out);
     let mut tables: Vec<(String, usize)> = out
         .iter()
@@ -143,8 +140,8 @@ fn budget_pressure_flushes_the_largest_table() {
     let mut b = Batches::new(limits(), 80, Arc::new(Stats::default()));
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("small", Scalar::Int(1)), 10, 0, now, &mut out);
-    b.push(admitted("big", Scalar::Int(1)), 95, 1, now, &mut out);
+    b.push(admitted("small", Scalar::Int(1), 0), 10, now, &mut out);
+    b.push(admitted("big", Scalar::Int(1), 1), 95, now, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (&*out[0].batch.table, out[0].reason),
@@ -165,9 +162,8 @@ fn tables_past_max_tables_go_to_rejected_with_the_reason() {
     let now = Instant::now();
     for (seq, table) in ["a", "b", "c"].into_iter().enumerate() {
         b.push(
-            admitted(table, Scalar::Int(1)),
+            admitted(table, Scalar::Int(1), seq as u64),
             10,
-            seq as u64,
             now,
             &mut out,
         );
@@ -192,5 +188,73 @@ fn tables_past_max_tables_go_to_rejected_with_the_reason() {
         reason
             .flatten()
             .is_some_and(|r| r.contains("batch.max_tables"))
+    );
+}
+
+#[test]
+fn low_water_is_the_oldest_message_still_buffered() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    b.push(admitted("b", Scalar::Int(1), 0), 10, now, &mut out);
+    for seq in 1..=3 {
+        b.push(admitted("a", Scalar::Int(1), seq), 10, now, &mut out);
+    }
+    assert_eq!(out.len(), 1, "a reached max_rows");
+    assert_eq!(
+        (out[0].last_seq(), out[0].low_water),
+        (3, 0),
+        "b still holds 0"
+    );
+    b.flush_all(&mut out);
+    assert_eq!(
+        out[1].low_water, 4,
+        "nothing buffered: everything up to the last seq"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_table_ignores_every_flush_rule_until_its_last_seq() {
+    let mut b = Batches::new(limits(), 40, Arc::new(Stats::default()));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    b.hold(&Arc::from("a"), 5);
+    // Five rows: past max_rows (3) and the pressure mark (40), and older than max_age.
+    for seq in 1..=4 {
+        b.push(admitted("a", Scalar::Int(1), seq), 10, t0, &mut out);
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    b.flush_due(Instant::now(), &mut out);
+    assert!(
+        out.is_empty(),
+        "held: {:?}",
+        out.iter().map(|r| r.reason).collect::<Vec<_>>()
+    );
+    b.push(admitted("a", Scalar::Int(1), 5), 10, t0, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (
+            out[0].reason,
+            out[0].batch.records.num_rows(),
+            out[0].last_seq()
+        ),
+        (FlushReason::Replay, 5, 5)
+    );
+    b.push(admitted("a", Scalar::Int(1), 6), 10, t0, &mut out);
+    assert_eq!(out.len(), 1, "the hold is over: normal rules again");
+}
+
+#[test]
+fn a_hold_whose_last_message_never_comes_ends_at_the_first_later_message() {
+    let mut b = batches();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    b.hold(&Arc::from("a"), 2);
+    b.push(admitted("a", Scalar::Int(1), 1), 10, now, &mut out);
+    b.push(admitted("b", Scalar::Int(1), 7), 10, now, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (&*out[0].batch.table, out[0].reason),
+        ("a", FlushReason::Replay)
     );
 }

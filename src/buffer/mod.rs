@@ -1,21 +1,23 @@
 //! Buffer admission: the one global byte budget and the handle sources use to put messages
-//! into the pipeline. A source calls [`Ingest::submit`]; it returns once the message holds its
-//! share of the budget and sits in the batcher's queue. While the budget is spent, `submit`
-//! waits: the MQTT connection stops reading its socket and withholds acks, so TCP pushes back
-//! on the device instead of fleetlake dropping data. Budget is given back when the batch that
-//! holds the message is published.
+//! into the pipeline. A source calls [`Ingest::submit`]; it returns once the messages hold
+//! their share of the budget and are durable in the WAL (which then passes them on to the
+//! batcher). While the budget is spent or the WAL volume is full, `submit` waits: the MQTT
+//! connection stops reading its socket and withholds acks, so TCP pushes back on the device
+//! instead of fleetlake dropping data. Budget is given back when the batch that holds the
+//! message is published.
 
 mod budget;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 pub use budget::Budget;
 
 use crate::config::Qos0WhenFull;
 use crate::decode::Message;
 use crate::telemetry::Stats;
+use crate::wal::{Append, WalHandle};
 
 /// Messages admitted into the pipeline together, with the budget they hold.
 ///
@@ -47,22 +49,22 @@ pub enum Admission {
 /// Cloneable front door of the pipeline, one per source task.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    tx: mpsc::Sender<Admitted>,
+    wal: WalHandle,
     budget: Budget,
     stats: Arc<Stats>,
     qos0_when_full: Qos0WhenFull,
 }
 
 impl Ingest {
-    /// A handle sending into the batcher's queue `tx`.
+    /// A handle appending to the WAL writer `wal`.
     pub fn new(
-        tx: mpsc::Sender<Admitted>,
+        wal: WalHandle,
         budget: Budget,
         stats: Arc<Stats>,
         qos0_when_full: Qos0WhenFull,
     ) -> Self {
         Self {
-            tx,
+            wal,
             budget,
             stats,
             qos0_when_full,
@@ -74,11 +76,16 @@ impl Ingest {
         (self.budget.total() / 8).min(1 << 20)
     }
 
-    /// Admits `msgs` whose summed [`Message::cost`] is `cost`, waiting for budget when it is
-    /// spent (cancel-safe: a cancelled wait holds no budget). `qos0_only` groups may be shed
-    /// under `memory.qos0_when_full = "shed"`.
+    /// Admits `msgs` from `client` whose summed [`Message::cost`] is `cost`, waiting for
+    /// budget when it is spent, then for the WAL fsync that makes them durable. `qos0_only`
+    /// groups (nothing to acknowledge) do not wait for the fsync, and may be shed under
+    /// `memory.qos0_when_full = "shed"`.
+    ///
+    /// Cancel-safe: a cancelled budget wait holds nothing; a group cancelled while its fsync
+    /// is pending is still written, just never acknowledged (at-least-once).
     pub async fn submit(
         &self,
+        client: &Arc<str>,
         msgs: Vec<Message>,
         cost: usize,
         qos0_only: bool,
@@ -97,12 +104,25 @@ impl Ingest {
         } else {
             self.budget.acquire(cost).await
         };
-        match self.tx.send(Admitted { msgs, cost }).await {
-            Ok(()) => Ok(Admission::Accepted),
-            Err(_) => {
-                self.budget.release(cost);
-                Err(Closed)
-            }
+        let (done, durable) = if qos0_only {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        let append = Append {
+            client: client.clone(),
+            group: Admitted { msgs, cost },
+            done,
+        };
+        if let Err(append) = self.wal.append(append) {
+            self.budget.release(append.group.cost);
+            return Err(Closed);
+        }
+        match durable {
+            // The writer drops the sender without telling only when it stopped on an error.
+            Some(rx) => rx.await.map(|()| Admission::Accepted).map_err(|_| Closed),
+            None => Ok(Admission::Accepted),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct RawConfig {
     pub parquet: RawParquet,
     /// `[memory]`
     pub memory: RawMemory,
+    /// `[wal]`
+    pub wal: RawWal,
     /// `[log]`
     pub log: RawLog,
     /// `[[tables]]`
@@ -199,6 +201,26 @@ impl Default for RawMemory {
     }
 }
 
+/// `[wal]`: the write-ahead log under `{data_dir}/wal`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWal {
+    /// Shortest time between two fsyncs; records arriving meanwhile share the next one.
+    /// `0s` syncs as soon as the previous sync ends.
+    pub sync_interval: HumanDuration,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_size: ByteSize,
+}
+
+impl Default for RawWal {
+    fn default() -> Self {
+        Self {
+            sync_interval: HumanDuration(Duration::from_millis(2)),
+            segment_size: ByteSize(64 << 20),
+        }
+    }
+}
+
 /// `[log]`: logging.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -307,6 +329,8 @@ pub struct Config {
     pub memory_budget: usize,
     /// QoS 0 policy when the budget is full.
     pub qos0_when_full: Qos0WhenFull,
+    /// Write-ahead log settings.
+    pub wal: WalConfig,
     /// Log format is JSON.
     pub log_json: bool,
     /// Log filter.
@@ -326,6 +350,15 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// CONNECT deadline.
     pub connect_timeout: Duration,
+}
+
+/// Validated `[wal]`.
+#[derive(Clone, Copy, Debug)]
+pub struct WalConfig {
+    /// Shortest time between fsyncs (0: back to back).
+    pub sync_interval: Duration,
+    /// Segment rotation size in bytes.
+    pub segment_size: u64,
 }
 
 /// Validated `[batch]`.
@@ -424,6 +457,19 @@ impl Config {
                 ));
             }
         };
+        let wal = WalConfig {
+            sync_interval: raw.wal.sync_interval.0,
+            segment_size: raw.wal.segment_size.0,
+        };
+        if wal.sync_interval > Duration::from_secs(1) {
+            return Err(invalid(
+                "wal.sync_interval",
+                "must be at most 1s (every ack waits for it)",
+            ));
+        }
+        if wal.segment_size < 1 << 20 {
+            return Err(invalid("wal.segment_size", "must be at least 1MiB"));
+        }
         let log_json = match raw.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -445,6 +491,7 @@ impl Config {
             parquet,
             memory_budget,
             qos0_when_full,
+            wal,
             log_json,
             log_level: raw.log.level.clone(),
             raw,

@@ -31,6 +31,8 @@ pub struct Message {
     pub topic: String,
     /// Original payload (shares the network buffer; no copy).
     pub payload: Bytes,
+    /// WAL sequence number, set when the message is appended to the WAL (0 before).
+    pub seq: u64,
 }
 
 /// Bytes one message is charged against the memory budget: payload, topic and a fixed
@@ -71,6 +73,7 @@ impl Message {
             }],
             topic,
             payload,
+            seq: 0,
         }
     }
 
@@ -116,6 +119,7 @@ pub fn decode_publish(
                 rows,
                 topic,
                 payload,
+                seq: 0,
             }
         }
         Err(e) => Message::rejected(

@@ -1,9 +1,10 @@
 //! One device connection: a task that reads bytes, frames packets, feeds the session state
 //! machine and carries out its steps in order. Every complete packet already in the read
 //! buffer is handled first: decoded messages gather into one group and acks into one write
-//! buffer. Then the group is admitted into the pipeline, and only after that are the acks
-//! written, in one syscall. When the memory budget is spent, admission waits: this task stops
-//! reading its socket and sends no acks.
+//! buffer. Then the group is admitted into the pipeline — which returns once it is fsynced in
+//! the WAL — and only after that are the acks written, in one syscall. When the memory budget
+//! is spent or the WAL volume is full, admission waits: this task stops reading its socket
+//! and sends no acks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -342,7 +343,7 @@ impl Connection {
             biased;
             // Cancel-safe: a cancelled submit holds no budget and nothing was acked.
             () = shutdown_signalled(&mut self.shutdown) => Some(End::Shutdown),
-            admitted = self.ingest.submit(group, cost, qos0_only) => match admitted {
+            admitted = self.ingest.submit(&self.client_id, group, cost, qos0_only) => match admitted {
                 Ok(Admission::Accepted | Admission::Shed) => None,
                 Err(_) => Some(End::PipelineClosed),
             },

@@ -3,8 +3,13 @@
 //! batch's memory budget back. A failed publish (disk full, permissions) is retried with a
 //! capped backoff while the batch keeps its budget, so sources slow down instead of data
 //! being dropped.
+//!
+//! Around each batch it keeps the WAL checkpoint: the batch is marked in progress (durably)
+//! before its first file appears, and published after its last, with the batch's low-water
+//! mark; the WAL writer then deletes the segments below that mark.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -14,6 +19,7 @@ use crate::batch::Ready;
 use crate::buffer::Budget;
 use crate::columnar::encode;
 use crate::telemetry::Stats;
+use crate::wal::{Checkpoint, CheckpointFile, Cut};
 
 /// Publishes finished batches.
 #[derive(Debug)]
@@ -22,6 +28,8 @@ pub struct Publisher {
     sink: Arc<LocalSink>,
     budget: Budget,
     stats: Arc<Stats>,
+    checkpoint: Arc<(CheckpointFile, std::sync::Mutex<Checkpoint>)>,
+    low_water: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +40,19 @@ enum PublishError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("encoder task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("writing the WAL checkpoint: {0}")]
+    Checkpoint(#[from] std::io::Error),
+}
+
+/// Where the publisher keeps its progress.
+#[derive(Debug)]
+pub struct Progress {
+    /// The checkpoint file.
+    pub file: CheckpointFile,
+    /// Its content as last loaded.
+    pub checkpoint: Checkpoint,
+    /// Shared with the WAL writer: segments below it may be deleted.
+    pub low_water: Arc<AtomicU64>,
 }
 
 impl Publisher {
@@ -41,12 +62,15 @@ impl Publisher {
         sink: Arc<LocalSink>,
         budget: Budget,
         stats: Arc<Stats>,
+        progress: Progress,
     ) -> Self {
         Self {
             rx,
             sink,
             budget,
             stats,
+            checkpoint: Arc::new((progress.file, std::sync::Mutex::new(progress.checkpoint))),
+            low_water: progress.low_water,
         }
     }
 
@@ -68,20 +92,34 @@ impl Publisher {
                     }
                 }
             }
+            self.low_water.fetch_max(ready.low_water, Ordering::AcqRel);
             self.budget.release(ready.cost);
         }
         tracing::debug!("publisher finished");
     }
 
+    /// Marks the batch in progress, publishes its files, marks it published (all on the
+    /// blocking pool). A retry after an error rewrites the same file names.
     async fn publish(&self, ready: &Ready) -> Result<Vec<Published>, PublishError> {
         let sink = self.sink.clone();
         let batch = ready.batch.clone();
+        let checkpoint = self.checkpoint.clone();
+        let (last_seq, low_water) = (ready.last_seq(), ready.low_water);
         tokio::task::spawn_blocking(move || {
+            let (file, cp) = &*checkpoint;
+            let mut cp = cp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            cp.begin(Cut {
+                table: batch.table.to_string(),
+                last_seq,
+            });
+            file.store(&cp)?;
             let parts = encode::partition(&batch)?;
             let mut files = Vec::with_capacity(parts.len());
             for part in &parts {
                 files.push(sink.publish(&batch.table, part)?);
             }
+            cp.done(&batch.table, last_seq, low_water);
+            file.store(&cp)?;
             Ok(files)
         })
         .await?

@@ -51,6 +51,20 @@ counters! {
     bytes_published,
     /// Failed publish attempts (retried).
     publish_errors,
+    /// Records appended to the WAL.
+    wal_records,
+    /// Bytes appended to the WAL.
+    wal_bytes,
+    /// WAL fsyncs (each makes every record written before it durable).
+    wal_syncs,
+    /// Times an append failed because the WAL volume was full (acks withheld meanwhile).
+    wal_disk_full,
+    /// WAL segments deleted once every record in them was in a published file.
+    wal_segments_released,
+    /// Records replayed from the WAL at start.
+    wal_replayed,
+    /// Segments whose replay stopped early at a torn or corrupt record.
+    wal_damaged_segments,
 }
 
 impl Stats {

@@ -45,7 +45,16 @@ impl Daemon {
         mqtt: &str,
         extra: &str,
     ) -> Result<Self, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, grace, mqtt, extra)
+    }
+
+    /// Starts the daemon on the data in `dir` (a restart after [`Daemon::kill`]).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        grace: &str,
+        mqtt: &str,
+        extra: &str,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let config = format!(
             "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
             dir.path().join("data").display()
@@ -117,6 +126,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL: no flush, no clean-up. Gives back the directory for a restart.
+    pub fn kill(mut self) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(std::mem::replace(&mut self.dir, tempfile::tempdir()?))
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {

@@ -70,13 +70,19 @@ class Daemon:
         code = self.proc.wait(timeout=DEADLINE)
         assert code == 0, "".join(self.lines)
 
+    def kill(self):
+        """SIGKILL: no flush, no clean-up; only the WAL and published files survive."""
+        self.proc.kill()
+        self.proc.wait(timeout=DEADLINE)
+
 
 @pytest.fixture
 def daemon_factory(tmp_path):
     started = []
 
-    def start(extra=""):
-        d = Daemon(tmp_path / f"d{len(started)}", extra)
+    def start(extra="", dir_name=None):
+        """A daemon in a fresh dir, or in `dir_name` again (a restart on the same data)."""
+        d = Daemon(tmp_path / (dir_name or f"d{len(started)}"), extra)
         started.append(d)
         return d
 

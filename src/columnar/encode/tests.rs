@@ -26,6 +26,7 @@ fn batch(rows: &[(&str, i64, u64)]) -> Batch {
             }],
             topic: String::new(),
             payload: Bytes::new(),
+            seq: 0,
         };
         b.append(&m, *seq).unwrap_or_else(|e| panic!("{e}"));
     }

@@ -1,0 +1,247 @@
+//! The WAL writer: one OS thread (so `write` and `fdatasync` never block an async worker)
+//! that owns the [`Log`]. Sources hand it groups of decoded messages through a [`WalHandle`];
+//! it frames them, writes everything that is waiting in one `write`, and makes it durable with
+//! one `fdatasync` (group commit). Only then are the groups passed on to the batcher, in
+//! sequence order, and their senders told (so MQTT acks go out after the fsync).
+//!
+//! `wal.sync_interval` is the shortest time between two fsyncs: a record arriving sooner after
+//! the last sync waits for the interval to end, gathering others into the same sync. A record
+//! arriving on an idle log is synced at once.
+//!
+//! A full volume (`ENOSPC` on write) is not an error for the senders: the partial write is cut
+//! back, the records stay staged, nobody is told, and the write is retried every second until
+//! it fits (MQTT connections meanwhile withhold acks and stop reading). Any other write error
+//! and every fsync error end the thread with the error: the daemon exits and a restart replays
+//! the log. An fsync is never retried.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::fs::WalFs;
+use super::log::Log;
+use crate::buffer::Admitted;
+use crate::telemetry::Stats;
+
+/// Most bytes written per round, so one round's latency stays bounded under a flood.
+const ROUND_BYTES: usize = 8 << 20;
+/// How often a full disk is retried, and the idle wake-up for releasing segments.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A group of messages from one client to make durable.
+#[derive(Debug)]
+pub struct Append {
+    /// Client id of the sender (kept in each record, so replay decodes the same rows).
+    pub client: Arc<str>,
+    /// The messages and the budget they hold.
+    pub group: Admitted,
+    /// Told once the group is durable and passed on. `None` when nobody waits (QoS 0).
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// Cloneable handle to the writer thread. The thread ends once every handle is dropped and
+/// everything sent is written.
+#[derive(Clone, Debug)]
+pub struct WalHandle {
+    tx: std_mpsc::Sender<Append>,
+}
+
+impl WalHandle {
+    /// Queues a group (never blocks). `Err` gives it back when the writer has stopped.
+    pub fn append(&self, append: Append) -> Result<(), Append> {
+        self.tx.send(append).map_err(|e| e.0)
+    }
+}
+
+/// How the writer thread ended: the log back (for the final release), or the fatal error.
+pub type WriterResult<F> = Result<Log<F>, io::Error>;
+
+/// Starts the writer thread. Durable groups go to `out`; `low_water` is read to delete
+/// segments whose records are all published. The returned receiver resolves when the thread
+/// ends.
+pub fn spawn<F: WalFs>(
+    log: Log<F>,
+    out: mpsc::Sender<Admitted>,
+    sync_interval: Duration,
+    low_water: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+) -> io::Result<(WalHandle, oneshot::Receiver<WriterResult<F>>)> {
+    let (tx, rx) = std_mpsc::channel();
+    let (end_tx, end_rx) = oneshot::channel();
+    let writer = Writer {
+        log,
+        rx,
+        out,
+        sync_interval,
+        low_water,
+        released: 0,
+        stats,
+        waiting: Vec::new(),
+        closed: false,
+    };
+    std::thread::Builder::new()
+        .name("fleetlake-wal".into())
+        .spawn(move || {
+            let _ = end_tx.send(writer.run());
+        })?;
+    Ok((WalHandle { tx }, end_rx))
+}
+
+struct Writer<F: WalFs> {
+    log: Log<F>,
+    rx: std_mpsc::Receiver<Append>,
+    out: mpsc::Sender<Admitted>,
+    sync_interval: Duration,
+    low_water: Arc<AtomicU64>,
+    released: u64,
+    stats: Arc<Stats>,
+    waiting: Vec<(Admitted, Option<oneshot::Sender<()>>)>,
+    closed: bool,
+}
+
+impl<F: WalFs> Writer<F> {
+    fn run(mut self) -> WriterResult<F> {
+        let mut last_sync: Option<Instant> = None;
+        let mut full = false;
+        loop {
+            if self.waiting.is_empty() {
+                if self.closed {
+                    return Ok(self.log);
+                }
+                self.release();
+                match self.rx.recv_timeout(RETRY) {
+                    Ok(a) => self.stage(a),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(self.log),
+                }
+            }
+            let due = last_sync.map(|t| t + self.sync_interval);
+            self.gather(due);
+            let written = match self.log.write() {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                    if !full {
+                        full = true;
+                        Stats::add(&self.stats.wal_disk_full, 1);
+                        tracing::error!(
+                            records = self
+                                .waiting
+                                .iter()
+                                .map(|(g, _)| g.msgs.len())
+                                .sum::<usize>(),
+                            "WAL volume is full: acks are withheld and sources paused until space is freed"
+                        );
+                    }
+                    if self.wait_while_full() {
+                        tracing::error!(
+                            groups = self.waiting.len(),
+                            "shutting down with a full WAL volume: unwritten messages were never acknowledged"
+                        );
+                        return Ok(self.log);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if full {
+                full = false;
+                tracing::warn!("WAL volume has space again: acks resume");
+            }
+            // After a failed fsync the kernel may have dropped the dirty pages: exit, never retry.
+            self.log.sync()?;
+            last_sync = Some(Instant::now());
+            Stats::add(&self.stats.wal_syncs, 1);
+            Stats::add(&self.stats.wal_bytes, written as u64);
+            for (group, done) in self.waiting.drain(..) {
+                Stats::add(&self.stats.wal_records, group.msgs.len() as u64);
+                if self.out.blocking_send(group).is_err() {
+                    return Err(io::Error::other("the batcher stopped"));
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            self.log.rotate_if_full()?;
+            self.release();
+        }
+    }
+
+    fn stage(&mut self, a: Append) {
+        let Append {
+            client,
+            mut group,
+            done,
+        } = a;
+        for msg in &mut group.msgs {
+            msg.seq = self
+                .log
+                .stage(msg.received_at, &client, &msg.topic, &msg.payload);
+        }
+        self.waiting.push((group, done));
+    }
+
+    /// Stages what else is queued, waiting until `due` (the earliest next sync) for more.
+    fn gather(&mut self, due: Option<Instant>) {
+        while self.log.staged_bytes() < ROUND_BYTES {
+            match self.rx.try_recv() {
+                Ok(a) => {
+                    self.stage(a);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    return;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            let Some(due) = due.filter(|&d| d > now) else {
+                return;
+            };
+            match self.rx.recv_timeout(due - now) {
+                Ok(a) => self.stage(a),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits [`RETRY`] (staging what arrives); `true` when every source is gone, so waiting
+    /// longer is pointless.
+    fn wait_while_full(&mut self) -> bool {
+        let until = Instant::now() + RETRY;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            match self.rx.recv_timeout(until - now) {
+                Ok(a) => self.stage(a),
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// Deletes segments the checkpoint no longer needs. A failed delete is retried with
+    /// the next release (the records in it are skipped on replay anyway).
+    fn release(&mut self) {
+        let lw = self.low_water.load(Ordering::Acquire);
+        if lw > self.released {
+            match self.log.release(lw, false) {
+                Ok(n) => {
+                    self.released = lw;
+                    Stats::add(&self.stats.wal_segments_released, n as u64);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete a released WAL segment"),
+            }
+        }
+    }
+}
