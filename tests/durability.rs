@@ -116,3 +116,78 @@ fn a_batch_cut_before_a_crash_is_rebuilt_into_the_same_file_without_duplicates()
     assert_eq!(seen, expected, "every row once; files {files:?}");
     Ok(())
 }
+
+/// Unmounts the test volume even when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_wal_volume_withholds_acks_until_space_is_freed() -> TestResult {
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
+
+    let vol = tempfile::tempdir()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "fleetlake-test"])
+        .arg(vol.path())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIPPED a_full_wal_volume_withholds_acks_until_space_is_freed: cannot mount a 4 MiB \
+             tmpfs here (needs root or CAP_SYS_ADMIN)"
+        );
+        return Ok(());
+    }
+    let _unmount = Mounted(vol.path().to_path_buf());
+    let lake = tempfile::tempdir()?;
+    let extra = format!("[output]\nurl = \"{}\"\n", lake.path().display());
+    let daemon = Daemon::start_in(vol, "10s", "", &extra)?;
+    let mut c = Client::connect(daemon.addr, "dev")?;
+    c.publish1("t", r#"{"v": 1}"#, 1)?;
+
+    // Fill the volume.
+    let filler = daemon.dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler)?;
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    // Larger than a page, so it cannot fit in the segment's last allocated page.
+    let big = format!(r#"{{"v": 2, "pad": "{}"}}"#, "x".repeat(16 * 1024));
+    let mut p = Publish::new("t", QoS::AtLeastOnce, big.into_bytes());
+    p.pkid = 2;
+    c.send(Packet::Publish(p))?;
+    wait_for("the daemon to report the full volume", || {
+        daemon.log_contains("WAL volume is full")
+    })?;
+    c.stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))?;
+    assert!(
+        c.recv().is_err(),
+        "no PUBACK while the record is not on disk"
+    );
+
+    std::fs::remove_file(&filler)?;
+    c.stream.set_read_timeout(Some(common::DEADLINE))?;
+    match c.recv()? {
+        Packet::PubAck(ack) => assert_eq!(ack.pkid, 2),
+        other => return Err(format!("expected PUBACK 2, got {other:?}").into()),
+    }
+    assert!(daemon.log_contains("acks resume"));
+    c.disconnect()?;
+    let (status, _daemon) = daemon.stop()?;
+    assert!(status.success());
+    let rows = read_rows(&lake.path().join("telemetry"))?;
+    assert_eq!(rows.len(), 2, "both messages stored once");
+    Ok(())
+}
