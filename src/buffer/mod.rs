@@ -1,7 +1,8 @@
 //! Buffer admission: the one global byte budget and the handle sources use to put messages
 //! into the pipeline. A source calls [`Ingest::submit`]; it returns once the messages hold
-//! their share of the budget and are durable in the WAL (which then passes them on to the
-//! batcher). While the budget is spent or the WAL volume is full, `submit` waits: the MQTT
+//! their share of the budget and are queued for the WAL, with a [`Durable`] to wait on before
+//! acknowledging them (the WAL passes them on to the batcher once fsynced). While the budget
+//! is spent, `submit` waits; while the WAL volume is full, `Durable` does: either way the MQTT
 //! connection stops reading its socket and withholds acks, so TCP pushes back on the device
 //! instead of fleetlake dropping data. Budget is given back when the batch that holds the
 //! message is published.
@@ -37,13 +38,46 @@ pub struct Admitted {
 #[error("the pipeline is shutting down")]
 pub struct Closed;
 
-/// Outcome of a submit that did not fail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// In the pipeline.
-    Accepted,
-    /// QoS 0 dropped under the `shed` policy (counted).
-    Shed,
+/// Resolves once a submitted group is durable in the WAL; `Err(Closed)` if the WAL writer
+/// stopped on an error first. Resolves at once for groups nobody acknowledges (QoS 0, shed).
+#[derive(Debug)]
+pub struct Durable(Option<oneshot::Receiver<()>>);
+
+impl Durable {
+    /// Already done (nothing to wait for).
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// Whether nothing is left to wait for, without polling.
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether the group is durable (or needs no waiting) now; `Err` when it never will be.
+    pub fn try_done(&mut self) -> Result<bool, Closed> {
+        match &mut self.0 {
+            None => Ok(true),
+            Some(rx) => match rx.try_recv() {
+                Ok(()) => {
+                    self.0 = None;
+                    Ok(true)
+                }
+                Err(oneshot::error::TryRecvError::Empty) => Ok(false),
+                Err(oneshot::error::TryRecvError::Closed) => Err(Closed),
+            },
+        }
+    }
+
+    /// Waits until durable (cancel-safe).
+    pub async fn wait(&mut self) -> Result<(), Closed> {
+        if let Some(rx) = &mut self.0 {
+            // The writer drops the sender unsent only when it stopped on an error.
+            rx.await.map_err(|_| Closed)?;
+            self.0 = None;
+        }
+        Ok(())
+    }
 }
 
 /// Cloneable front door of the pipeline, one per source task.
@@ -77,28 +111,27 @@ impl Ingest {
     }
 
     /// Admits `msgs` from `client` whose summed [`Message::cost`] is `cost`, waiting for
-    /// budget when it is spent, then for the WAL fsync that makes them durable. `qos0_only`
-    /// groups (nothing to acknowledge) do not wait for the fsync, and may be shed under
-    /// `memory.qos0_when_full = "shed"`.
+    /// budget when it is spent, and queues them for the WAL. Acks for them may be sent once
+    /// the returned [`Durable`] resolves. `qos0_only` groups (nothing to acknowledge) get a
+    /// `Durable` that is done at once, and may be shed under `memory.qos0_when_full = "shed"`.
     ///
-    /// Cancel-safe: a cancelled budget wait holds nothing; a group cancelled while its fsync
-    /// is pending is still written, just never acknowledged (at-least-once).
+    /// Cancel-safe: a cancelled budget wait holds nothing.
     pub async fn submit(
         &self,
         client: &Arc<str>,
         msgs: Vec<Message>,
         cost: usize,
         qos0_only: bool,
-    ) -> Result<Admission, Closed> {
+    ) -> Result<Durable, Closed> {
         if msgs.is_empty() {
-            return Ok(Admission::Accepted);
+            return Ok(Durable(None));
         }
         let cost = if qos0_only && self.qos0_when_full == Qos0WhenFull::Shed {
             match self.budget.try_acquire(cost) {
                 Some(c) => c,
                 None => {
                     Stats::add(&self.stats.messages_shed, msgs.len() as u64);
-                    return Ok(Admission::Shed);
+                    return Ok(Durable(None));
                 }
             }
         } else {
@@ -119,10 +152,6 @@ impl Ingest {
             self.budget.release(append.group.cost);
             return Err(Closed);
         }
-        match durable {
-            // The writer drops the sender without telling only when it stopped on an error.
-            Some(rx) => rx.await.map(|()| Admission::Accepted).map_err(|_| Closed),
-            None => Ok(Admission::Accepted),
-        }
+        Ok(Durable(durable))
     }
 }

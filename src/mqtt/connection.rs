@@ -1,15 +1,19 @@
 //! One device connection: a task that reads bytes, frames packets, feeds the session state
 //! machine and carries out its steps in order. Every complete packet already in the read
 //! buffer is handled first: decoded messages gather into one group and acks into one write
-//! buffer. Then the group is admitted into the pipeline — which returns once it is fsynced in
-//! the WAL — and only after that are the acks written, in one syscall. When the memory budget
-//! is spent or the WAL volume is full, admission waits: this task stops reading its socket
-//! and sends no acks.
+//! buffer. Then the group is admitted into the pipeline (memory budget, then the WAL queue)
+//! and its acks are set aside until the WAL says the group is fsynced; they are written then,
+//! in order, in one syscall. Meanwhile the task goes on reading (pipelining: up to
+//! [`MAX_INFLIGHT`] groups wait for their fsync), so one busy client is not held to one fsync
+//! round trip per read. When the memory budget is spent, too many groups wait, or the WAL
+//! volume is full, this task stops reading its socket and sends no acks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::collections::VecDeque;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,12 +25,21 @@ use tracing::Instrument;
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
 use super::sessions::SessionStore;
-use crate::buffer::{Admission, Ingest};
+use crate::buffer::{Durable, Ingest};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
 
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Groups of one connection that may wait for their WAL fsync while it reads on.
+const MAX_INFLIGHT: usize = 8;
+
+/// Acks held back until their group is durable.
+#[derive(Debug)]
+struct Held {
+    durable: Durable,
+    acks: BytesMut,
+}
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -79,6 +92,8 @@ pub(crate) struct Connection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     steps: Vec<Step>,
+    /// Admitted groups whose acks wait for the WAL, oldest first.
+    held: VecDeque<Held>,
     /// Decoded messages not yet admitted; their acks wait in `wbuf`.
     group: Vec<Message>,
     group_cost: usize,
@@ -122,6 +137,7 @@ impl Connection {
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(1024),
             steps: Vec::with_capacity(4),
+            held: VecDeque::new(),
             group: Vec::new(),
             group_cost: 0,
             group_qos0_only: true,
@@ -146,6 +162,8 @@ impl Connection {
                     true
                 }
                 Ok(End::Shutdown) => {
+                    // Acks of groups already durable still go out; the rest never do.
+                    let _ = self.write_acks(usize::MAX).await;
                     if self.codec.protocol() == Some(Protocol::V5) && self.session.is_connected() {
                         self.codec
                             .encode(Outbound::Disconnect(0x8B), &mut self.wbuf);
@@ -170,6 +188,8 @@ impl Connection {
     }
 
     async fn on_error(&mut self, e: &ConnError) {
+        // Acks for what was admitted before the error go out first (once durable).
+        let _ = self.write_acks(0).await;
         match e {
             ConnError::PeerClosed if self.rbuf.is_empty() => {
                 tracing::debug!(client = %self.client_id, "client closed the connection");
@@ -210,14 +230,18 @@ impl Connection {
                     if let Some(end) = self.admit_group().await {
                         return Ok(end);
                     }
-                    self.flush().await?;
+                    if !self.write_acks(0).await? {
+                        return Ok(End::PipelineClosed);
+                    }
                     return Ok(end);
                 }
             }
             if let Some(end) = self.admit_group().await {
                 return Ok(end);
             }
-            self.flush().await?;
+            if !self.write_acks(MAX_INFLIGHT - 1).await? {
+                return Ok(End::PipelineClosed);
+            }
             let deadline = if self.session.is_connected() {
                 self.session.idle_timeout().map(|t| Instant::now() + t)
             } else {
@@ -229,8 +253,18 @@ impl Connection {
                 rbuf,
                 shutdown,
                 session,
+                held,
                 ..
             } = self;
+            // Resolves when the oldest held group is durable (or never will be).
+            let oldest_durable = async {
+                match held.front_mut() {
+                    Some(h) => {
+                        let _ = h.durable.wait().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let read = async {
                 match deadline {
                     Some(d) => timeout_at(d, stream.read_buf(rbuf)).await.map_err(|_| {
@@ -248,11 +282,42 @@ impl Connection {
                 biased;
                 // Cancel-safe: `read_buf` keeps what it read in `rbuf`; a cancelled read loses nothing.
                 () = shutdown_signalled(shutdown) => return Ok(End::Shutdown),
+                // Cancel-safe: `Durable::wait` keeps its receiver when cancelled.
+                () = oldest_durable => {}
                 n = read => if n? == 0 {
                     return Err(ConnError::PeerClosed);
                 },
             }
         }
+    }
+
+    /// Writes the held acks of every group that is durable, oldest first, stopping at the
+    /// first that is not; waits for durability while more than `keep` groups are held.
+    /// `Ok(false)` when the WAL stopped (those acks are never sent).
+    async fn write_acks(&mut self, keep: usize) -> std::io::Result<bool> {
+        loop {
+            let held = self.held.len();
+            let Some(front) = self.held.front_mut() else {
+                break;
+            };
+            let done = match front.durable.try_done() {
+                Ok(done) => done,
+                Err(_) => return Ok(false),
+            };
+            if !done {
+                if held <= keep {
+                    break;
+                }
+                if front.durable.wait().await.is_err() {
+                    return Ok(false);
+                }
+            }
+            if let Some(h) = self.held.pop_front() {
+                self.wbuf.extend_from_slice(&h.acks);
+            }
+        }
+        self.flush().await?;
+        Ok(true)
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -330,24 +395,39 @@ impl Connection {
         self.group.push(msg);
     }
 
-    /// Admits the gathered group; `Some` when the connection must end instead (its acks are
-    /// then never sent).
+    /// Admits the gathered group and holds the acks written since the last group behind it
+    /// until it is durable; `Some` when the connection must end instead (those acks are then
+    /// never sent).
     async fn admit_group(&mut self) -> Option<End> {
-        if self.group.is_empty() {
-            return None;
+        let durable = if self.group.is_empty() {
+            Ok(Durable::done())
+        } else {
+            let group = std::mem::take(&mut self.group);
+            let cost = std::mem::take(&mut self.group_cost);
+            let qos0_only = std::mem::replace(&mut self.group_qos0_only, true);
+            tokio::select! {
+                biased;
+                // Cancel-safe: a cancelled submit holds no budget and nothing was acked.
+                () = shutdown_signalled(&mut self.shutdown) => Err(End::Shutdown),
+                admitted = self.ingest.submit(&self.client_id, group, cost, qos0_only) => {
+                    admitted.map_err(|_| End::PipelineClosed)
+                }
+            }
+        };
+        let durable = match durable {
+            Ok(durable) => durable,
+            Err(end) => {
+                // Those messages are not in the pipeline: their acks must never go out.
+                self.wbuf.clear();
+                return Some(end);
+            }
+        };
+        if !self.wbuf.is_empty() || !durable.is_done() {
+            // Even acks of no message (PINGRESP, PUBCOMP) queue behind earlier groups: in order.
+            let acks = self.wbuf.split();
+            self.held.push_back(Held { durable, acks });
         }
-        let group = std::mem::take(&mut self.group);
-        let cost = std::mem::take(&mut self.group_cost);
-        let qos0_only = std::mem::replace(&mut self.group_qos0_only, true);
-        tokio::select! {
-            biased;
-            // Cancel-safe: a cancelled submit holds no budget and nothing was acked.
-            () = shutdown_signalled(&mut self.shutdown) => Some(End::Shutdown),
-            admitted = self.ingest.submit(&self.client_id, group, cost, qos0_only) => match admitted {
-                Ok(Admission::Accepted | Admission::Shed) => None,
-                Err(_) => Some(End::PipelineClosed),
-            },
-        }
+        None
     }
 
     async fn publish_will(&mut self) {
