@@ -32,7 +32,7 @@ use crate::telemetry::Stats;
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Groups of one connection that may wait for their WAL fsync while it reads on.
-const MAX_INFLIGHT: usize = 8;
+const MAX_INFLIGHT: usize = 32;
 
 /// Acks held back until their group is durable.
 #[derive(Debug)]

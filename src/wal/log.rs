@@ -32,7 +32,7 @@ pub struct Recovery {
     pub segments: Vec<u64>,
     /// Valid records read.
     pub records: u64,
-    /// Bytes of valid records read.
+    /// Bytes of valid records read (framing included).
     pub bytes: u64,
     /// Highest sequence number read.
     pub max_seq: Option<u64>,
@@ -66,7 +66,7 @@ pub fn replay<F: WalFs>(
             match reader.next_record()? {
                 Next::Record(entry) => {
                     rec.records += 1;
-                    rec.bytes += (record::HEADER + entry.payload.len()) as u64;
+                    rec.bytes += record::framed_len(&entry) as u64;
                     rec.max_seq = Some(rec.max_seq.map_or(entry.seq, |m| m.max(entry.seq)));
                     each(entry)?;
                 }

@@ -76,6 +76,11 @@ pub fn encode(
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Bytes `entry` takes in a segment, framing included.
+pub fn framed_len(entry: &Entry) -> usize {
+    HEADER + FIXED + entry.client.len() + 2 + entry.topic.len() + entry.payload.len()
+}
+
 fn crc_of(len: &[u8], seq_and_body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(len), seq_and_body)
 }
@@ -286,6 +291,8 @@ mod tests {
         assert_eq!(&entries[0].payload[..], b"{\"x\":1}");
         assert_eq!(entries[0].received_at, 1_700_000_000_000_000);
         assert_eq!(entries[1].seq, 8);
+        let total: usize = entries.iter().map(framed_len).sum();
+        assert_eq!(total + MAGIC.len(), bytes.len());
         assert!(entries[1].payload.is_empty());
     }
 

@@ -4,9 +4,9 @@
 //! one `fdatasync` (group commit). Only then are the groups passed on to the batcher, in
 //! sequence order, and their senders told (so MQTT acks go out after the fsync).
 //!
-//! `wal.sync_interval` is the shortest time between two fsyncs: a record arriving sooner after
-//! the last sync waits for the interval to end, gathering others into the same sync. A record
-//! arriving on an idle log is synced at once.
+//! `wal.sync_interval` is the shortest time between the starts of two fsyncs: a record
+//! arriving sooner waits for the interval to end, gathering others into the same sync. A
+//! record arriving on an idle log is synced at once.
 //!
 //! A full volume (`ENOSPC` on write) is not an error for the senders: the partial write is cut
 //! back, the records stay staged, nobody is told, and the write is retried every second until
@@ -152,8 +152,9 @@ impl<F: WalFs> Writer<F> {
                 tracing::warn!("WAL volume has space again: acks resume");
             }
             // After a failed fsync the kernel may have dropped the dirty pages: exit, never retry.
+            let sync_started = Instant::now();
             self.log.sync()?;
-            last_sync = Some(Instant::now());
+            last_sync = Some(sync_started);
             Stats::add(&self.stats.wal_syncs, 1);
             Stats::add(&self.stats.wal_bytes, written as u64);
             for (group, done) in self.waiting.drain(..) {
