@@ -26,6 +26,7 @@ use crate::mqtt::Listener;
 use crate::sink::LocalSink;
 use crate::sink::publisher::{Progress, Publisher};
 use crate::telemetry::Stats;
+use crate::wal::writer::WriterParts;
 use crate::wal::{self, Checkpoint, CheckpointFile, DiskFs, Log, Recovery};
 
 /// Messages queued between the sources and the batcher (bytes are bounded by the budget).
@@ -100,14 +101,15 @@ pub async fn run(config: Config) -> Result<Exit> {
     let next_seq = recovery.next_seq().max(checkpoint.next_seq_floor());
     let log = Log::start(fs, recovery.segments, next_seq, config.wal.segment_size)
         .with_context(|| format!("starting a WAL segment in {}", wal_dir.display()))?;
-    let (wal, mut wal_end) = wal::writer::spawn(
-        log,
-        batch_tx,
-        config.wal.sync_interval,
-        low_water.clone(),
-        stats.clone(),
-    )
-    .context("starting the WAL writer thread")?;
+    let parts = WriterParts {
+        out: batch_tx,
+        sync_interval: config.wal.sync_interval,
+        low_water: low_water.clone(),
+        budget: budget.clone(),
+        stats: stats.clone(),
+    };
+    let (wal, mut wal_end) =
+        wal::writer::spawn(log, parts).context("starting the WAL writer thread")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingest = Ingest::new(wal, budget, stats.clone(), config.qos0_when_full);

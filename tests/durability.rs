@@ -176,6 +176,11 @@ fn a_full_wal_volume_withholds_acks_until_space_is_freed() -> TestResult {
         c.recv().is_err(),
         "no PUBACK while the record is not on disk"
     );
+    assert_eq!(
+        v5_publish_reason(daemon.addr, big_v5())?,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::QuotaExceeded,
+        "MQTT 5 is told at once that the message was not stored"
+    );
 
     std::fs::remove_file(&filler)?;
     c.stream.set_read_timeout(Some(common::DEADLINE))?;
@@ -190,4 +195,50 @@ fn a_full_wal_volume_withholds_acks_until_space_is_freed() -> TestResult {
     let rows = read_rows(&lake.path().join("telemetry"))?;
     assert_eq!(rows.len(), 2, "both messages stored once");
     Ok(())
+}
+
+fn big_v5() -> Vec<u8> {
+    format!(r#"{{"v": 3, "pad": "{}"}}"#, "y".repeat(16 * 1024)).into_bytes()
+}
+
+/// Connects with MQTT 5, publishes `payload` at QoS 1, returns the PUBACK's reason code.
+fn v5_publish_reason(
+    addr: std::net::SocketAddr,
+    payload: Vec<u8>,
+) -> Result<rumqttc::v5::mqttbytes::v5::PubAckReason, Box<dyn std::error::Error>> {
+    use std::io::{Read, Write};
+
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Connect, Packet, Publish};
+
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(common::DEADLINE))?;
+    let connect = Connect {
+        keep_alive: 30,
+        client_id: "dev-v5".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let mut publish = Publish::new("t", QoS::AtLeastOnce, payload, None);
+    publish.pkid = 7;
+    let mut out = BytesMut::new();
+    Packet::Connect(connect, None, None).write(&mut out, None)?;
+    Packet::Publish(publish).write(&mut out, None)?;
+    stream.write_all(&out)?;
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match Packet::read(&mut buf, None) {
+            Ok(Packet::PubAck(ack)) => return Ok(ack.reason),
+            Ok(_) => continue,
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err("connection closed before PUBACK".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }

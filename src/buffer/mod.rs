@@ -38,45 +38,67 @@ pub struct Admitted {
 #[error("the pipeline is shutting down")]
 pub struct Closed;
 
-/// Resolves once a submitted group is durable in the WAL; `Err(Closed)` if the WAL writer
-/// stopped on an error first. Resolves at once for groups nobody acknowledges (QoS 0, shed).
+/// Why a submitted group was not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotStored {
+    /// The WAL writer stopped on an error (the daemon is exiting).
+    #[error("the pipeline stopped")]
+    Closed,
+    /// The WAL volume is full and the sender asked to be told (MQTT 5: PUBACK 0x97).
+    #[error("the WAL volume is full")]
+    Full,
+}
+
+/// Resolves once a submitted group is durable in the WAL, or says why it never will be.
+/// Done at once for groups nobody acknowledges (QoS 0, shed). The outcome is kept: asking
+/// again after [`wait`](Self::wait) returned gives the same answer.
 #[derive(Debug)]
-pub struct Durable(Option<oneshot::Receiver<()>>);
+pub struct Durable(Outcome);
+
+#[derive(Debug)]
+enum Outcome {
+    Waiting(oneshot::Receiver<Result<(), NotStored>>),
+    Settled(Result<(), NotStored>),
+}
 
 impl Durable {
     /// Already done (nothing to wait for).
     pub fn done() -> Self {
-        Self(None)
+        Self(Outcome::Settled(Ok(())))
     }
 
-    /// Whether nothing is left to wait for, without polling.
+    /// Whether it is settled, without polling.
     pub fn is_done(&self) -> bool {
-        self.0.is_none()
+        matches!(self.0, Outcome::Settled(_))
     }
 
-    /// Whether the group is durable (or needs no waiting) now; `Err` when it never will be.
-    pub fn try_done(&mut self) -> Result<bool, Closed> {
-        match &mut self.0 {
-            None => Ok(true),
-            Some(rx) => match rx.try_recv() {
-                Ok(()) => {
-                    self.0 = None;
-                    Ok(true)
-                }
-                Err(oneshot::error::TryRecvError::Empty) => Ok(false),
-                Err(oneshot::error::TryRecvError::Closed) => Err(Closed),
-            },
+    /// Whether the group is durable now (`Ok(false)`: not yet).
+    pub fn try_done(&mut self) -> Result<bool, NotStored> {
+        if let Outcome::Waiting(rx) = &mut self.0 {
+            let reply = match rx.try_recv() {
+                Ok(reply) => reply,
+                Err(oneshot::error::TryRecvError::Empty) => return Ok(false),
+                Err(oneshot::error::TryRecvError::Closed) => Err(NotStored::Closed),
+            };
+            self.0 = Outcome::Settled(reply);
+        }
+        match self.0 {
+            Outcome::Settled(r) => r.map(|()| true),
+            Outcome::Waiting(_) => Ok(false),
         }
     }
 
-    /// Waits until durable (cancel-safe).
-    pub async fn wait(&mut self) -> Result<(), Closed> {
-        if let Some(rx) = &mut self.0 {
+    /// Waits until settled (cancel-safe).
+    pub async fn wait(&mut self) -> Result<(), NotStored> {
+        if let Outcome::Waiting(rx) = &mut self.0 {
             // The writer drops the sender unsent only when it stopped on an error.
-            rx.await.map_err(|_| Closed)?;
-            self.0 = None;
+            let reply = rx.await.unwrap_or(Err(NotStored::Closed));
+            self.0 = Outcome::Settled(reply);
         }
-        Ok(())
+        match self.0 {
+            Outcome::Settled(r) => r,
+            Outcome::Waiting(_) => Err(NotStored::Closed),
+        }
     }
 }
 
@@ -115,6 +137,9 @@ impl Ingest {
     /// the returned [`Durable`] resolves. `qos0_only` groups (nothing to acknowledge) get a
     /// `Durable` that is done at once, and may be shed under `memory.qos0_when_full = "shed"`.
     ///
+    /// With `refuse_when_full`, a full WAL volume makes the `Durable` fail with
+    /// [`NotStored::Full`] instead of waiting for space.
+    ///
     /// Cancel-safe: a cancelled budget wait holds nothing.
     pub async fn submit(
         &self,
@@ -122,16 +147,17 @@ impl Ingest {
         msgs: Vec<Message>,
         cost: usize,
         qos0_only: bool,
+        refuse_when_full: bool,
     ) -> Result<Durable, Closed> {
         if msgs.is_empty() {
-            return Ok(Durable(None));
+            return Ok(Durable::done());
         }
         let cost = if qos0_only && self.qos0_when_full == Qos0WhenFull::Shed {
             match self.budget.try_acquire(cost) {
                 Some(c) => c,
                 None => {
                     Stats::add(&self.stats.messages_shed, msgs.len() as u64);
-                    return Ok(Durable(None));
+                    return Ok(Durable::done());
                 }
             }
         } else {
@@ -147,11 +173,15 @@ impl Ingest {
             client: client.clone(),
             group: Admitted { msgs, cost },
             done,
+            refuse_when_full,
         };
         if let Err(append) = self.wal.append(append) {
             self.budget.release(append.group.cost);
             return Err(Closed);
         }
-        Ok(Durable(durable))
+        Ok(Durable(match durable {
+            Some(rx) => Outcome::Waiting(rx),
+            None => Outcome::Settled(Ok(())),
+        }))
     }
 }

@@ -118,6 +118,15 @@ pub enum Outbound {
     PubRec(u16),
     /// PUBCOMP.
     PubComp(u16),
+    /// MQTT 5 PUBACK (QoS 1) or PUBREC (QoS 2) with reason 0x97 "quota exceeded": the message
+    /// was not stored (the WAL volume is full); the client may send it again later. MQTT 3.1.1
+    /// has no negative ack: encoding this for a 3.1.1 client writes nothing.
+    QuotaExceeded {
+        /// Packet id.
+        pkid: u16,
+        /// QoS of the refused PUBLISH (1: PUBACK, 2: PUBREC).
+        qos: u8,
+    },
     /// PINGRESP.
     PingResp,
     /// SUBACK refusing every filter.
@@ -360,6 +369,7 @@ fn encode_v4(packet: Outbound, buf: &mut BytesMut) -> Result<usize, mb::Error> {
         Outbound::PubAck(id) => v4::PubAck::new(id).write(buf),
         Outbound::PubRec(id) => v4::PubRec::new(id).write(buf),
         Outbound::PubComp(id) => v4::PubComp::new(id).write(buf),
+        Outbound::QuotaExceeded { .. } => Ok(0),
         Outbound::PingResp => v4::PingResp.write(buf),
         Outbound::SubAckRefused { pkid, filters } => {
             v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters]).write(buf)
@@ -396,6 +406,16 @@ fn encode_v5(
         Outbound::PubAck(id) => v5::Packet::PubAck(v5::PubAck::new(id, None)),
         Outbound::PubRec(id) => v5::Packet::PubRec(v5::PubRec::new(id, None)),
         Outbound::PubComp(id) => v5::Packet::PubComp(v5::PubComp::new(id, None)),
+        Outbound::QuotaExceeded { pkid, qos: 1 } => v5::Packet::PubAck(v5::PubAck {
+            pkid,
+            reason: v5::PubAckReason::QuotaExceeded,
+            properties: None,
+        }),
+        Outbound::QuotaExceeded { pkid, .. } => v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason: v5::PubRecReason::QuotaExceeded,
+            properties: None,
+        }),
         Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
         Outbound::SubAckRefused { pkid, filters } => v5::Packet::SubAck(v5::SubAck {
             pkid,

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
 use super::sessions::SessionStore;
-use crate::buffer::{Durable, Ingest};
+use crate::buffer::{Durable, Ingest, NotStored};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
 
@@ -34,11 +34,14 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Groups of one connection that may wait for their WAL fsync while it reads on.
 const MAX_INFLIGHT: usize = 32;
 
-/// Acks held back until their group is durable.
+/// Replies held back until their group is durable.
 #[derive(Debug)]
 struct Held {
     durable: Durable,
-    acks: BytesMut,
+    replies: Vec<Outbound>,
+    /// `(qos, packet id)` of the group's QoS 1/2 messages, whose acks turn into MQTT 5
+    /// "quota exceeded" when the group is refused.
+    delivered: Vec<(u8, u16)>,
 }
 
 /// What every connection shares.
@@ -94,6 +97,10 @@ pub(crate) struct Connection {
     steps: Vec<Step>,
     /// Admitted groups whose acks wait for the WAL, oldest first.
     held: VecDeque<Held>,
+    /// Replies to packets since the last admitted group.
+    replies: Vec<Outbound>,
+    /// QoS 1/2 messages of the group being gathered.
+    delivered: Vec<(u8, u16)>,
     /// Decoded messages not yet admitted; their acks wait in `wbuf`.
     group: Vec<Message>,
     group_cost: usize,
@@ -138,6 +145,8 @@ impl Connection {
             wbuf: BytesMut::with_capacity(1024),
             steps: Vec::with_capacity(4),
             held: VecDeque::new(),
+            replies: Vec::new(),
+            delivered: Vec::new(),
             group: Vec::new(),
             group_cost: 0,
             group_qos0_only: true,
@@ -291,33 +300,60 @@ impl Connection {
         }
     }
 
-    /// Writes the held acks of every group that is durable, oldest first, stopping at the
-    /// first that is not; waits for durability while more than `keep` groups are held.
-    /// `Ok(false)` when the WAL stopped (those acks are never sent).
+    /// Writes the held replies of every group that is settled, oldest first, stopping at the
+    /// first that is not; waits while more than `keep` groups are held. A group refused for a
+    /// full WAL volume (MQTT 5 only) gets "quota exceeded" acks. `Ok(false)` when the WAL
+    /// stopped (those acks are never sent).
     async fn write_acks(&mut self, keep: usize) -> std::io::Result<bool> {
         loop {
             let held = self.held.len();
             let Some(front) = self.held.front_mut() else {
                 break;
             };
-            let done = match front.durable.try_done() {
-                Ok(done) => done,
-                Err(_) => return Ok(false),
-            };
-            if !done {
+            let mut settled = front.durable.try_done();
+            if matches!(settled, Ok(false)) {
                 if held <= keep {
                     break;
                 }
-                if front.durable.wait().await.is_err() {
-                    return Ok(false);
-                }
+                settled = front.durable.wait().await.map(|()| true);
             }
-            if let Some(h) = self.held.pop_front() {
-                self.wbuf.extend_from_slice(&h.acks);
+            let Some(mut h) = self.held.pop_front() else {
+                break;
+            };
+            match settled {
+                Ok(_) => {}
+                Err(NotStored::Closed) => return Ok(false),
+                Err(NotStored::Full) => self.refuse(&mut h),
+            }
+            for reply in h.replies {
+                self.codec.encode(reply, &mut self.wbuf);
             }
         }
         self.flush().await?;
         Ok(true)
+    }
+
+    /// A group the WAL refused (volume full): its messages' acks become "quota exceeded",
+    /// and their QoS 2 ids are forgotten so a resend is stored.
+    fn refuse(&mut self, h: &mut Held) {
+        Stats::add(
+            &self.ctx.stats.messages_refused_disk_full,
+            h.delivered.len() as u64,
+        );
+        tracing::debug!(client = %self.client_id, messages = h.delivered.len(), "refused: WAL volume full");
+        for reply in &mut h.replies {
+            let (qos, pkid) = match *reply {
+                Outbound::PubAck(pkid) => (1, pkid),
+                Outbound::PubRec(pkid) => (2, pkid),
+                _ => continue,
+            };
+            if h.delivered.contains(&(qos, pkid)) {
+                *reply = Outbound::QuotaExceeded { pkid, qos };
+                if qos == 2 {
+                    self.session.refused(pkid);
+                }
+            }
+        }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -343,7 +379,7 @@ impl Connection {
         let mut end = None;
         for step in steps.drain(..) {
             match step {
-                Step::Reply(packet) => self.codec.encode(packet, &mut self.wbuf),
+                Step::Reply(packet) => self.replies.push(packet),
                 Step::Deliver(publish) => {
                     end = self.deliver(publish).await;
                     if end.is_some() {
@@ -371,6 +407,9 @@ impl Connection {
         };
         Stats::add(counter, 1);
         Stats::add(&stats.payload_bytes, p.payload.len() as u64);
+        if p.qos > 0 {
+            self.delivered.push((p.qos, p.pkid));
+        }
         self.add_to_group(p.topic, p.payload, p.qos);
         if self.group_cost >= self.ingest.group_limit() {
             return self.admit_group().await;
@@ -405,11 +444,13 @@ impl Connection {
             let group = std::mem::take(&mut self.group);
             let cost = std::mem::take(&mut self.group_cost);
             let qos0_only = std::mem::replace(&mut self.group_qos0_only, true);
+            // MQTT 5 can say "not stored" (0x97); 3.1.1 can only withhold the ack.
+            let refuse_when_full = self.codec.protocol() == Some(Protocol::V5);
             tokio::select! {
                 biased;
                 // Cancel-safe: a cancelled submit holds no budget and nothing was acked.
                 () = shutdown_signalled(&mut self.shutdown) => Err(End::Shutdown),
-                admitted = self.ingest.submit(&self.client_id, group, cost, qos0_only) => {
+                admitted = self.ingest.submit(&self.client_id, group, cost, qos0_only, refuse_when_full) => {
                     admitted.map_err(|_| End::PipelineClosed)
                 }
             }
@@ -418,14 +459,20 @@ impl Connection {
             Ok(durable) => durable,
             Err(end) => {
                 // Those messages are not in the pipeline: their acks must never go out.
-                self.wbuf.clear();
+                self.replies.clear();
+                self.delivered.clear();
                 return Some(end);
             }
         };
-        if !self.wbuf.is_empty() || !durable.is_done() {
-            // Even acks of no message (PINGRESP, PUBCOMP) queue behind earlier groups: in order.
-            let acks = self.wbuf.split();
-            self.held.push_back(Held { durable, acks });
+        if !self.replies.is_empty() || !durable.is_done() {
+            // Even replies to no message (PINGRESP, PUBCOMP) queue behind earlier groups.
+            self.held.push_back(Held {
+                durable,
+                replies: std::mem::take(&mut self.replies),
+                delivered: std::mem::take(&mut self.delivered),
+            });
+        } else {
+            self.delivered.clear();
         }
         None
     }

@@ -111,6 +111,12 @@ impl Session {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 
+    /// Forgets a QoS 2 message that was refused (PUBREC with an error reason ends its
+    /// exchange), so a later resend of the same packet id is delivered again.
+    pub fn refused(&mut self, pkid: u16) {
+        self.qos2_pending.remove(&pkid);
+    }
+
     /// Handles one packet, pushing what to do to `out`.
     pub fn handle(&mut self, packet: Inbound, env: &impl SessionEnv, out: &mut Vec<Step>) {
         match (&self.state, packet) {

@@ -39,6 +39,8 @@ counters! {
     messages_will,
     /// QoS 0 messages dropped because the budget was full and `qos0_when_full = "shed"`.
     messages_shed,
+    /// QoS 1/2 messages refused with MQTT 5 reason 0x97 because the WAL volume was full.
+    messages_refused_disk_full,
     /// Payload bytes received.
     payload_bytes,
     /// Messages stored in `_rejected` (bad payload, unknown topic, type conflict).

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::fs::mem::MemFs;
 use super::*;
-use crate::buffer::Admitted;
+use crate::buffer::{Admitted, Budget};
 use crate::decode::Message;
 use crate::telemetry::Stats;
 
@@ -230,33 +230,37 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
     let log = Log::start(fs.clone(), Vec::new(), 0, SEGMENT)?;
     let (out_tx, mut out_rx) = mpsc::channel::<Admitted>(16);
     let stats = Arc::new(Stats::default());
-    let (wal, end) = writer::spawn(
-        log,
-        out_tx,
-        Duration::from_millis(1),
-        Arc::new(AtomicU64::new(0)),
-        stats.clone(),
-    )?;
+    let budget = Budget::new(1000);
+    let parts = writer::WriterParts {
+        out: out_tx,
+        sync_interval: Duration::from_millis(1),
+        low_water: Arc::new(AtomicU64::new(0)),
+        budget: budget.clone(),
+        stats: stats.clone(),
+    };
+    let (wal, end) = writer::spawn(log, parts)?;
     let client: Arc<str> = Arc::from("c1");
-    let append = |topics: &[&str]| {
+    let append = |topics: &[&str], refuse_when_full: bool| {
         let (tx, rx) = oneshot::channel();
         let msgs = topics.iter().map(|t| message(t)).collect();
         let ok = wal.append(Append {
             client: client.clone(),
             group: Admitted { msgs, cost: 0 },
             done: Some(tx),
+            refuse_when_full,
         });
         assert!(ok.is_ok());
         rx
     };
-    append(&["a", "b"])
+    append(&["a", "b"], false)
         .await
-        .map_err(|_| io::Error::other("writer dropped the ack"))?;
+        .map_err(|_| io::Error::other("writer dropped the ack"))?
+        .map_err(io::Error::other)?;
     let first = out_rx.recv().await.ok_or(io::ErrorKind::BrokenPipe)?;
     assert_eq!(first.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), [0, 1]);
 
     fs.set_full(true);
-    let mut pending = append(&["c"]);
+    let mut pending = append(&["c"], false);
     wait_for("the writer to hit the full disk", || {
         stats
             .wal_disk_full
@@ -269,11 +273,27 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         out_rx.try_recv().is_err(),
         "nothing passed on while the disk is full"
     );
+    // A sender that can say "not stored" (MQTT 5) is told at once, and its budget comes back.
+    assert_eq!(budget.acquire(300).await, 300);
+    let (tx, rx) = oneshot::channel();
+    let refused = wal.append(Append {
+        client: client.clone(),
+        group: Admitted {
+            msgs: vec![message("refused")],
+            cost: 300,
+        },
+        done: Some(tx),
+        refuse_when_full: true,
+    });
+    assert!(refused.is_ok());
+    assert_eq!(rx.await.ok(), Some(Err(crate::buffer::NotStored::Full)));
+    assert_eq!(budget.in_use(), 0);
     fs.set_full(false);
     tokio::time::timeout(Duration::from_secs(10), pending)
         .await
         .map_err(|_| io::Error::other("no ack after space came back"))?
-        .map_err(|_| io::Error::other("writer dropped the ack"))?;
+        .map_err(|_| io::Error::other("writer dropped the ack"))?
+        .map_err(io::Error::other)?;
     let second = out_rx.recv().await.ok_or(io::ErrorKind::BrokenPipe)?;
     assert_eq!(second.msgs[0].seq, 2);
 

@@ -10,7 +10,9 @@
 //!
 //! A full volume (`ENOSPC` on write) is not an error for the senders: the partial write is cut
 //! back, the records stay staged, nobody is told, and the write is retried every second until
-//! it fits (MQTT connections meanwhile withhold acks and stop reading). Any other write error
+//! it fits (MQTT connections meanwhile withhold acks and stop reading). While it is full,
+//! groups whose sender can say "not stored" (MQTT 5: PUBACK 0x97) are handed back at once
+//! instead of queueing. Any other write error
 //! and every fsync error end the thread with the error: the daemon exits and a restart replays
 //! the log. An fsync is never retried.
 
@@ -24,13 +26,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::fs::WalFs;
 use super::log::Log;
-use crate::buffer::Admitted;
+use crate::buffer::{Admitted, Budget, NotStored};
 use crate::telemetry::Stats;
 
 /// Most bytes written per round, so one round's latency stays bounded under a flood.
 const ROUND_BYTES: usize = 8 << 20;
 /// How often a full disk is retried, and the idle wake-up for releasing segments.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Tells a sender its group is durable, or why it was not stored.
+pub type Done = oneshot::Sender<Result<(), NotStored>>;
 
 /// A group of messages from one client to make durable.
 #[derive(Debug)]
@@ -39,8 +44,11 @@ pub struct Append {
     pub client: Arc<str>,
     /// The messages and the budget they hold.
     pub group: Admitted,
-    /// Told once the group is durable and passed on. `None` when nobody waits (QoS 0).
-    pub done: Option<oneshot::Sender<()>>,
+    /// Told once the group is durable and passed on, or that it was refused (see
+    /// `refuse_when_full`; its budget is then given back). `None` when nobody waits (QoS 0).
+    pub done: Option<Done>,
+    /// While the volume is full, hand the group back instead of holding it.
+    pub refuse_when_full: bool,
 }
 
 /// Cloneable handle to the writer thread. The thread ends once every handle is dropped and
@@ -60,16 +68,33 @@ impl WalHandle {
 /// How the writer thread ended: the log back (for the final release), or the fatal error.
 pub type WriterResult<F> = Result<Log<F>, io::Error>;
 
-/// Starts the writer thread. Durable groups go to `out`; `low_water` is read to delete
-/// segments whose records are all published. The returned receiver resolves when the thread
-/// ends.
+/// What the writer thread works with besides the log.
+#[derive(Debug)]
+pub struct WriterParts {
+    /// Where durable groups go (the batcher).
+    pub out: mpsc::Sender<Admitted>,
+    /// `wal.sync_interval`.
+    pub sync_interval: Duration,
+    /// Set by the publisher: segments wholly below it may be deleted.
+    pub low_water: Arc<AtomicU64>,
+    /// Refused groups give their bytes back here.
+    pub budget: Budget,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Starts the writer thread. The returned receiver resolves when the thread ends.
 pub fn spawn<F: WalFs>(
     log: Log<F>,
-    out: mpsc::Sender<Admitted>,
-    sync_interval: Duration,
-    low_water: Arc<AtomicU64>,
-    stats: Arc<Stats>,
+    parts: WriterParts,
 ) -> io::Result<(WalHandle, oneshot::Receiver<WriterResult<F>>)> {
+    let WriterParts {
+        out,
+        sync_interval,
+        low_water,
+        budget,
+        stats,
+    } = parts;
     let (tx, rx) = std_mpsc::channel();
     let (end_tx, end_rx) = oneshot::channel();
     let writer = Writer {
@@ -81,7 +106,9 @@ pub fn spawn<F: WalFs>(
         released: 0,
         stats,
         waiting: Vec::new(),
+        budget,
         closed: false,
+        full: false,
     };
     std::thread::Builder::new()
         .name("fleetlake-wal".into())
@@ -99,14 +126,16 @@ struct Writer<F: WalFs> {
     low_water: Arc<AtomicU64>,
     released: u64,
     stats: Arc<Stats>,
-    waiting: Vec<(Admitted, Option<oneshot::Sender<()>>)>,
+    waiting: Vec<(Admitted, Option<Done>)>,
+    budget: Budget,
     closed: bool,
+    /// The last write failed for lack of space.
+    full: bool,
 }
 
 impl<F: WalFs> Writer<F> {
     fn run(mut self) -> WriterResult<F> {
         let mut last_sync: Option<Instant> = None;
-        let mut full = false;
         loop {
             if self.waiting.is_empty() {
                 if self.closed {
@@ -124,8 +153,8 @@ impl<F: WalFs> Writer<F> {
             let written = match self.log.write() {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::StorageFull => {
-                    if !full {
-                        full = true;
+                    if !self.full {
+                        self.full = true;
                         Stats::add(&self.stats.wal_disk_full, 1);
                         tracing::error!(
                             records = self
@@ -147,8 +176,8 @@ impl<F: WalFs> Writer<F> {
                 }
                 Err(e) => return Err(e),
             };
-            if full {
-                full = false;
+            if self.full {
+                self.full = false;
                 tracing::warn!("WAL volume has space again: acks resume");
             }
             // After a failed fsync the kernel may have dropped the dirty pages: exit, never retry.
@@ -163,7 +192,7 @@ impl<F: WalFs> Writer<F> {
                     return Err(io::Error::other("the batcher stopped"));
                 }
                 if let Some(done) = done {
-                    let _ = done.send(());
+                    let _ = done.send(Ok(()));
                 }
             }
             self.log.rotate_if_full()?;
@@ -176,7 +205,16 @@ impl<F: WalFs> Writer<F> {
             client,
             mut group,
             done,
+            refuse_when_full,
         } = a;
+        if self.full
+            && refuse_when_full
+            && let Some(done) = done
+        {
+            self.budget.release(group.cost);
+            let _ = done.send(Err(NotStored::Full));
+            return;
+        }
         for msg in &mut group.msgs {
             msg.seq = self
                 .log
