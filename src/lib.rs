@@ -5,16 +5,21 @@
 //!
 //! ```text
 //! devices ──MQTT──▶ mqtt::listener ─▶ mqtt::connection (session, decode) ─▶ buffer::Ingest (budget)
-//!                                                                              │ ack after admission
+//!                                                                              │
+//!                                                                              ▼
+//!                 wal::writer (own thread: append, group-commit fdatasync) ─▶ ack to the device
+//!                                                                              │ in sequence order
 //!                                                                              ▼
 //!                    batch::Batcher (per-table columnar::TableBuilder, flush by rows/bytes/age)
 //!                                                                              │
 //!                                                                              ▼
 //!        sink::publisher (blocking pool): columnar::encode (sort, hour parts, Parquet)
 //!                                        → sink::LocalSink (tmp → fsync → rename → fsync dir)
+//!                                        → wal::checkpoint (what is published; old segments go)
 //! ```
 //!
-//! Not yet: the write-ahead log (acks will move behind its fsync), S3 output, gRPC ingest.
+//! At start, `app` replays the WAL records the checkpoint does not cover before the listener
+//! binds. Not yet: S3 output, gRPC ingest.
 
 pub mod app;
 pub mod batch;
