@@ -7,6 +7,9 @@ use std::io;
 use super::fs::{SegmentFile, WalFs};
 use super::record::{self, Damage, Entry, Next, SegmentReader};
 
+/// Staging buffer capacity kept between writes.
+const STAGED_KEEP: usize = 256 * 1024;
+
 /// The append side of the WAL.
 #[derive(Debug)]
 pub struct Log<F: WalFs> {
@@ -119,7 +122,7 @@ impl<F: WalFs> Log<F> {
             next_seq,
             written_seq: next_seq,
             segment_size,
-            staged: Vec::with_capacity(64 * 1024),
+            staged: Vec::with_capacity(STAGED_KEEP),
         };
         log.begin_segment()?;
         Ok(log)
@@ -165,6 +168,10 @@ impl<F: WalFs> Log<F> {
         self.active_len += n as u64;
         self.written_seq = self.next_seq;
         self.staged.clear();
+        // A burst may have grown the buffer to megabytes; do not keep that outside the budget.
+        if self.staged.capacity() > STAGED_KEEP * 4 {
+            self.staged.shrink_to(STAGED_KEEP);
+        }
         Ok(n)
     }
 

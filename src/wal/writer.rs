@@ -106,6 +106,7 @@ pub fn spawn<F: WalFs>(
         released: 0,
         stats,
         waiting: Vec::new(),
+        dones: Vec::new(),
         budget,
         closed: false,
         full: false,
@@ -127,6 +128,8 @@ struct Writer<F: WalFs> {
     released: u64,
     stats: Arc<Stats>,
     waiting: Vec<(Admitted, Option<Done>)>,
+    /// Reused list of senders to tell after a sync.
+    dones: Vec<Done>,
     budget: Budget,
     closed: bool,
     /// The last write failed for lack of space.
@@ -186,15 +189,30 @@ impl<F: WalFs> Writer<F> {
             last_sync = Some(sync_started);
             Stats::add(&self.stats.wal_syncs, 1);
             Stats::add(&self.stats.wal_bytes, written as u64);
-            for (group, done) in self.waiting.drain(..) {
+            // One send to the batcher per sync, not per group: a busy round carries hundreds
+            // of small groups, and each send may wake the batcher's thread.
+            let mut merged: Option<Admitted> = None;
+            let mut dones = std::mem::take(&mut self.dones);
+            for (mut group, done) in self.waiting.drain(..) {
                 Stats::add(&self.stats.wal_records, group.msgs.len() as u64);
-                if self.out.blocking_send(group).is_err() {
-                    return Err(io::Error::other("the batcher stopped"));
+                match &mut merged {
+                    None => merged = Some(group),
+                    Some(m) => {
+                        m.msgs.append(&mut group.msgs);
+                        m.cost += group.cost;
+                    }
                 }
-                if let Some(done) = done {
-                    let _ = done.send(Ok(()));
-                }
+                dones.extend(done);
             }
+            if let Some(merged) = merged
+                && self.out.blocking_send(merged).is_err()
+            {
+                return Err(io::Error::other("the batcher stopped"));
+            }
+            for done in dones.drain(..) {
+                let _ = done.send(Ok(()));
+            }
+            self.dones = dones;
             self.log.rotate_if_full()?;
             self.release();
         }
