@@ -303,7 +303,7 @@ impl Connection {
     /// Writes the held replies of every group that is settled, oldest first, stopping at the
     /// first that is not; waits while more than `keep` groups are held. A group refused for a
     /// full WAL volume (MQTT 5 only) gets "quota exceeded" acks. `Ok(false)` when the WAL
-    /// stopped (those acks are never sent).
+    /// stopped or shutdown came while waiting (those acks are never sent).
     async fn write_acks(&mut self, keep: usize) -> std::io::Result<bool> {
         loop {
             let held = self.held.len();
@@ -315,7 +315,12 @@ impl Connection {
                 if held <= keep {
                     break;
                 }
-                settled = front.durable.wait().await.map(|()| true);
+                // A full WAL volume can make this wait long: shutdown must still get through.
+                settled = tokio::select! {
+                    biased;
+                    () = shutdown_signalled(&mut self.shutdown) => return Ok(false),
+                    r = front.durable.wait() => r.map(|()| true),
+                };
             }
             let Some(mut h) = self.held.pop_front() else {
                 break;
