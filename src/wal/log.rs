@@ -83,13 +83,25 @@ pub fn replay<F: WalFs>(
                     if let Damage::Torn { offset } | Damage::Corrupt { offset, .. } = damage {
                         rest = total.saturating_sub(offset);
                     }
-                    tracing::warn!(
-                        segment = first,
-                        %damage,
-                        bytes_not_replayed = rest,
-                        "WAL segment ends in a damaged record; replay of this segment stops there \
-                         (a torn last record after a crash was never acknowledged)"
-                    );
+                    if Some(&first) == rec.segments.last() {
+                        tracing::warn!(
+                            segment = first,
+                            %damage,
+                            bytes_not_replayed = rest,
+                            "the last WAL segment ends in a damaged record; replay of it stops \
+                             there (a record torn by a crash was never acknowledged)"
+                        );
+                    } else {
+                        // Closed segments were fully synced before the next one began: this is
+                        // corruption, and records after it that were acknowledged are lost.
+                        tracing::error!(
+                            segment = first,
+                            %damage,
+                            bytes_not_replayed = rest,
+                            "a closed WAL segment is damaged; records after the damage cannot \
+                             be replayed"
+                        );
+                    }
                     break;
                 }
             }

@@ -202,6 +202,38 @@ fn a_clean_release_deletes_every_segment_and_the_next_start_continues_the_number
     Ok(())
 }
 
+#[test]
+fn damage_in_one_segment_stops_only_that_segment_and_is_counted() -> io::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut log = Log::start(DiskFs::open(dir.path())?, Vec::new(), 0, SEGMENT)?;
+    for i in 0..12 {
+        log.stage(0, "c", "t", format!("{i:040}").as_bytes());
+        log.write()?;
+        log.sync()?;
+        log.rotate_if_full()?;
+    }
+    drop(log);
+    // Flip one byte inside the third record of the first segment.
+    let first = dir.path().join(format!("{:020}.wal", 0));
+    let mut bytes = std::fs::read(&first)?;
+    let at = record::MAGIC.len() + 2 * 71 + 30;
+    bytes[at] ^= 0xff;
+    std::fs::write(&first, bytes)?;
+    let mut seqs = Vec::new();
+    let recovery = replay(&DiskFs::open(dir.path())?, |e| {
+        seqs.push(e.seq);
+        Ok(())
+    })?;
+    assert_eq!(recovery.damaged, 1);
+    assert_eq!(&seqs[..2], [0, 1], "records before the damage are replayed");
+    assert!(!seqs.contains(&2), "the damaged record is not");
+    assert!(
+        seqs.ends_with(&[5, 6, 7, 8, 9, 10, 11]),
+        "later segments are: {seqs:?}"
+    );
+    Ok(())
+}
+
 fn message(topic: &str) -> Message {
     Message {
         table: Arc::from("t"),
