@@ -1,8 +1,10 @@
 //! A first MQTT load generator (the full one, `fleetlake bench`, comes with the performance
 //! issue). N connections over plain TCP publish small JSON readings, as fast as the server
 //! takes them or at a fixed total `--rate`: QoS 0 pipelined, QoS 1 with a window of in-flight
-//! messages. A reader thread per connection timestamps every PUBACK, so the PUBACK latency
-//! percentiles are what a device sees (send → ack, WAL fsync included). Each connection ends
+//! messages. All connections run as tasks on ONE thread (a tokio current-thread runtime), so
+//! the generator takes at most one core and 100 connections do not mean 200 threads fighting
+//! the daemon for the CPU. Each connection's reader timestamps every PUBACK, so the PUBACK
+//! latency percentiles are what a device sees (send → ack, WAL fsync included). Each connection ends
 //! with a QoS 1 fence message whose PUBACK proves every earlier message was taken in (the
 //! server handles a connection's packets in order), so the printed rate is what the server
 //! took in.
@@ -12,16 +14,16 @@
 //! cargo bench --bench mqtt_load -- --addr 127.0.0.1:1883 --messages 100000 --qos 1 --conns 10 --rate 50000
 //! ```
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
-
-use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::Notify;
 
 struct Args {
     addr: String,
@@ -31,6 +33,8 @@ struct Args {
     window: u64,
     /// Total messages per second over all connections (0: as fast as possible).
     rate: f64,
+    /// With `rate`: messages due within this many µs go out in one write.
+    burst_us: u64,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +45,7 @@ fn parse_args() -> Args {
         conns: 4,
         window: 256,
         rate: 0.0,
+        burst_us: 200,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -53,6 +58,7 @@ fn parse_args() -> Args {
             "--conns" => args.conns = value.parse().unwrap_or(args.conns),
             "--window" => args.window = value.parse().unwrap_or(args.window),
             "--rate" => args.rate = value.parse().unwrap_or(args.rate),
+            "--burst-us" => args.burst_us = value.parse().unwrap_or(args.burst_us),
             _ => {
                 i += 1;
                 continue;
@@ -69,25 +75,32 @@ fn encode(p: Packet, out: &mut BytesMut) {
     }
 }
 
-/// Reads packets until `expected` PUBACKs arrived (the first read also takes the CONNACK);
-/// returns each PUBACK's latency in µs, from the send time stored for its packet id.
-fn read_acks(
-    mut stream: TcpStream,
-    expected: u64,
-    sent_at: &[AtomicU64],
-    acked: &Acked,
+/// What one connection's writer and reader share (both run in the same task).
+struct Shared {
+    /// Send time (µs since `epoch`) per packet id.
+    sent_at: RefCell<Vec<u64>>,
+    /// PUBACKs received so far.
+    acked: Cell<u64>,
+    /// Woken when PUBACKs arrive.
+    notify: Notify,
     epoch: Instant,
+}
+
+/// Reads packets until `expected` PUBACKs arrived; returns each PUBACK's latency in µs.
+async fn read_acks(
+    mut rd: OwnedReadHalf,
+    expected: u64,
+    shared: &Shared,
 ) -> std::io::Result<Vec<u32>> {
-    let mut buf = BytesMut::new();
-    let mut chunk = vec![0u8; 65536];
+    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut lats = Vec::with_capacity(expected as usize);
     let mut got = 0;
     while got < expected {
         loop {
             match Packet::read(&mut buf, usize::MAX) {
                 Ok(Packet::PubAck(ack)) => {
-                    let now = epoch.elapsed().as_micros() as u64;
-                    let sent = sent_at[ack.pkid as usize].load(Ordering::Acquire);
+                    let now = shared.epoch.elapsed().as_micros() as u64;
+                    let sent = shared.sent_at.borrow()[ack.pkid as usize];
                     lats.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
                     got += 1;
                 }
@@ -95,65 +108,16 @@ fn read_acks(
                 Err(_) => break,
             }
         }
-        acked.set(got);
+        shared.acked.set(got);
+        shared.notify.notify_one();
         if got >= expected {
             break;
         }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
+        if rd.read_buf(&mut buf).await? == 0 {
             return Err(std::io::Error::other("server closed the connection"));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
     Ok(lats)
-}
-
-/// Reads the CONNACK.
-fn read_connack(stream: &mut TcpStream) -> std::io::Result<()> {
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Ok(Packet::ConnAck(_)) = Packet::read(&mut buf, usize::MAX) {
-            return Ok(());
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::other("server closed the connection"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// PUBACKs counted by the reader thread; the writer sleeps on it while its window is full
-/// (a condition variable, not polling: 100 polling writers would eat the CPU being measured).
-#[derive(Default)]
-struct Acked {
-    count: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Acked {
-    fn set(&self, n: u64) {
-        if let Ok(mut c) = self.count.lock() {
-            *c = n;
-        }
-        self.cv.notify_one();
-    }
-
-    fn get(&self) -> u64 {
-        self.count.lock().map(|c| *c).unwrap_or(0)
-    }
-
-    /// Waits until fewer than `limit` of `sent` messages are unacknowledged.
-    fn wait_below(&self, sent: u64, limit: u64) {
-        let Ok(mut c) = self.count.lock() else { return };
-        while sent - *c >= limit {
-            c = match self.cv.wait(c) {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-        }
-    }
 }
 
 struct Conn {
@@ -164,81 +128,95 @@ struct Conn {
     window: u64,
     /// Messages per second for this connection (0: unpaced).
     rate: f64,
+    burst: Duration,
 }
 
-fn run_connection(c: Conn) -> std::io::Result<Vec<u32>> {
-    let mut stream = TcpStream::connect(&c.addr)?;
+async fn run_connection(c: Conn) -> std::io::Result<Vec<u32>> {
+    let mut stream = TcpStream::connect(&c.addr).await?;
     stream.set_nodelay(true)?;
     let mut out = BytesMut::new();
     encode(
         Packet::Connect(Connect::new(format!("load-{}", c.id))),
         &mut out,
     );
-    stream.write_all(&out)?;
+    stream.write_all(&out).await?;
     out.clear();
-    read_connack(&mut stream)?;
-    let epoch = Instant::now();
-    let sent_at: Arc<Vec<AtomicU64>> =
-        Arc::new((0..=u16::MAX).map(|_| AtomicU64::new(0)).collect());
-    let acked = Arc::new(Acked::default());
-    let expected = if c.qos == 0 { 1 } else { c.messages + 1 };
-    let reader = {
-        let (stream, sent_at, acked) = (stream.try_clone()?, sent_at.clone(), acked.clone());
-        std::thread::spawn(move || read_acks(stream, expected, &sent_at, &acked, epoch))
+    let mut inb = BytesMut::new();
+    loop {
+        if let Ok(Packet::ConnAck(_)) = Packet::read(&mut inb, usize::MAX) {
+            break;
+        }
+        if stream.read_buf(&mut inb).await? == 0 {
+            return Err(std::io::Error::other("server closed the connection"));
+        }
+    }
+    let (rd, mut wr) = stream.into_split();
+    let shared = Shared {
+        sent_at: RefCell::new(vec![0; 65_536]),
+        acked: Cell::new(0),
+        notify: Notify::new(),
+        epoch: Instant::now(),
     };
+    let expected = if c.qos == 0 { 1 } else { c.messages + 1 };
     let topic = format!("sensors/load-{}/telemetry", c.id);
     let q = if c.qos == 0 {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
     };
-    let mut sent = 0u64;
-    for seq in 0..c.messages {
-        if c.rate > 0.0 {
-            // Paced in bursts: messages due within the next 200 µs go out in one write (a
-            // sleep and a write per message would load the CPU more than the server does).
-            let due = Duration::from_secs_f64(seq as f64 / c.rate);
-            if let Some(wait) = due.checked_sub(epoch.elapsed() + Duration::from_micros(200)) {
-                stream.write_all(&out)?;
+    let writer = async {
+        let mut sent = 0u64;
+        for seq in 0..c.messages {
+            if c.rate > 0.0 {
+                // Paced in bursts: messages due within the next `--burst-us` go out in one
+                // write (tokio timers tick in milliseconds anyway).
+                let due = Duration::from_secs_f64(seq as f64 / c.rate);
+                if due > shared.epoch.elapsed() + c.burst {
+                    wr.write_all(&out).await?;
+                    out.clear();
+                    tokio::time::sleep_until((shared.epoch + due).into()).await;
+                }
+            }
+            let payload = format!(
+                r#"{{"ts":{},"seq":{seq},"temp":{:.1},"hum":{},"ok":true,"fw":"1.2.0"}}"#,
+                1_767_225_600_000u64 + seq,
+                20.0 + (seq % 100) as f64 / 10.0,
+                30 + seq % 40
+            );
+            let mut p = Publish::new(&topic, q, payload.into_bytes());
+            if c.qos > 0 {
+                p.pkid = (seq % 65_000 + 1) as u16;
+                shared.sent_at.borrow_mut()[p.pkid as usize] =
+                    shared.epoch.elapsed().as_micros() as u64;
+                sent += 1;
+            }
+            encode(Packet::Publish(p), &mut out);
+            if out.len() > 32 * 1024 {
+                wr.write_all(&out).await?;
                 out.clear();
-                std::thread::sleep(wait);
+            }
+            if sent - shared.acked.get() >= c.window {
+                wr.write_all(&out).await?;
+                out.clear();
+                while sent - shared.acked.get() > c.window / 2 {
+                    shared.notify.notified().await;
+                }
             }
         }
-        let payload = format!(
-            r#"{{"ts":{},"seq":{seq},"temp":{:.1},"hum":{},"ok":true,"fw":"1.2.0"}}"#,
-            1_767_225_600_000u64 + seq,
-            20.0 + (seq % 100) as f64 / 10.0,
-            30 + seq % 40
-        );
-        let mut p = Publish::new(&topic, q, payload.into_bytes());
-        if c.qos > 0 {
-            p.pkid = (seq % 65_000 + 1) as u16;
-            sent_at[p.pkid as usize].store(epoch.elapsed().as_micros() as u64, Ordering::Release);
-            sent += 1;
-        }
-        encode(Packet::Publish(p), &mut out);
-        if out.len() > 32 * 1024 {
-            stream.write_all(&out)?;
-            out.clear();
-        }
-        if sent - acked.get() >= c.window {
-            stream.write_all(&out)?;
-            out.clear();
-            acked.wait_below(sent, c.window / 2 + 1);
-        }
-    }
-    let mut fence = Publish::new(&topic, QoS::AtLeastOnce, br#"{"fence":true}"#.to_vec());
-    fence.pkid = 65_001;
-    sent_at[65_001].store(epoch.elapsed().as_micros() as u64, Ordering::Release);
-    encode(Packet::Publish(fence), &mut out);
-    stream.write_all(&out)?;
-    out.clear();
-    let mut lats = reader
-        .join()
-        .map_err(|_| std::io::Error::other("reader panicked"))??;
+        let mut fence = Publish::new(&topic, QoS::AtLeastOnce, br#"{"fence":true}"#.to_vec());
+        fence.pkid = 65_001;
+        shared.sent_at.borrow_mut()[65_001] = shared.epoch.elapsed().as_micros() as u64;
+        encode(Packet::Publish(fence), &mut out);
+        wr.write_all(&out).await?;
+        out.clear();
+        Ok::<_, std::io::Error>(())
+    };
+    let (written, lats) = tokio::join!(writer, read_acks(rd, expected, &shared));
+    written?;
+    let mut lats = lats?;
     lats.pop(); // the fence
     encode(Packet::Disconnect, &mut out);
-    let _ = stream.write_all(&out);
+    let _ = wr.write_all(&out).await;
     Ok(lats)
 }
 
@@ -255,29 +233,45 @@ fn main() {
     if std::env::args().any(|a| a == "--bench") && std::env::args().len() <= 2 {
         // `cargo bench` without arguments: nothing to load; print usage and succeed.
         println!(
-            "usage: cargo bench --bench mqtt_load -- --addr HOST:PORT --messages N --qos 0|1 --conns N [--window N] [--rate MSGS_PER_S]"
+            "usage: cargo bench --bench mqtt_load -- --addr HOST:PORT --messages N --qos 0|1 --conns N [--window N] [--rate MSGS_PER_S [--burst-us 200]]"
         );
         return;
     }
     let per_conn = args.messages / args.conns;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("tokio runtime: {e}"),
+    };
+    let local = tokio::task::LocalSet::new();
     let start = Instant::now();
-    let handles: Vec<_> = (0..args.conns)
-        .map(|id| {
-            let conn = Conn {
-                addr: args.addr.clone(),
-                id,
-                messages: per_conn,
-                qos: args.qos,
-                window: args.window,
-                rate: args.rate / args.conns as f64,
-            };
-            std::thread::spawn(move || run_connection(conn))
-        })
-        .collect();
+    let results = local.block_on(&runtime, async {
+        let handles: Vec<_> = (0..args.conns)
+            .map(|id| {
+                let conn = Conn {
+                    addr: args.addr.clone(),
+                    id,
+                    messages: per_conn,
+                    qos: args.qos,
+                    window: args.window,
+                    rate: args.rate / args.conns as f64,
+                    burst: Duration::from_micros(args.burst_us),
+                };
+                tokio::task::spawn_local(run_connection(conn))
+            })
+            .collect();
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await);
+        }
+        results
+    });
     let mut failed = 0;
     let mut lats = Vec::new();
-    for h in handles {
-        match h.join() {
+    for r in results {
+        match r {
             Ok(Ok(l)) => lats.extend(l),
             _ => failed += 1,
         }

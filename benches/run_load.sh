@@ -3,7 +3,7 @@
 # it with benches/mqtt_load.rs, stops it with SIGTERM (flushing everything), then prints the
 # load generator's rate and PUBACK latency percentiles, the daemon's CPU seconds, peak RSS and
 # WAL fsyncs per second, and the rows DuckDB reads back.
-#   [BUDGET=64MiB] [SYNC_INTERVAL=2ms] [RATE=msgs/s] [WINDOW=256] \
+#   [BUDGET=64MiB] [SYNC_INTERVAL=2ms] [RATE=msgs/s] [BURST_US=200] [WINDOW=256] \
 #     benches/run_load.sh [MESSAGES] [QOS] [CONNS]      e.g. benches/run_load.sh 1000000 0 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ TOML
 pid=$!
 for _ in $(seq 100); do (: > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 out=$(/usr/bin/time -f "loadgen_cpu_s=%U+%S" "$load" --bench --addr "127.0.0.1:$port" --messages "$messages" --qos "$qos" --conns "$conns" \
-  --rate "${RATE:-0}" --window "${WINDOW:-256}" 2>&1)
+  --rate "${RATE:-0}" --window "${WINDOW:-256}" --burst-us "${BURST_US:-200}" 2>&1)
 echo "$out"
 seconds=$(echo "$out" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
 kill -TERM $pid; wait $pid || true

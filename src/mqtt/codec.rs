@@ -271,7 +271,7 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
             pkid: p.pkid,
             dup: p.dup,
             topic: p.topic,
-            payload: p.payload,
+            payload: detach(p.payload),
         }),
         v4::Packet::PubRel(p) => Inbound::PubRel(p.pkid),
         v4::Packet::PingReq => Inbound::PingReq,
@@ -327,7 +327,7 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
             pkid: p.pkid,
             dup: p.dup,
             topic: utf8(p.topic)?,
-            payload: p.payload,
+            payload: detach(p.payload),
         }),
         v5::Packet::PubRel(p) => Inbound::PubRel(p.pkid),
         v5::Packet::PingReq(_) => Inbound::PingReq,
@@ -345,6 +345,20 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
         v5::Packet::Auth(_) => Inbound::Unexpected("AUTH"),
         _ => Inbound::Unexpected("server-bound ack or response packet"),
     })
+}
+
+/// Payloads up to this size are copied out of the read buffer.
+const DETACH_MAX: usize = 2048;
+
+/// A small payload gets its own allocation: otherwise it would keep the connection's whole
+/// read buffer (16 KiB or more) alive until its rows are built, and the next read would have
+/// to allocate a fresh buffer instead of reusing the old one.
+fn detach(payload: Bytes) -> Bytes {
+    if payload.len() <= DETACH_MAX {
+        Bytes::copy_from_slice(&payload)
+    } else {
+        payload
+    }
 }
 
 fn utf8(bytes: Bytes) -> Result<String, CodecError> {
