@@ -40,8 +40,9 @@ else
 fi
 
 echo "== cargo test"
-cargo test --locked
+# --nocapture: a test that cannot run here (e.g. no tmpfs mount) says SKIPPED in the log.
+cargo test --locked -- --nocapture
 
 echo "== pytest (end to end: mosquitto_pub, paho-mqtt, DuckDB, pyarrow)"
 export FLEETLAKE_BIN="${CARGO_TARGET_DIR:-target}/debug/fleetlake"
-python3 -m pytest -q tests/python
+python3 -m pytest -q -s tests/python   # -s: the crash test prints its summary
