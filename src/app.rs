@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -25,7 +25,7 @@ use crate::decode::topic::Router;
 use crate::mqtt::Listener;
 use crate::sink::LocalSink;
 use crate::sink::publisher::{Progress, Publisher};
-use crate::telemetry::Stats;
+use crate::telemetry::{Heartbeats, Notifier, Stats};
 use crate::wal::writer::WriterParts;
 use crate::wal::{self, Checkpoint, CheckpointFile, DiskFs, Log, Recovery};
 
@@ -50,6 +50,8 @@ pub async fn run(config: Config) -> Result<Exit> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating node.data_dir {}", config.data_dir.display()))?;
     let stats = Arc::new(Stats::default());
+    let notifier = Arc::new(Notifier::from_env());
+    let heartbeats = Heartbeats::new();
     let budget = Budget::new(config.memory_budget);
 
     let sink = Arc::new(LocalSink::new(
@@ -88,7 +90,14 @@ pub async fn run(config: Config) -> Result<Exit> {
     if let Some(cut) = &checkpoint.in_progress {
         batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);
     }
-    let mut batcher = tokio::spawn(Batcher::new(batch_rx, ready_tx, batches, budget.clone()).run());
+    let batcher = Batcher::new(
+        batch_rx,
+        ready_tx,
+        batches,
+        budget.clone(),
+        heartbeats.clone(),
+    );
+    let mut batcher = tokio::spawn(batcher.run());
 
     let replay = Replay {
         checkpoint: checkpoint.clone(),
@@ -97,8 +106,12 @@ pub async fn run(config: Config) -> Result<Exit> {
         budget: budget.clone(),
         stats: stats.clone(),
     };
-    let (fs, recovery) = replay.run(fs).await.context("replaying the WAL")?;
+    let progress = tokio::spawn(report_replay(notifier.clone(), stats.clone()));
+    let replayed = replay.run(fs).await.context("replaying the WAL");
+    progress.abort();
+    let (fs, recovery) = replayed?;
     let next_seq = recovery.next_seq().max(checkpoint.next_seq_floor());
+    let recovery_records = recovery.records;
     let log = Log::start(fs, recovery.segments, next_seq, config.wal.segment_size)
         .with_context(|| format!("starting a WAL segment in {}", wal_dir.display()))?;
     let parts = WriterParts {
@@ -107,6 +120,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         low_water: low_water.clone(),
         budget: budget.clone(),
         stats: stats.clone(),
+        heartbeats: heartbeats.clone(),
     };
     let (wal, mut wal_end) =
         wal::writer::spawn(log, parts).context("starting the WAL writer thread")?;
@@ -125,6 +139,19 @@ pub async fn run(config: Config) -> Result<Exit> {
     .with_context(|| format!("binding mqtt.listen {}", config.mqtt.listen))?;
     let addr = listener.local_addr()?;
     tokio::spawn(listener.run());
+    notifier.ready(&format!(
+        "recovered {} WAL records; MQTT on {addr}",
+        recovery_records
+    ));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(timeout) = notifier.watchdog_timeout() {
+        tokio::spawn(feed_watchdog(
+            notifier.clone(),
+            heartbeats.clone(),
+            timeout,
+            stopping.clone(),
+        ));
+    }
     tracing::info!(
         mqtt_listen = %addr,
         output = %config.output_root.display(),
@@ -151,6 +178,8 @@ pub async fn run(config: Config) -> Result<Exit> {
             failed = true;
         }
     }
+    stopping.store(true, Ordering::Relaxed);
+    notifier.stopping();
     let _ = shutdown_tx.send(true);
     if failed {
         let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
@@ -189,6 +218,51 @@ pub async fn run(config: Config) -> Result<Exit> {
     Ok(exit)
 }
 
+/// While the WAL replays: a status line and more start time for systemd every few seconds.
+async fn report_replay(notifier: Arc<Notifier>, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let done = stats.wal_replayed.load(Ordering::Relaxed);
+        notifier.extend_timeout(Duration::from_secs(30));
+        notifier.status(&format!("replaying the WAL: {done} records so far"));
+    }
+}
+
+/// Beats older than this mean a stage is stuck (stages beat at least once a second).
+const STALL: Duration = Duration::from_millis(2500);
+
+/// Sends `WATCHDOG=1` every half `timeout` while every stage beats; stops (so systemd restarts
+/// the service) when one is stuck. During shutdown stages end on purpose: keep feeding then.
+async fn feed_watchdog(
+    notifier: Arc<Notifier>,
+    heartbeats: Arc<Heartbeats>,
+    timeout: Duration,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(timeout / 2);
+    let mut reported = false;
+    loop {
+        tick.tick().await;
+        match heartbeats.stalled(STALL) {
+            Some((stage, age)) if !stopping.load(Ordering::Relaxed) => {
+                if !reported {
+                    reported = true;
+                    tracing::error!(
+                        stage,
+                        stalled_ms = age.as_millis() as u64,
+                        "a pipeline stage is stuck: watchdog pings stop, systemd will restart fleetlake"
+                    );
+                }
+            }
+            _ => {
+                reported = false;
+                notifier.send("WATCHDOG=1");
+            }
+        }
+    }
+}
+
 /// Feeds WAL records the checkpoint does not cover back into the batcher, through the budget.
 struct Replay {
     checkpoint: Checkpoint,
@@ -206,7 +280,6 @@ impl Replay {
         let stats = self.stats.clone();
         let (fs, recovery, replayed) =
             tokio::task::spawn_blocking(move || self.replay(fs, &handle)).await??;
-        Stats::add(&stats.wal_replayed, replayed);
         Stats::add(&stats.wal_damaged_segments, recovery.damaged);
         tracing::info!(
             segments = recovery.segments.len(),
@@ -253,6 +326,7 @@ impl Replay {
             cost += msg.cost();
             group.push(msg);
             replayed += 1;
+            Stats::add(&self.stats.wal_replayed, 1);
             if cost >= group_limit {
                 send(std::mem::take(&mut group), std::mem::take(&mut cost))?;
             }

@@ -2,7 +2,8 @@
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
 # Installs what the tests need when it is missing (Debian: mosquitto-clients; Python: duckdb,
 # pyarrow, paho-mqtt, pytest), then runs formatting and lint checks, the Rust unit and
-# integration tests, and the Python end-to-end tests against the binary cargo built.
+# integration tests, the systemd unit checks (when systemd-analyze exists), and the Python
+# end-to-end tests against the binary cargo built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,18 @@ fi
 echo "== cargo test"
 # --nocapture: a test that cannot run here (e.g. no tmpfs mount) says SKIPPED in the log.
 cargo test --locked -- --nocapture
+
+if command -v systemd-analyze >/dev/null 2>&1; then
+  echo "== systemd unit: verify, and security exposure <= 1.5"
+  unit_dir=$(mktemp -d)
+  bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/fleetlake"
+  sed "s#/usr/local/bin/fleetlake#$bin#g" systemd/fleetlake.service > "$unit_dir/fleetlake.service"
+  systemd-analyze verify "$unit_dir/fleetlake.service"
+  rm -rf "$unit_dir"
+  systemd-analyze security --offline=true --threshold=15 systemd/fleetlake.service | tail -1
+else
+  echo "== SKIPPED systemd unit checks: systemd-analyze is not installed"
+fi
 
 echo "== pytest (end to end: mosquitto_pub, paho-mqtt, DuckDB, pyarrow)"
 export FLEETLAKE_BIN="${CARGO_TARGET_DIR:-target}/debug/fleetlake"

@@ -26,7 +26,7 @@ use crate::buffer::{Admitted, Budget};
 use crate::columnar::{Batch, TableBuilder};
 use crate::config::{BatchLimits, REJECTED_TABLE};
 use crate::decode::Message;
-use crate::telemetry::Stats;
+use crate::telemetry::{Heartbeats, Stage, Stats};
 
 /// Budget held per columnar byte of buffered rows (see the module docs).
 const KEPT_FACTOR: usize = 3;
@@ -302,7 +302,11 @@ pub struct Batcher {
     out: mpsc::Sender<Ready>,
     batches: Batches,
     budget: Budget,
+    heartbeats: Arc<Heartbeats>,
 }
+
+/// How often the batcher beats while idle or waiting (see [`Heartbeats`]).
+const BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Batcher {
     /// A batcher reading `rx` and sending finished batches to `out`.
@@ -311,21 +315,26 @@ impl Batcher {
         out: mpsc::Sender<Ready>,
         batches: Batches,
         budget: Budget,
+        heartbeats: Arc<Heartbeats>,
     ) -> Self {
         Self {
             rx,
             out,
             batches,
             budget,
+            heartbeats,
         }
     }
 
     /// Runs until the input closes, then flushes all partial batches.
     pub async fn run(mut self) {
         let mut ready = Vec::new();
+        let mut beat = tokio::time::interval(BEAT);
         loop {
+            self.heartbeats.beat(Stage::Batcher);
             let deadline = self.batches.next_deadline();
             tokio::select! {
+                _ = beat.tick() => continue,
                 // Cancel-safe: `recv` loses nothing when the timer branch wins.
                 msg = self.rx.recv() => match msg {
                     Some(admitted) => self.push(admitted, &mut ready),
@@ -333,13 +342,13 @@ impl Batcher {
                 },
                 () = sleep_until(deadline) => self.batches.flush_due(Instant::now(), &mut ready),
             }
-            if !self.send(&mut ready).await {
+            if !self.send(&mut ready, &mut beat).await {
                 return;
             }
         }
         self.rx.close();
         self.batches.flush_all(&mut ready);
-        self.send(&mut ready).await;
+        self.send(&mut ready, &mut beat).await;
         tracing::debug!("batcher finished");
     }
 
@@ -361,11 +370,22 @@ impl Batcher {
         self.budget.release(self.batches.take_freed());
     }
 
-    async fn send(&mut self, ready: &mut Vec<Ready>) -> bool {
+    /// Hands finished batches to the publisher, beating while it waits for room.
+    async fn send(&mut self, ready: &mut Vec<Ready>, beat: &mut tokio::time::Interval) -> bool {
         for r in ready.drain(..) {
-            if self.out.send(r).await.is_err() {
-                tracing::error!("publisher stopped; buffered batches are lost");
-                return false;
+            let send = self.out.send(r);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    sent = &mut send => {
+                        if sent.is_err() {
+                            tracing::error!("publisher stopped; buffered batches are lost");
+                            return false;
+                        }
+                        break;
+                    }
+                    _ = beat.tick() => self.heartbeats.beat(Stage::Batcher),
+                }
             }
         }
         true

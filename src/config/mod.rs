@@ -532,7 +532,10 @@ fn validate_name(key: &str, name: &str, max: usize) -> Result<(), ConfigError> {
 }
 
 fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // /proc/sys is hidden under systemd's ProcSubset=pid; /etc/hostname stays readable.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
     let id: String = host
         .trim()
         .chars()

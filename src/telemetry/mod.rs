@@ -1,12 +1,15 @@
-//! Telemetry: log setup and the counters every stage updates. Logs go to stderr (journald
+//! Telemetry: log setup, the counters every stage updates, and systemd notification with a
+//! watchdog fed by stage heartbeats ([`notify`]). Logs go to stderr (journald
 //! friendly: no colour unless stderr is a terminal), human text or JSON; the filter comes from
 //! `RUST_LOG` when set, else `[log] level`. Counters are plain atomics in [`Stats`], summed up
 //! in the shutdown log line (the admin `/metrics` endpoint comes with the systemd issue).
 
+pub mod notify;
 mod stats;
 
 use std::io::IsTerminal;
 
+pub use notify::{Heartbeats, Notifier, Stage};
 pub use stats::Stats;
 use tracing_subscriber::EnvFilter;
 

@@ -269,6 +269,7 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         low_water: Arc::new(AtomicU64::new(0)),
         budget: budget.clone(),
         stats: stats.clone(),
+        heartbeats: crate::telemetry::Heartbeats::new(),
     };
     let (wal, end) = writer::spawn(log, parts)?;
     let client: Arc<str> = Arc::from("c1");

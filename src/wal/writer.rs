@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::fs::WalFs;
 use super::log::Log;
 use crate::buffer::{Admitted, Budget, NotStored};
-use crate::telemetry::Stats;
+use crate::telemetry::{Heartbeats, Stage, Stats};
 
 /// Most bytes written per round, so one round's latency stays bounded under a flood.
 const ROUND_BYTES: usize = 8 << 20;
@@ -81,6 +81,8 @@ pub struct WriterParts {
     pub budget: Budget,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// The writer beats here at least once a second while alive (watchdog).
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 /// Starts the writer thread. The returned receiver resolves when the thread ends.
@@ -94,7 +96,11 @@ pub fn spawn<F: WalFs>(
         low_water,
         budget,
         stats,
+        heartbeats,
     } = parts;
+    // Test hook (integration tests of the watchdog): a record on this topic hangs the writer
+    // like a disk that never returns from fsync.
+    let stall_topic = std::env::var("FLEETLAKE_TEST_STALL_TOPIC").ok();
     let (tx, rx) = std_mpsc::channel();
     let (end_tx, end_rx) = oneshot::channel();
     let writer = Writer {
@@ -110,6 +116,8 @@ pub fn spawn<F: WalFs>(
         budget,
         closed: false,
         full: false,
+        heartbeats,
+        stall_topic,
     };
     std::thread::Builder::new()
         .name("fleetlake-wal".into())
@@ -134,12 +142,15 @@ struct Writer<F: WalFs> {
     closed: bool,
     /// The last write failed for lack of space.
     full: bool,
+    heartbeats: Arc<Heartbeats>,
+    stall_topic: Option<String>,
 }
 
 impl<F: WalFs> Writer<F> {
     fn run(mut self) -> WriterResult<F> {
         let mut last_sync: Option<Instant> = None;
         loop {
+            self.heartbeats.beat(Stage::Wal);
             if self.waiting.is_empty() {
                 if self.closed {
                     return Ok(self.log);
@@ -234,6 +245,12 @@ impl<F: WalFs> Writer<F> {
             return;
         }
         for msg in &mut group.msgs {
+            if self.stall_topic.as_deref() == Some(msg.topic.as_str()) {
+                tracing::warn!("test hook: the WAL writer hangs now");
+                loop {
+                    std::thread::park();
+                }
+            }
             msg.seq = self
                 .log
                 .stage(msg.received_at, &client, &msg.topic, &msg.payload);

@@ -55,6 +55,17 @@ impl Daemon {
         mqtt: &str,
         extra: &str,
     ) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_in_env(dir, grace, mqtt, extra, &[])
+    }
+
+    /// Like [`Daemon::start_in`], with more environment variables for the daemon.
+    pub fn start_in_env(
+        dir: tempfile::TempDir,
+        grace: &str,
+        mqtt: &str,
+        extra: &str,
+        envs: &[(&str, String)],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let config = format!(
             "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
             dir.path().join("data").display()
@@ -65,6 +76,7 @@ impl Daemon {
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info,fleetlake::mqtt=debug")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
