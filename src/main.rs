@@ -9,9 +9,17 @@ use fleetlake::config::{Config, ConfigError, RawConfig};
 
 const EX_CONFIG: u8 = 78;
 
+/// `--version`: package version, git commit, and the optional features built in.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLEETLAKE_GIT_COMMIT"),
+    "; features: none)"
+);
+
 /// Edge telemetry ingest: MQTT in, Parquet out.
 #[derive(Debug, Parser)]
-#[command(name = "fleetlake", version, about, long_about = None)]
+#[command(name = "fleetlake", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -55,3 +55,16 @@ fn a_missing_config_file_is_a_config_error() -> TestResult {
     assert_eq!(out.status.code(), Some(78));
     Ok(())
 }
+
+#[test]
+fn version_names_the_release_and_the_git_commit() -> TestResult {
+    let out = fleetlake(&["--version"])?;
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.starts_with(&format!("fleetlake {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("features:"), "{text}");
+    Ok(())
+}
