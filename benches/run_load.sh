@@ -17,6 +17,8 @@ cat > "$dir/bench.toml" <<TOML
 [node]
 id = "bench"
 data_dir = "$dir/data"
+[admin]
+listen = ""
 [mqtt]
 listen = "127.0.0.1:$port"
 [memory]

@@ -25,6 +25,7 @@ use crate::decode::topic::Router;
 use crate::mqtt::Listener;
 use crate::sink::LocalSink;
 use crate::sink::publisher::{Progress, Publisher};
+use crate::telemetry::admin::{Admin, AdminState};
 use crate::telemetry::{Heartbeats, Notifier, Stats};
 use crate::wal::writer::WriterParts;
 use crate::wal::{self, Checkpoint, CheckpointFile, DiskFs, Log, Recovery};
@@ -126,7 +127,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         wal::writer::spawn(log, parts).context("starting the WAL writer thread")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ingest = Ingest::new(wal, budget, stats.clone(), config.qos0_when_full);
+    let ingest = Ingest::new(wal, budget.clone(), stats.clone(), config.qos0_when_full);
     let listener = Listener::bind(
         &config.mqtt,
         &config.node_id,
@@ -139,6 +140,23 @@ pub async fn run(config: Config) -> Result<Exit> {
     .with_context(|| format!("binding mqtt.listen {}", config.mqtt.listen))?;
     let addr = listener.local_addr()?;
     tokio::spawn(listener.run());
+    let admin_state = Arc::new(AdminState {
+        stats: stats.clone(),
+        budget: budget.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+    });
+    let admin_addr = match config.admin_listen {
+        Some(listen) => {
+            let admin = Admin::bind(listen, admin_state.clone())
+                .await
+                .with_context(|| format!("binding admin.listen {listen}"))?;
+            let addr = admin.local_addr()?;
+            tokio::spawn(admin.run());
+            Some(addr)
+        }
+        None => None,
+    };
+    admin_state.ready.store(true, Ordering::Relaxed);
     notifier.ready(&format!(
         "recovered {} WAL records; MQTT on {addr}",
         recovery_records
@@ -152,8 +170,10 @@ pub async fn run(config: Config) -> Result<Exit> {
             stopping.clone(),
         ));
     }
+    let admin_listen = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
         mqtt_listen = %addr,
+        admin_listen,
         output = %config.output_root.display(),
         node = %config.node_id,
         "fleetlake ready"
@@ -179,6 +199,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         }
     }
     stopping.store(true, Ordering::Relaxed);
+    admin_state.ready.store(false, Ordering::Relaxed);
     notifier.stopping();
     let _ = shutdown_tx.send(true);
     if failed {

@@ -73,6 +73,8 @@ pub struct RawConfig {
     pub memory: RawMemory,
     /// `[wal]`
     pub wal: RawWal,
+    /// `[admin]`
+    pub admin: RawAdmin,
     /// `[log]`
     pub log: RawLog,
     /// `[[tables]]`
@@ -221,6 +223,22 @@ impl Default for RawWal {
     }
 }
 
+/// `[admin]`: the HTTP endpoint for metrics and health checks.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Address for `/metrics`, `/healthz` and `/readyz`; empty turns the endpoint off.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
 /// `[log]`: logging.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -331,6 +349,8 @@ pub struct Config {
     pub qos0_when_full: Qos0WhenFull,
     /// Write-ahead log settings.
     pub wal: WalConfig,
+    /// Admin HTTP listen address (`None`: off).
+    pub admin_listen: Option<SocketAddr>,
     /// Log format is JSON.
     pub log_json: bool,
     /// Log filter.
@@ -470,6 +490,15 @@ impl Config {
         if wal.segment_size < 1 << 20 {
             return Err(invalid("wal.segment_size", "must be at least 1MiB"));
         }
+        let admin_listen = match raw.admin.listen.trim() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                invalid(
+                    "admin.listen",
+                    format!("`{text}` is not an address like \"127.0.0.1:9464\" (empty: off)"),
+                )
+            })?),
+        };
         let log_json = match raw.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -492,6 +521,7 @@ impl Config {
             memory_budget,
             qos0_when_full,
             wal,
+            admin_listen,
             log_json,
             log_level: raw.log.level.clone(),
             raw,

@@ -2,8 +2,9 @@
 //! watchdog fed by stage heartbeats ([`notify`]). Logs go to stderr (journald
 //! friendly: no colour unless stderr is a terminal), human text or JSON; the filter comes from
 //! `RUST_LOG` when set, else `[log] level`. Counters are plain atomics in [`Stats`], summed up
-//! in the shutdown log line (the admin `/metrics` endpoint comes with the systemd issue).
+//! in the shutdown log line and served by the admin endpoint ([`admin`]).
 
+pub mod admin;
 pub mod notify;
 mod stats;
 

@@ -5,11 +5,18 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Counters of the whole daemon.
         #[derive(Default)]
         pub struct Stats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// Calls `f(name, help, value)` for every counter.
+            pub fn each(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
+                $(f(stringify!($name), concat!($($doc),*).trim_ascii(), self.$name.load(Ordering::Relaxed));)*
+            }
         }
 
         impl fmt::Debug for Stats {

@@ -24,6 +24,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The admin HTTP endpoint's address.
+    pub admin: Option<SocketAddr>,
     child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -67,7 +69,7 @@ impl Daemon {
         envs: &[(&str, String)],
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let config = format!(
-            "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
+            "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("fleetlake.toml");
@@ -103,9 +105,11 @@ impl Daemon {
             .as_str()
             .ok_or("no mqtt_listen in ready line")?
             .parse()?;
+        let admin = json["admin_listen"].as_str().and_then(|a| a.parse().ok());
         Ok(Self {
             dir,
             addr,
+            admin,
             child,
             log,
         })

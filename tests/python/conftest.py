@@ -38,7 +38,7 @@ class Daemon:
         config = tmp / "fleetlake.toml"
         config.write_text(
             f'[node]\nid = "pytest"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'
-            f'[mqtt]\nlisten = "127.0.0.1:0"\n{extra}\n'
+            f'[admin]\nlisten = "127.0.0.1:0"\n[mqtt]\nlisten = "127.0.0.1:0"\n{extra}\n'
         )
         self.proc = subprocess.Popen(
             [binary(), "run", "--log-format", "json", "--config", str(config)],
@@ -59,7 +59,9 @@ class Daemon:
         for line in self.proc.stderr:
             self.lines.append(line)
             if "fleetlake ready" in line:
-                self.port = int(json.loads(line)["mqtt_listen"].rsplit(":", 1)[1])
+                ready = json.loads(line)
+                self.port = int(ready["mqtt_listen"].rsplit(":", 1)[1])
+                self.admin = ready["admin_listen"]
                 self.ready.set()
 
     def files(self, table="telemetry"):

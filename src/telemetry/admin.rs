@@ -1,0 +1,224 @@
+//! The admin HTTP endpoint (`[admin] listen`, loopback by default): `/metrics` in the
+//! Prometheus text format, `/healthz` (the process answers), `/readyz` (200 once the WAL is
+//! recovered and the listener accepts, 503 before that and while stopping). A deliberately
+//! tiny HTTP/1.1 server: GET only, one request per connection, a 5 s deadline and an 8 KiB
+//! limit on the request head, so a slow or hostile client costs one short-lived task.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Stats;
+use crate::buffer::Budget;
+
+/// Longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the endpoint reports on.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The memory budget (bytes in use and total).
+    pub budget: Budget,
+    /// Recovered and accepting connections (and not stopping).
+    pub ready: AtomicBool,
+}
+
+/// A bound admin endpoint.
+#[derive(Debug)]
+pub struct Admin {
+    listener: TcpListener,
+    state: Arc<AdminState>,
+}
+
+impl Admin {
+    /// Binds `addr`.
+    pub async fn bind(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            state,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    let state = self.state.clone();
+                    tokio::spawn(async move {
+                        let served = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &state));
+                        if let Ok(Err(e)) = served.await {
+                            tracing::debug!(error = %e, "admin request failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.len() > MAX_HEAD {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
+        }
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n",
+        )
+        .await;
+    }
+    match path {
+        "/metrics" => {
+            let body = render_metrics(state);
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+            )
+            .await
+        }
+        "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            respond(&mut stream, "200 OK", "text/plain", "ready\n").await
+        }
+        "/readyz" => {
+            respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                "not ready\n",
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "try /metrics, /healthz, /readyz\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    kind: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The Prometheus text exposition of every counter and gauge. Counter names are
+/// `fleetlake_<counter>_total`; no label carries a device id or topic.
+pub fn render_metrics(state: &AdminState) -> String {
+    let mut out = String::with_capacity(4096);
+    state.stats.each(|name, help, value| {
+        let _ = writeln!(out, "# HELP fleetlake_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE fleetlake_{name}_total counter");
+        let _ = writeln!(out, "fleetlake_{name}_total {value}");
+    });
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP fleetlake_{name} {help}");
+        let _ = writeln!(out, "# TYPE fleetlake_{name} gauge");
+        let _ = writeln!(out, "fleetlake_{name} {value}");
+    };
+    gauge(
+        "memory_budget_bytes",
+        "memory.budget: bytes buffered data may hold.",
+        state.budget.total() as f64,
+    );
+    gauge(
+        "memory_budget_used_bytes",
+        "Bytes of the memory budget held by admitted messages, buffered rows and batches being published.",
+        state.budget.in_use() as f64,
+    );
+    let (cpu_seconds, peak_rss_kib) = super::process_usage().unwrap_or_default();
+    gauge(
+        "process_peak_resident_memory_bytes",
+        "Peak resident set size of the process.",
+        (peak_rss_kib * 1024) as f64,
+    );
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident set size of the process now.",
+        resident_bytes() as f64,
+    );
+    gauge(
+        "ready",
+        "1 once the WAL is recovered and the listener accepts; 0 before and while stopping.",
+        if state.ready.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fleetlake_process_cpu_seconds_total CPU time used by the process (user + system).\n\
+         # TYPE fleetlake_process_cpu_seconds_total counter\n\
+         fleetlake_process_cpu_seconds_total {cpu_seconds}"
+    );
+    out
+}
+
+/// VmRSS of this process in bytes (0 if unreadable).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    kib * 1024
+}
