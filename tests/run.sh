@@ -2,8 +2,9 @@
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
 # Installs what the tests need when it is missing (Debian: mosquitto-clients; Python: duckdb,
 # pyarrow, paho-mqtt, pytest, prometheus-client), then runs formatting and lint checks, the Rust unit and
-# integration tests, the systemd unit checks (when systemd-analyze exists), and the Python
-# end-to-end tests against the binary cargo built.
+# integration tests, the systemd unit checks (when systemd-analyze exists), the Python
+# end-to-end tests against the binary cargo built, and the Debian package (cargo-deb, installed
+# with `cargo install` when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +49,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   echo "== systemd unit: verify, and security exposure <= 1.5"
   unit_dir=$(mktemp -d)
   bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/fleetlake"
-  sed "s#/usr/local/bin/fleetlake#$bin#g" systemd/fleetlake.service > "$unit_dir/fleetlake.service"
+  sed "s#/usr/bin/fleetlake#$bin#g" systemd/fleetlake.service > "$unit_dir/fleetlake.service"
   systemd-analyze verify "$unit_dir/fleetlake.service"
   rm -rf "$unit_dir"
   systemd-analyze security --offline=true --threshold=15 systemd/fleetlake.service | tail -1
@@ -59,3 +60,19 @@ fi
 echo "== pytest (end to end: mosquitto_pub, paho-mqtt, DuckDB, pyarrow)"
 export FLEETLAKE_BIN="${CARGO_TARGET_DIR:-target}/debug/fleetlake"
 python3 -m pytest -q -s tests/python   # -s: the crash test prints its summary
+
+echo "== cargo deb: the Debian package builds and holds the expected files"
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "== installing cargo-deb"
+  cargo install cargo-deb --locked
+fi
+cargo deb --strip --locked
+deb=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/fleetlake_*.deb | head -1)
+contents=$(dpkg-deb -c "$deb")
+for f in ./usr/bin/fleetlake ./lib/systemd/system/fleetlake.service ./etc/fleetlake/fleetlake.toml \
+         ./etc/fleetlake/fleetlake.env ./usr/share/doc/fleetlake/README.md; do
+  echo "$contents" | grep -q " $f\$" || { echo "missing from $deb: $f"; exit 1; }
+done
+dpkg-deb -I "$deb" conffiles | grep -qx /etc/fleetlake/fleetlake.toml \
+  || { echo "fleetlake.toml is not a conffile"; exit 1; }
+echo "package ok: $deb ($(du -h "$deb" | cut -f1))"
