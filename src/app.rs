@@ -55,6 +55,24 @@ pub async fn run(config: Config) -> Result<Exit> {
     let heartbeats = Heartbeats::new();
     let budget = Budget::new(config.memory_budget);
 
+    let admin_state = Arc::new(AdminState {
+        stats: stats.clone(),
+        budget: budget.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+    });
+    let admin_addr = match config.admin_listen {
+        Some(listen) => {
+            let admin = Admin::bind(listen, admin_state.clone())
+                .await
+                .with_context(|| format!("binding admin.listen {listen}"))?;
+            let addr = admin.local_addr()?;
+            tokio::spawn(admin.run());
+            // Up before the WAL replay: /healthz answers and /readyz says 503 until ready.
+            tracing::info!(admin_listen = %addr, "admin endpoint listening");
+            Some(addr)
+        }
+        None => None,
+    };
     let sink = Arc::new(LocalSink::new(
         config.output_root.clone(),
         config.node_id.clone(),
@@ -140,22 +158,6 @@ pub async fn run(config: Config) -> Result<Exit> {
     .with_context(|| format!("binding mqtt.listen {}", config.mqtt.listen))?;
     let addr = listener.local_addr()?;
     tokio::spawn(listener.run());
-    let admin_state = Arc::new(AdminState {
-        stats: stats.clone(),
-        budget: budget.clone(),
-        ready: std::sync::atomic::AtomicBool::new(false),
-    });
-    let admin_addr = match config.admin_listen {
-        Some(listen) => {
-            let admin = Admin::bind(listen, admin_state.clone())
-                .await
-                .with_context(|| format!("binding admin.listen {listen}"))?;
-            let addr = admin.local_addr()?;
-            tokio::spawn(admin.run());
-            Some(addr)
-        }
-        None => None,
-    };
     admin_state.ready.store(true, Ordering::Relaxed);
     notifier.ready(&format!(
         "recovered {} WAL records; MQTT on {addr}",

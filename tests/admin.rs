@@ -56,3 +56,75 @@ fn health_readiness_and_counters_that_move() -> TestResult {
     assert!(after.contains("# TYPE fleetlake_wal_records_total counter"));
     Ok(())
 }
+
+#[test]
+fn readyz_is_503_while_the_wal_replays_and_200_after() -> TestResult {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    // A WAL that takes a while to replay.
+    let fs = fleetlake::wal::DiskFs::open(&data.join("wal"))?;
+    let mut log = fleetlake::wal::Log::start(fs, Vec::new(), 0, 64 << 20)?;
+    for i in 0..200_000u32 {
+        let payload = format!(r#"{{"seq": {i}, "temp": 21.5}}"#);
+        log.stage(
+            1_767_225_600_000_000,
+            "dev",
+            "sensors/dev/t",
+            payload.as_bytes(),
+        );
+        if i % 10_000 == 0 {
+            log.write()?;
+        }
+    }
+    log.write()?;
+    log.sync()?;
+    drop(log);
+    let config = dir.path().join("fleetlake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"t\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n",
+            data.display()
+        ),
+    )?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetlake"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let result = (|| -> TestResult {
+        let mut admin: Option<SocketAddr> = None;
+        let mut during = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if line.contains("admin endpoint listening") {
+                let json: serde_json::Value = serde_json::from_str(&line)?;
+                let addr: SocketAddr =
+                    json["admin_listen"].as_str().ok_or("no address")?.parse()?;
+                admin = Some(addr);
+                during = Some((get(addr, "/readyz")?.0, get(addr, "/healthz")?.0));
+            }
+            if line.contains("fleetlake ready") {
+                break;
+            }
+        }
+        let admin = admin.ok_or("no admin line before ready")?;
+        assert_eq!(
+            during,
+            Some((503, 200)),
+            "not ready, but alive, while replaying"
+        );
+        assert_eq!(get(admin, "/readyz")?.0, 200);
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
