@@ -54,6 +54,11 @@ fn health_readiness_and_counters_that_move() -> TestResult {
     assert_eq!(metric(&after, "fleetlake_messages_qos1_total"), Some(2.0));
     assert!(metric(&after, "fleetlake_wal_syncs_total").is_some_and(|v| v >= 1.0));
     assert!(after.contains("# TYPE fleetlake_wal_records_total counter"));
+    let syncs = metric(&after, "fleetlake_wal_sync_seconds_count").ok_or("no fsync histogram")?;
+    assert_eq!(
+        metric(&after, "fleetlake_wal_sync_seconds_bucket{le=\"+Inf\"}"),
+        Some(syncs)
+    );
     Ok(())
 }
 

@@ -168,6 +168,31 @@ pub fn render_metrics(state: &AdminState) -> String {
         let _ = writeln!(out, "# TYPE fleetlake_{name}_total counter");
         let _ = writeln!(out, "fleetlake_{name}_total {value}");
     });
+    let (buckets, sum) = state.stats.wal_sync_seconds.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP fleetlake_wal_sync_seconds Duration of WAL fsyncs."
+    );
+    let _ = writeln!(out, "# TYPE fleetlake_wal_sync_seconds histogram");
+    for (le, count) in &buckets {
+        match le {
+            Some(le) => {
+                let _ = writeln!(
+                    out,
+                    "fleetlake_wal_sync_seconds_bucket{{le=\"{le}\"}} {count}"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "fleetlake_wal_sync_seconds_bucket{{le=\"+Inf\"}} {count}"
+                );
+            }
+        }
+    }
+    let total = buckets.last().map_or(0, |b| b.1);
+    let _ = writeln!(out, "fleetlake_wal_sync_seconds_sum {sum}");
+    let _ = writeln!(out, "fleetlake_wal_sync_seconds_count {total}");
     let mut gauge = |name: &str, help: &str, value: f64| {
         let _ = writeln!(out, "# HELP fleetlake_{name} {help}");
         let _ = writeln!(out, "# TYPE fleetlake_{name} gauge");

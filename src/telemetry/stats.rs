@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
-        /// Counters of the whole daemon.
+        /// Counters of the whole daemon, and the WAL fsync latency histogram.
         #[derive(Default)]
         pub struct Stats {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// Duration of WAL fsyncs.
+            pub wal_sync_seconds: Histogram,
         }
 
         impl Stats {
@@ -80,5 +82,65 @@ impl Stats {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds (seconds) of the fsync latency histogram's buckets.
+const SYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A fixed-bucket latency histogram (Prometheus style: cumulative on export).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket of [`SYNC_BUCKETS`], plus one for everything above.
+    counts: [AtomicU64; 13],
+    /// Sum of all observations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = SYNC_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(SYNC_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound (`None` = +Inf), and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<(Option<f64>, u64)>, f64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            out.push((SYNC_BUCKETS.get(i).copied(), total));
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (out, sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_sum_in_seconds() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(80));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(2));
+        let (buckets, sum) = h.snapshot();
+        assert_eq!(buckets[0], (Some(0.0001), 1));
+        assert_eq!(buckets[5], (Some(0.005), 2));
+        assert_eq!(buckets.last(), Some(&(None, 3)));
+        assert!((sum - 2.00308).abs() < 1e-9);
     }
 }

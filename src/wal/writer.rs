@@ -197,6 +197,7 @@ impl<F: WalFs> Writer<F> {
             // After a failed fsync the kernel may have dropped the dirty pages: exit, never retry.
             let sync_started = Instant::now();
             self.log.sync()?;
+            self.stats.wal_sync_seconds.observe(sync_started.elapsed());
             last_sync = Some(sync_started);
             Stats::add(&self.stats.wal_syncs, 1);
             Stats::add(&self.stats.wal_bytes, written as u64);

@@ -34,6 +34,8 @@ def test_metrics_parse_and_counters_move_as_messages_arrive(daemon_factory):
     assert after["fleetlake_messages_qos1_total"] - before["fleetlake_messages_qos1_total"] == 3
     assert after["fleetlake_wal_records_total"] >= 3
     assert after["fleetlake_memory_budget_bytes"] > 0
+    assert after["fleetlake_wal_sync_seconds_count"] >= 3  # each mosquitto_pub waited for one
+    assert after["fleetlake_wal_sync_seconds_sum"] > 0
     with urllib.request.urlopen(f"http://{d.admin}/readyz", timeout=10) as r:
         assert r.status == 200
     d.stop()
