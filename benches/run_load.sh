@@ -7,28 +7,17 @@
 #     benches/run_load.sh [MESSAGES] [QOS] [CONNS]      e.g. benches/run_load.sh 1000000 0 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 messages=${1:-1000000}; qos=${2:-0}; conns=${3:-4}
 cargo build --release --quiet --bin fleetlake --bench mqtt_load
 target=${CARGO_TARGET_DIR:-target}
 load=$(ls -t "$target"/release/deps/mqtt_load-* | grep -v '\.d$' | head -1)
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
-cat > "$dir/bench.toml" <<TOML
-[node]
-id = "bench"
-data_dir = "$dir/data"
-[admin]
-listen = ""
-[mqtt]
-listen = "127.0.0.1:$port"
-[memory]
-budget = "${BUDGET:-64MiB}"
+bench_config "$dir" "$port" "[memory]
+budget = \"${BUDGET:-64MiB}\"
 [wal]
-sync_interval = "${SYNC_INTERVAL:-2ms}"
-[log]
-level = "info"
-format = "json"
-TOML
+sync_interval = \"${SYNC_INTERVAL:-2ms}\""
 "$target/release/fleetlake" run --config "$dir/bench.toml" 2> "$dir/log" &
 pid=$!
 for _ in $(seq 100); do (: > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done

@@ -7,6 +7,7 @@
 #   benches/run_recovery.sh [SIZE]      e.g. benches/run_recovery.sh 1GiB
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 size=${1:-1GiB}
 cargo build --release --quiet --bin fleetlake --bench wal_fill
 target=${CARGO_TARGET_DIR:-target}
@@ -14,17 +15,7 @@ fill=$(ls -t "$target"/release/deps/wal_fill-* | grep -v '\.d$' | head -1)
 dir=$(mktemp -d)
 "$fill" --bench --dir "$dir/data/wal" --bytes "$size"
 port=$((20000 + RANDOM % 20000))
-cat > "$dir/bench.toml" <<TOML
-[node]
-id = "bench"
-data_dir = "$dir/data"
-[admin]
-listen = ""
-[mqtt]
-listen = "127.0.0.1:$port"
-[log]
-format = "json"
-TOML
+bench_config "$dir" "$port"
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(page cache not dropped: not root)"
 start=$(date +%s.%N)
 "$target/release/fleetlake" run --config "$dir/bench.toml" 2> "$dir/log" &

@@ -217,7 +217,7 @@ pub fn render_metrics(state: &AdminState) -> String {
     gauge(
         "process_resident_memory_bytes",
         "Resident set size of the process now.",
-        resident_bytes() as f64,
+        (super::status_kib("VmRSS").unwrap_or(0) * 1024) as f64,
     );
     gauge(
         "ready",
@@ -235,15 +235,4 @@ pub fn render_metrics(state: &AdminState) -> String {
          fleetlake_process_cpu_seconds_total {cpu_seconds}"
     );
     out
-}
-
-/// VmRSS of this process in bytes (0 if unreadable).
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    kib * 1024
 }
