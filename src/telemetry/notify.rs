@@ -49,11 +49,6 @@ impl Notifier {
         Self { target, watchdog }
     }
 
-    /// Whether systemd listens.
-    pub fn enabled(&self) -> bool {
-        self.target.is_some()
-    }
-
     /// The watchdog timeout systemd set, if any.
     pub fn watchdog_timeout(&self) -> Option<Duration> {
         self.watchdog
