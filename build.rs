@@ -1,9 +1,45 @@
-//! Build script: records the git commit the binary is built from (for `fleetlake --version`).
-//! Outside a git checkout, or without git, the commit is "unknown".
+//! Build script: compiles `proto/` into Rust (pure Rust: protox parses the `.proto` files, so no
+//! system `protoc` is needed) and records the git commit the binary is built from (for
+//! `fleetlake --version`; "unknown" outside a git checkout or without git).
 
+use std::path::PathBuf;
 use std::process::Command;
 
+const PROTOS: &[&str] = &["fleetlake/v1/ingest.proto"];
+
 fn main() {
+    compile_protos();
+    record_commit();
+}
+
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut compiler = protox::Compiler::new(["proto"]).expect("proto include path");
+    compiler.include_source_info(true);
+    for proto in PROTOS {
+        if let Err(e) = compiler.open_file(proto) {
+            panic!("cannot compile proto/{proto}: {e:?}");
+        }
+    }
+    // Served by the reflection service, so grpcurl and friends need no .proto file.
+    std::fs::write(
+        out.join("fleetlake_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )
+    .expect("writing the descriptor set");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Bytes fields share the request buffer instead of copying into a Vec.
+        .bytes(".")
+        // Our codec: a request that is not valid protobuf is INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::grpc::codec::Codec")
+        .compile_fds(compiler.file_descriptor_set())
+        .expect("generating Rust code from proto/");
+}
+
+fn record_commit() {
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

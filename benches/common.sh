@@ -1,6 +1,7 @@
 # Shared by the bench scripts (sourced, not run).
 # bench_config DIR PORT [EXTRA_TOML]: writes DIR/bench.toml for a bench daemon on 127.0.0.1:PORT
-# with data in DIR/data, no admin endpoint, JSON logs at info, plus EXTRA_TOML.
+# with data in DIR/data, no admin endpoint, gRPC on $GRPC_LISTEN (default off), JSON logs at
+# info, plus EXTRA_TOML.
 bench_config() {
   cat > "$1/bench.toml" <<TOML
 [node]
@@ -8,6 +9,8 @@ id = "bench"
 data_dir = "$1/data"
 [admin]
 listen = ""
+[grpc]
+listen = "${GRPC_LISTEN:-}"
 [mqtt]
 listen = "127.0.0.1:$2"
 [log]

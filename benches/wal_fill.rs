@@ -47,7 +47,13 @@ fn main() -> std::io::Result<()> {
                 20.0 + (seq % 100) as f64 / 10.0,
                 30 + seq % 40
             );
-            log.stage(now, &clients[d], &topics[d], payload.as_bytes());
+            log.stage(
+                fleetlake::wal::record::Kind::Mqtt,
+                now,
+                &clients[d],
+                &topics[d],
+                payload.as_bytes(),
+            );
             records += 1;
         }
         written += log.write()? as u64;

@@ -2,9 +2,9 @@
 //!
 //! Start: the publisher and batcher start first, then the WAL is replayed into the batcher
 //! (records the checkpoint does not cover), then the WAL writer starts on a new segment, and
-//! only then does the listener bind. Stop: sources stop first (listener, then each
-//! connection); once the last connection is gone the WAL writer writes what it holds and
-//! ends; the batcher sees its input close and flushes every partial batch; the publisher ends
+//! only then do the MQTT listener and the gRPC server bind. Stop: sources stop first (the
+//! listener and each connection; the gRPC server answers what it has read, then closes);
+//! once the last source is gone the WAL writer writes what it holds and ends; the batcher sees its input close and flushes every partial batch; the publisher ends
 //! after the last file is published; then the WAL segments it covers are deleted. All of that
 //! must finish within `node.shutdown_grace`. A WAL write or fsync error stops the daemon with
 //! a failure exit: a restart replays the log.
@@ -22,11 +22,14 @@ use crate::buffer::{Admitted, Budget, Ingest};
 use crate::config::Config;
 use crate::decode::decode_publish;
 use crate::decode::topic::Router;
+use crate::grpc;
+use crate::grpc::server::GrpcServer;
 use crate::mqtt::Listener;
 use crate::sink::LocalSink;
 use crate::sink::publisher::{Progress, Publisher};
 use crate::telemetry::admin::{Admin, AdminState};
 use crate::telemetry::{Heartbeats, Notifier, Stats};
+use crate::wal::record::Kind;
 use crate::wal::writer::WriterParts;
 use crate::wal::{self, Checkpoint, CheckpointFile, DiskFs, Log, Recovery};
 
@@ -146,6 +149,27 @@ pub async fn run(config: Config) -> Result<Exit> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingest = Ingest::new(wal, budget.clone(), stats.clone(), config.qos0_when_full);
+    let grpc_addr = match config.grpc.listen {
+        Some(listen) => {
+            let server = GrpcServer::bind(
+                listen,
+                &config.grpc,
+                ingest.clone(),
+                stats.clone(),
+                shutdown_rx.clone(),
+            )
+            .await
+            .with_context(|| format!("binding grpc.listen {listen}"))?;
+            let addr = server.local_addr()?;
+            tokio::spawn(async move {
+                if let Err(e) = server.run().await {
+                    tracing::error!(error = %e, "the gRPC server failed");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     let listener = Listener::bind(
         &config.mqtt,
         &config.node_id,
@@ -159,9 +183,9 @@ pub async fn run(config: Config) -> Result<Exit> {
     let addr = listener.local_addr()?;
     tokio::spawn(listener.run());
     admin_state.ready.store(true, Ordering::Relaxed);
+    let grpc_listen = grpc_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     notifier.ready(&format!(
-        "recovered {} WAL records; MQTT on {addr}",
-        recovery_records
+        "recovered {recovery_records} WAL records; MQTT on {addr}; gRPC on {grpc_listen}"
     ));
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(timeout) = notifier.watchdog_timeout() {
@@ -175,6 +199,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     let admin_listen = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
         mqtt_listen = %addr,
+        grpc_listen,
         admin_listen,
         output = %config.output_root.display(),
         node = %config.node_id,
@@ -335,13 +360,18 @@ impl Replay {
             if entry.seq < self.checkpoint.low_water {
                 return Ok(());
             }
-            let mut msg = decode_publish(
-                &self.router,
-                entry.topic,
-                entry.payload,
-                &entry.client,
-                entry.received_at,
-            );
+            let mut msg = match entry.kind {
+                Kind::Mqtt => decode_publish(
+                    &self.router,
+                    entry.topic,
+                    entry.payload,
+                    &entry.client,
+                    entry.received_at,
+                ),
+                Kind::Grpc => {
+                    grpc::points::from_record(entry.payload, &entry.client, entry.received_at)
+                }
+            };
             if self.checkpoint.covers(&msg.table, entry.seq) {
                 return Ok(());
             }

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! devices ──MQTT──▶ mqtt::listener ─▶ mqtt::connection (session, decode) ─▶ buffer::Ingest (budget)
-//!                                                                              │
+//! services ──gRPC──▶ grpc::service (check points, group into messages) ───────▶      │
 //!                                                                              ▼
-//!                 wal::writer (own thread: append, group-commit fdatasync) ─▶ ack to the device
+//!       wal::writer (own thread: append, group-commit fdatasync) ─▶ PUBACK / gRPC response
 //!                                                                              │ in sequence order
 //!                                                                              ▼
 //!                    batch::Batcher (per-table columnar::TableBuilder, flush by rows/bytes/age)
@@ -19,7 +19,7 @@
 //! ```
 //!
 //! At start, `app` replays the WAL records the checkpoint does not cover before the listener
-//! binds. Not yet: S3 output, gRPC ingest.
+//! and the gRPC server bind. Not yet: S3 output.
 
 pub mod app;
 pub mod batch;
@@ -27,6 +27,7 @@ pub mod buffer;
 pub mod columnar;
 pub mod config;
 pub mod decode;
+pub mod grpc;
 pub mod mqtt;
 pub mod sink;
 pub mod telemetry;

@@ -202,7 +202,7 @@ fn more_data_than_the_memory_budget_all_lands_through_budget_flushes() -> TestRe
     // Budget 64 KiB (4 x 16 KiB packets); ~1 KiB messages; no age or row flush would fire.
     let daemon = Daemon::start_with(
         "max_packet_size = \"16KiB\"",
-        "[memory]\nbudget = \"64KiB\"\n[batch]\nmax_age = \"1h\"\nmax_rows = 1000000",
+        "[memory]\nbudget = \"64KiB\"\n[batch]\nmax_age = \"1h\"\nmax_rows = 1000000\n[grpc]\nlisten = \"\"",
     )?;
     let filler = "x".repeat(900);
     let mut c = Client::connect(daemon.addr, "bulk")?;

@@ -27,6 +27,7 @@ fn admitted(table: &str, value: Scalar, seq: u64) -> Message {
         topic: "t/x".into(),
         payload: Bytes::from_static(b"{\"v\":\"x\"}"),
         seq,
+        source: crate::decode::Source::Mqtt,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct RawConfig {
     pub node: RawNode,
     /// `[mqtt]`
     pub mqtt: RawMqtt,
+    /// `[grpc]`
+    pub grpc: RawGrpc,
     /// `[output]`
     pub output: RawOutput,
     /// `[batch]`
@@ -124,6 +126,28 @@ impl Default for RawMqtt {
             max_packet_size: ByteSize(1 << 20),
             max_connections: 10_000,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[grpc]`: the gRPC ingest service.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGrpc {
+    /// Address to listen on; empty turns gRPC off.
+    pub listen: String,
+    /// Largest request, checked as sent and again after decompression.
+    pub max_message_size: ByteSize,
+    /// Table for points that name none.
+    pub default_table: String,
+}
+
+impl Default for RawGrpc {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            max_message_size: ByteSize(4 << 20),
+            default_table: "telemetry".into(),
         }
     }
 }
@@ -335,6 +359,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// MQTT listener settings.
     pub mqtt: MqttConfig,
+    /// gRPC service settings.
+    pub grpc: GrpcConfig,
     /// Root directory of the Parquet output.
     pub output_root: PathBuf,
     /// Topic → table routing.
@@ -370,6 +396,17 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// CONNECT deadline.
     pub connect_timeout: Duration,
+}
+
+/// Validated `[grpc]`.
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    /// Listen address (`None`: off).
+    pub listen: Option<SocketAddr>,
+    /// Largest request in bytes (as sent and decompressed).
+    pub max_message_size: usize,
+    /// Table for points without one.
+    pub default_table: String,
 }
 
 /// Validated `[wal]`.
@@ -445,6 +482,18 @@ impl Config {
                 "must be at most 256MiB (the MQTT limit)",
             ));
         }
+        let grpc = GrpcConfig {
+            listen: optional_addr("grpc.listen", &raw.grpc.listen, "127.0.0.1:50051")?,
+            max_message_size: positive(
+                "grpc.max_message_size",
+                raw.grpc.max_message_size.as_usize(),
+            )?,
+            default_table: raw.grpc.default_table.clone(),
+        };
+        validate_name("grpc.default_table", &grpc.default_table, 64)?;
+        if grpc.max_message_size > 256 << 20 {
+            return Err(invalid("grpc.max_message_size", "must be at most 256MiB"));
+        }
         let output_root = output_root(&raw)?;
         let tables = validate_tables(&raw.tables)?;
         let batch = BatchLimits {
@@ -464,6 +513,15 @@ impl Config {
                 format!(
                     "must be at least 4 x mqtt.max_packet_size ({})",
                     ByteSize(4 * mqtt.max_packet_size as u64)
+                ),
+            ));
+        }
+        if grpc.listen.is_some() && memory_budget < 4 * grpc.max_message_size {
+            return Err(invalid(
+                "memory.budget",
+                format!(
+                    "must be at least 4 x grpc.max_message_size ({}); lower that, or turn gRPC off with grpc.listen = \"\"",
+                    ByteSize(4 * grpc.max_message_size as u64)
                 ),
             ));
         }
@@ -490,15 +548,7 @@ impl Config {
         if wal.segment_size < 1 << 20 {
             return Err(invalid("wal.segment_size", "must be at least 1MiB"));
         }
-        let admin_listen = match raw.admin.listen.trim() {
-            "" => None,
-            text => Some(text.parse().map_err(|_| {
-                invalid(
-                    "admin.listen",
-                    format!("`{text}` is not an address like \"127.0.0.1:9464\" (empty: off)"),
-                )
-            })?),
-        };
+        let admin_listen = optional_addr("admin.listen", &raw.admin.listen, "127.0.0.1:9464")?;
         let log_json = match raw.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -514,6 +564,7 @@ impl Config {
             data_dir: raw.node.data_dir.clone(),
             shutdown_grace: nonzero("node.shutdown_grace", raw.node.shutdown_grace)?,
             mqtt,
+            grpc,
             output_root,
             tables,
             batch,
@@ -539,6 +590,19 @@ fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
         return Err(invalid(key, "must be greater than 0"));
     }
     Ok(value)
+}
+
+/// An address, or `None` for an empty value (off).
+fn optional_addr(key: &str, text: &str, example: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match text.trim() {
+        "" => Ok(None),
+        text => text.parse().map(Some).map_err(|_| {
+            invalid(
+                key,
+                format!("`{text}` is not an address like \"{example}\" (empty: off)"),
+            )
+        }),
+    }
 }
 
 fn nonzero(key: &str, value: HumanDuration) -> Result<Duration, ConfigError> {

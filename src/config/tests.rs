@@ -12,6 +12,11 @@ fn err_key(text: &str) -> String {
 fn the_builtin_default_is_valid_and_routes_everything_to_telemetry() {
     let config = Config::builtin();
     assert_eq!(config.mqtt.listen.to_string(), "127.0.0.1:1883");
+    assert_eq!(
+        config.grpc.listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:50051")
+    );
+    assert_eq!(config.grpc.default_table, "telemetry");
     assert_eq!(config.output_root, PathBuf::from("./fleetlake-data/lake"));
     let router = config.router();
     let route = router
@@ -32,6 +37,20 @@ fn the_production_example_in_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleetlake.toml");
     let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.mqtt.listen.ip().to_string(), "0.0.0.0");
+}
+
+#[test]
+fn grpc_settings_are_checked() {
+    assert_eq!(err_key("[grpc]\nlisten = \"localhost\""), "grpc.listen");
+    assert_eq!(err_key("[grpc]\ndefault_table = \"_x\""), "grpc.default_table");
+    assert_eq!(err_key("[grpc]\nmax_message_size = 0"), "grpc.max_message_size");
+    assert_eq!(
+        err_key("[memory]\nbudget = \"8MiB\"\n[grpc]\nmax_message_size = \"4MiB\""),
+        "memory.budget"
+    );
+    // gRPC off: its message size does not bind the budget.
+    let off = "[memory]\nbudget = \"8MiB\"\n[grpc]\nlisten = \"\"";
+    assert_eq!(err_key(off), "ok");
 }
 
 #[test]

@@ -14,6 +14,16 @@ use crate::config::REJECTED_TABLE;
 pub use json::{Row, Scalar};
 use topic::Router;
 
+/// Where a message came from; the WAL records it so a replay decodes it the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Source {
+    /// An MQTT PUBLISH (or will): the payload is as published.
+    Mqtt = 1,
+    /// A group of gRPC points: the payload is a protobuf `WriteRequest` with those points.
+    Grpc = 2,
+}
+
 /// Decoded rows of one published message, all bound for one table.
 #[derive(Debug)]
 pub struct Message {
@@ -33,6 +43,16 @@ pub struct Message {
     pub payload: Bytes,
     /// WAL sequence number, set when the message is appended to the WAL (0 before).
     pub seq: u64,
+    /// The source, which says how to read `payload` again.
+    pub source: Source,
+}
+
+/// Now, in µs since the epoch (the `received_at` of a message).
+pub fn now_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Bytes one message is charged against the memory budget: payload, topic and a fixed
@@ -74,6 +94,7 @@ impl Message {
             topic,
             payload,
             seq: 0,
+            source: Source::Mqtt,
         }
     }
 
@@ -120,6 +141,7 @@ pub fn decode_publish(
                 topic,
                 payload,
                 seq: 0,
+                source: Source::Mqtt,
             }
         }
         Err(e) => Message::rejected(

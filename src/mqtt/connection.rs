@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::collections::VecDeque;
 
@@ -114,13 +114,6 @@ async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
             return;
         }
     }
-}
-
-fn now_micros() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
 impl Connection {
@@ -428,7 +421,7 @@ impl Connection {
             topic,
             payload,
             &self.client_id,
-            now_micros(),
+            crate::decode::now_micros(),
         );
         if msg.is_rejected() {
             Stats::add(&self.ctx.stats.messages_rejected, 1);

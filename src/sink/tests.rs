@@ -21,6 +21,7 @@ fn part() -> Part {
         topic: String::new(),
         payload: Bytes::new(),
         seq: 0,
+        source: crate::decode::Source::Mqtt,
     };
     b.append(&m, 42).unwrap_or_else(|e| panic!("{e}"));
     let batch = b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"));

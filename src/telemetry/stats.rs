@@ -50,6 +50,14 @@ counters! {
     messages_shed,
     /// QoS 1/2 messages refused with MQTT 5 reason 0x97 because the WAL volume was full.
     messages_refused_disk_full,
+    /// gRPC write requests received (unary, and each request of a stream).
+    grpc_requests,
+    /// gRPC requests refused with INVALID_ARGUMENT for bad points (nothing stored).
+    grpc_requests_invalid,
+    /// gRPC requests refused with RESOURCE_EXHAUSTED: budget or WAL volume full.
+    grpc_requests_busy,
+    /// gRPC points stored (durable and acknowledged).
+    grpc_points,
     /// Payload bytes received.
     payload_bytes,
     /// Messages stored in `_rejected` (bad payload, unknown topic, type conflict).

@@ -159,10 +159,25 @@ impl<F: WalFs> Log<F> {
 
     /// Frames one record in memory and returns its sequence number. It is durable only after
     /// a [`write`](Self::write) and a [`sync`](Self::sync) that both succeed.
-    pub fn stage(&mut self, received_at: i64, client: &str, topic: &str, payload: &[u8]) -> u64 {
+    pub fn stage(
+        &mut self,
+        kind: record::Kind,
+        received_at: i64,
+        client: &str,
+        topic: &str,
+        payload: &[u8],
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        record::encode(&mut self.staged, seq, received_at, client, topic, payload);
+        record::encode(
+            &mut self.staged,
+            seq,
+            kind,
+            received_at,
+            client,
+            topic,
+            payload,
+        );
         seq
     }
 

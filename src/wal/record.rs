@@ -22,13 +22,8 @@ const MAX_BODY: usize = (256 << 20) + 4096;
 /// Body bytes before the topic: kind, received_at, client length.
 const FIXED: usize = 1 + 8 + 2;
 
-/// Where a record came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// An MQTT PUBLISH (or will) received by the listener.
-    Mqtt = 1,
-}
+/// Where a record came from (its first body byte).
+pub use crate::decode::Source as Kind;
 
 /// One record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +47,7 @@ pub struct Entry {
 pub fn encode(
     out: &mut Vec<u8>,
     seq: u64,
+    kind: Kind,
     received_at: i64,
     client: &str,
     topic: &str,
@@ -65,7 +61,7 @@ pub fn encode(
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.push(Kind::Mqtt as u8);
+    out.push(kind as u8);
     out.extend_from_slice(&received_at.to_le_bytes());
     out.extend_from_slice(&(client.len() as u16).to_le_bytes());
     out.extend_from_slice(client);
@@ -203,6 +199,7 @@ impl<R: Read> SegmentReader<R> {
     fn parse(&mut self, seq: u64, body: Vec<u8>) -> Option<Entry> {
         let kind = match body[0] {
             1 => Kind::Mqtt,
+            2 => Kind::Grpc,
             _ => return None,
         };
         let received_at = i64::from_le_bytes(body[1..9].try_into().ok()?);
@@ -258,6 +255,7 @@ mod tests {
             encode(
                 &mut out,
                 *seq,
+                Kind::Mqtt,
                 1_700_000_000_000_000,
                 "dev-1",
                 topic,

@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 use super::fs::mem::MemFs;
+use super::record::Kind;
 use super::*;
 use crate::buffer::{Admitted, Budget};
 use crate::decode::Message;
@@ -91,9 +92,13 @@ impl Model {
                     let c = self.counters[s as usize];
                     self.counters[s as usize] += 1;
                     let payload = format!("{s}:{c}");
-                    let seq = self
-                        .log
-                        .stage(7, &format!("client-{s}"), "t", payload.as_bytes());
+                    let seq = self.log.stage(
+                        Kind::Mqtt,
+                        7,
+                        &format!("client-{s}"),
+                        "t",
+                        payload.as_bytes(),
+                    );
                     self.staged.push((seq, payload));
                 }
             }
@@ -184,7 +189,7 @@ fn a_clean_release_deletes_every_segment_and_the_next_start_continues_the_number
     let fs = MemFs::default();
     let mut log = Log::start(fs.clone(), Vec::new(), 0, SEGMENT)?;
     for i in 0..50 {
-        log.stage(0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(Kind::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -207,7 +212,7 @@ fn damage_in_one_segment_stops_only_that_segment_and_is_counted() -> io::Result<
     let dir = tempfile::tempdir()?;
     let mut log = Log::start(DiskFs::open(dir.path())?, Vec::new(), 0, SEGMENT)?;
     for i in 0..12 {
-        log.stage(0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(Kind::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -244,6 +249,7 @@ fn message(topic: &str) -> Message {
         topic: topic.into(),
         payload: Bytes::from_static(b"{}"),
         seq: 0,
+        source: crate::decode::Source::Mqtt,
     }
 }
 

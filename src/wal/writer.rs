@@ -252,9 +252,13 @@ impl<F: WalFs> Writer<F> {
                     std::thread::park();
                 }
             }
-            msg.seq = self
-                .log
-                .stage(msg.received_at, &client, &msg.topic, &msg.payload);
+            msg.seq = self.log.stage(
+                msg.source,
+                msg.received_at,
+                &client,
+                &msg.topic,
+                &msg.payload,
+            );
         }
         self.waiting.push((group, done));
     }

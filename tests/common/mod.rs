@@ -26,6 +26,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// The admin HTTP endpoint's address.
     pub admin: Option<SocketAddr>,
+    /// The gRPC server's address.
+    pub grpc: Option<SocketAddr>,
     child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -68,8 +70,14 @@ impl Daemon {
         extra: &str,
         envs: &[(&str, String)],
     ) -> Result<Self, Box<dyn std::error::Error>> {
+        // gRPC on a free port too, unless the test configures `[grpc]` itself.
+        let grpc = if extra.contains("[grpc]") {
+            ""
+        } else {
+            "[grpc]\nlisten = \"127.0.0.1:0\"\n"
+        };
         let config = format!(
-            "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
+            "[node]\nid = \"test\"\ndata_dir = \"{}\"\nshutdown_grace = \"{grace}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{grpc}[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt}\n{extra}\n",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("fleetlake.toml");
@@ -106,10 +114,12 @@ impl Daemon {
             .ok_or("no mqtt_listen in ready line")?
             .parse()?;
         let admin = json["admin_listen"].as_str().and_then(|a| a.parse().ok());
+        let grpc = json["grpc_listen"].as_str().and_then(|a| a.parse().ok());
         Ok(Self {
             dir,
             addr,
             admin,
+            grpc,
             child,
             log,
         })

@@ -38,7 +38,8 @@ class Daemon:
         config = tmp / "fleetlake.toml"
         config.write_text(
             f'[node]\nid = "pytest"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'
-            f'[admin]\nlisten = "127.0.0.1:0"\n[mqtt]\nlisten = "127.0.0.1:0"\n{extra}\n'
+            f'[admin]\nlisten = "127.0.0.1:0"\n[grpc]\nlisten = "127.0.0.1:0"\n'
+            f'[mqtt]\nlisten = "127.0.0.1:0"\n{extra}\n'
         )
         self.proc = subprocess.Popen(
             [binary(), "run", "--log-format", "json", "--config", str(config)],
@@ -62,6 +63,7 @@ class Daemon:
                 ready = json.loads(line)
                 self.port = int(ready["mqtt_listen"].rsplit(":", 1)[1])
                 self.admin = ready["admin_listen"]
+                self.grpc = ready["grpc_listen"]
                 self.ready.set()
 
     def files(self, table="telemetry"):

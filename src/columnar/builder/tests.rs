@@ -21,6 +21,7 @@ fn msg(device: &str, fields: Vec<(&str, Scalar)>) -> Message {
         topic: "a".into(),
         payload: Bytes::new(),
         seq: 0,
+        source: crate::decode::Source::Mqtt,
     }
 }
 

@@ -27,6 +27,7 @@ fn batch(rows: &[(&str, i64, u64)]) -> Batch {
             topic: String::new(),
             payload: Bytes::new(),
             seq: 0,
+            source: crate::decode::Source::Mqtt,
         };
         b.append(&m, *seq).unwrap_or_else(|e| panic!("{e}"));
     }

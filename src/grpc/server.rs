@@ -1,0 +1,86 @@
+//! The gRPC server: binds `grpc.listen` and serves the ingest service with health checking
+//! (`grpc.health.v1`) and server reflection (v1 and v1alpha) beside it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use super::proto::FILE_DESCRIPTOR_SET;
+use super::proto::ingest_server::IngestServer;
+use super::service::IngestService;
+use crate::buffer::Ingest;
+use crate::config::GrpcConfig;
+use crate::telemetry::Stats;
+
+/// A bound, not yet serving, gRPC server.
+#[derive(Debug)]
+pub struct GrpcServer {
+    listener: TcpListener,
+    service: IngestService,
+    max_message_size: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl GrpcServer {
+    /// Binds `addr`; requests go to `ingest`. `shutdown` turning true stops the server: new
+    /// requests get UNAVAILABLE, open streams end after answering what they read.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: &GrpcConfig,
+        ingest: Ingest,
+        stats: Arc<Stats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let service = IngestService::new(ingest, &config.default_table, stats, shutdown.clone());
+        Ok(Self {
+            listener,
+            service,
+            max_message_size: config.max_message_size,
+            shutdown,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until shutdown and every open request is answered.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<IngestServer<IngestService>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let ingest = IngestServer::new(self.service)
+            .max_decoding_message_size(self.max_message_size)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
+        let mut shutdown = self.shutdown;
+        let stop = async move {
+            let _ = shutdown.wait_for(|closing| *closing).await;
+            reporter
+                .set_not_serving::<IngestServer<IngestService>>()
+                .await;
+        };
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ingest)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await?;
+        Ok(())
+    }
+}

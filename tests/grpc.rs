@@ -1,0 +1,484 @@
+//! gRPC ingest end to end: a tonic client against the real daemon; rows read back from the
+//! Parquet it writes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Daemon, TestResult, read_rows};
+use fleetlake::grpc::proto::field::Value;
+use fleetlake::grpc::proto::ingest_client::IngestClient;
+use fleetlake::grpc::proto::{Field, Point, WriteRequest, WriteStreamRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+async fn client(daemon: &Daemon) -> Result<IngestClient<Channel>, Box<dyn std::error::Error>> {
+    let addr = daemon.grpc.ok_or("gRPC is off")?;
+    Ok(IngestClient::connect(format!("http://{addr}")).await?)
+}
+
+fn field(name: &str, value: Value) -> Field {
+    Field {
+        name: name.into(),
+        value: Some(value),
+    }
+}
+
+fn reading(device: &str, seq: i64) -> Point {
+    Point {
+        table: String::new(),
+        device_id: device.into(),
+        time_unix_nano: 1_767_225_600_000_000_000 + seq * 1_000_000,
+        fields: vec![
+            field("seq", Value::IntValue(seq)),
+            field("temp", Value::DoubleValue(20.5)),
+        ],
+    }
+}
+
+/// `(device_id, seq)` of every row of `table` in the daemon's output.
+fn seqs(daemon: &Daemon, table: &str) -> Result<Vec<(String, i64)>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for row in read_rows(&daemon.lake().join(table))? {
+        let device = row["device_id"].as_str().unwrap_or_default().to_string();
+        let seq = row["seq"].as_str().ok_or("no seq")?.parse()?;
+        out.push((device, seq));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Column name → Arrow type of the first Parquet file under `dir`.
+fn schema(dir: &std::path::Path) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
+    let file = common::parquet_files(dir)
+        .into_iter()
+        .next()
+        .ok_or("no parquet file")?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(file)?,
+    )?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_writes_become_typed_rows() -> TestResult {
+    let daemon = Daemon::start("")?;
+    let mut c = client(&daemon).await?;
+    let points = vec![
+        Point {
+            table: "machines".into(),
+            device_id: "press-1".into(),
+            time_unix_nano: 1_767_225_600_123_456_789,
+            fields: vec![
+                field("pressure", Value::DoubleValue(1.25)),
+                field("cycles", Value::IntValue(42)),
+                field("running", Value::BoolValue(true)),
+                field("mode", Value::StringValue("auto".into())),
+                field("raw", Value::BytesValue(Bytes::from_static(b"\x00\xff"))),
+            ],
+        },
+        reading("dev-a", 1),
+        reading("dev-b", 2),
+    ];
+    let reply = c.write(WriteRequest { points }).await?.into_inner();
+    assert_eq!(reply.points, 3);
+    let empty = c.write(WriteRequest { points: vec![] }).await?.into_inner();
+    assert_eq!(empty.points, 0);
+
+    let (status, daemon) = daemon.stop()?;
+    assert!(status.success());
+    let rows = read_rows(&daemon.lake().join("machines"))?;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["device_id"], "press-1");
+    assert_eq!(row["time"], "2026-01-01T00:00:00.123456Z");
+    assert_eq!(row["pressure"], "1.25");
+    assert_eq!(row["cycles"], "42");
+    assert_eq!(row["running"], "true");
+    assert_eq!(row["mode"], "auto");
+    assert_eq!(row["raw"], "00ff");
+    let types = schema(&daemon.lake().join("machines"))?;
+    assert_eq!(types["pressure"], "Float64");
+    assert_eq!(types["cycles"], "Int64");
+    assert_eq!(types["running"], "Boolean");
+    assert!(types["mode"].contains("Utf8"), "{types:?}");
+    assert!(types["raw"].contains("Binary"), "{types:?}");
+    assert_eq!(
+        seqs(&daemon, "telemetry")?,
+        vec![("dev-a".into(), 1), ("dev-b".into(), 2)]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_pipelines_requests_and_answers_each_in_order() -> TestResult {
+    let daemon = Daemon::start("")?;
+    let mut c = client(&daemon).await?;
+    let (tx, rx) = mpsc::channel(128);
+    // Every request is sent before any response is read.
+    for id in 0..100u64 {
+        let points = if id == 50 {
+            vec![Point {
+                device_id: String::new(),
+                ..reading("x", 9_999)
+            }]
+        } else {
+            (0..10)
+                .map(|i| reading("dev", (id * 10 + i) as i64))
+                .collect()
+        };
+        tx.send(WriteStreamRequest { id, points }).await?;
+    }
+    let mut responses = c.write_stream(ReceiverStream::new(rx)).await?.into_inner();
+    for id in 0..100u64 {
+        let r = responses.message().await?.ok_or("stream ended early")?;
+        assert_eq!(r.id, id, "responses come in request order");
+        if id == 50 {
+            assert_eq!(r.code, Code::InvalidArgument as i32);
+            assert_eq!(r.points, 0);
+            assert_eq!(r.errors.len(), 1);
+            assert_eq!(r.errors[0].field, "device_id");
+            assert!(r.message.contains("points[0].device_id"), "{}", r.message);
+        } else {
+            assert_eq!((r.code, r.points), (0, 10), "{}", r.message);
+        }
+    }
+    // The stream stays usable after a refused request.
+    tx.send(WriteStreamRequest {
+        id: 100,
+        points: vec![reading("dev", 5_000)],
+    })
+    .await?;
+    let r = responses.message().await?.ok_or("no response")?;
+    assert_eq!((r.id, r.code, r.points), (100, 0, 1));
+    drop(tx);
+    assert!(
+        responses.message().await?.is_none(),
+        "half-close ends the stream"
+    );
+
+    let (_, daemon) = daemon.stop()?;
+    let got = seqs(&daemon, "telemetry")?;
+    let mut want: Vec<(String, i64)> = (0..1000)
+        .filter(|s| s / 10 != 50)
+        .map(|s| ("dev".to_string(), s))
+        .collect();
+    want.push(("dev".into(), 5_000));
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every acknowledged point once, nothing of the refused one"
+    );
+    Ok(())
+}
+
+/// A point whose `device_id` is raw bytes, to send what a correct client cannot: invalid
+/// UTF-8 in a string field.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawPoint {
+    #[prost(bytes = "vec", tag = "2")]
+    device_id: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawRequest {
+    #[prost(message, repeated, tag = "1")]
+    points: Vec<RawPoint>,
+}
+
+async fn write_raw(addr: SocketAddr, req: RawRequest) -> Result<(), tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<RawRequest, RawRequest>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/fleetlake.v1.Ingest/Write");
+    grpc.unary(tonic::Request::new(req), path, codec)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_codes_store_nothing_and_the_server_keeps_serving() -> TestResult {
+    let daemon = Daemon::start("[grpc]\nlisten = \"127.0.0.1:0\"\nmax_message_size = \"64KiB\"")?;
+    let addr = daemon.grpc.ok_or("gRPC is off")?;
+    let mut c = client(&daemon).await?;
+
+    // A point with no device id: the whole request is refused, every bad point named.
+    let mut points = vec![reading("ok", 1), reading("", 2), reading("ok", 3)];
+    points[2].fields.push(field("time", Value::IntValue(1)));
+    let err = c
+        .write(WriteRequest { points })
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let bad = err
+        .get_details_bad_request()
+        .ok_or("no BadRequest details")?;
+    let fields: Vec<&str> = bad
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["points[1].device_id", "points[2].fields[2].name"]);
+
+    // Invalid UTF-8 in a string field: not a valid message.
+    let raw = RawRequest {
+        points: vec![RawPoint {
+            device_id: b"dev-\xff\xfe".to_vec(),
+        }],
+    };
+    let err = write_raw(addr, raw).await.err().ok_or("accepted")?;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // Over the size limit as sent.
+    let big = Point {
+        fields: vec![field(
+            "blob",
+            Value::BytesValue(Bytes::from(vec![7u8; 100_000])),
+        )],
+        ..reading("big", 4)
+    };
+    let err = c
+        .write(WriteRequest {
+            points: vec![big.clone()],
+        })
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+
+    // A zstd bomb: a few KiB on the wire, 32 MiB once decompressed.
+    let bomb = Point {
+        fields: vec![field(
+            "blob",
+            Value::BytesValue(Bytes::from(vec![0u8; 32 << 20])),
+        )],
+        ..reading("bomb", 5)
+    };
+    let mut zc = client(&daemon)
+        .await?
+        .send_compressed(CompressionEncoding::Zstd);
+    let err = zc
+        .write(WriteRequest { points: vec![bomb] })
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // Compressed requests within the limit are fine (zstd and gzip).
+    zc.write(WriteRequest {
+        points: vec![reading("zstd", 6)],
+    })
+    .await?;
+    let mut gc = client(&daemon)
+        .await?
+        .send_compressed(CompressionEncoding::Gzip);
+    gc.write(WriteRequest {
+        points: vec![reading("gzip", 7)],
+    })
+    .await?;
+    // And the first client still works.
+    c.write(WriteRequest {
+        points: vec![reading("plain", 8)],
+    })
+    .await?;
+
+    let (_, daemon) = daemon.stop()?;
+    assert_eq!(
+        seqs(&daemon, "telemetry")?,
+        vec![("gzip".into(), 7), ("plain".into(), 8), ("zstd".into(), 6)]
+    );
+    assert!(
+        !daemon.lake().join("_rejected").exists(),
+        "refused requests leave no rows anywhere"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_budget_answers_resource_exhausted() -> TestResult {
+    // The WAL writer hangs on a record for topic `stall`: nothing becomes durable, so the
+    // budget never comes back.
+    let envs = [("FLEETLAKE_TEST_STALL_TOPIC", "stall".to_string())];
+    let daemon = Daemon::start_in_env(
+        tempfile::tempdir()?,
+        "2s",
+        "max_packet_size = \"64KiB\"",
+        "[grpc]\nlisten = \"127.0.0.1:0\"\nmax_message_size = \"256KiB\"\n[memory]\nbudget = \"1MiB\"",
+        &envs,
+    )?;
+    let mut mqtt = common::Client::connect(daemon.addr, "staller")?;
+    mqtt.send(rumqttc::mqttbytes::v4::Packet::Publish(
+        rumqttc::mqttbytes::v4::Publish::new("stall", rumqttc::mqttbytes::QoS::AtMostOnce, "{}"),
+    ))?;
+    common::wait_for("the WAL writer to hang", || {
+        daemon.log_contains("the WAL writer hangs now")
+    })?;
+    // 20 requests of ~150 KB at once: at most 6 fit in the 1 MiB budget and then wait for a
+    // WAL that never syncs; the others wait for budget, then give up.
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let mut c = client(&daemon).await?;
+        let point = Point {
+            fields: vec![field(
+                "blob",
+                Value::BytesValue(Bytes::from(vec![1u8; 150_000])),
+            )],
+            ..reading("heavy", 1)
+        };
+        calls.push(tokio::spawn(async move {
+            c.write(WriteRequest {
+                points: vec![point],
+            })
+            .await
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while calls.iter().filter(|c| c.is_finished()).count() < 14 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests were not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut pending = 0;
+    for call in calls {
+        if !call.is_finished() {
+            pending += 1;
+            continue;
+        }
+        let err = call.await?.err().ok_or("a write was acknowledged")?;
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("memory budget"), "{err:?}");
+    }
+    assert!(pending >= 1, "some requests fitted in the budget first");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_streams_with_unavailable_after_answering() -> TestResult {
+    let daemon = Daemon::start("")?;
+    let mut c = client(&daemon).await?;
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = c.write_stream(ReceiverStream::new(rx)).await?.into_inner();
+    tx.send(WriteStreamRequest {
+        id: 1,
+        points: vec![reading("s", 1)],
+    })
+    .await?;
+    let r = responses.message().await?.ok_or("no response")?;
+    assert_eq!((r.id, r.code, r.points), (1, 0, 1));
+    // SIGTERM (once: a second one would force the exit) while the stream is open.
+    let stopping = tokio::task::spawn_blocking(move || daemon.stop().map_err(|e| e.to_string()));
+    let end = tokio::time::timeout(Duration::from_secs(10), responses.message()).await?;
+    let status = end.err().ok_or("the stream did not end with an error")?;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let (status, daemon) = stopping.await??;
+    assert!(status.success());
+    assert_eq!(seqs(&daemon, "telemetry")?, vec![("s".into(), 1)]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_for_stock_tools() -> TestResult {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let daemon = Daemon::start("")?;
+    let url = format!("http://{}", daemon.grpc.ok_or("gRPC is off")?);
+    let channel = Channel::from_shared(url)?.connect().await?;
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "fleetlake.v1.Ingest"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.ok_or("no reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        return Err("not a service list".into());
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["fleetlake.v1.Ingest", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_points_survive_sigkill() -> TestResult {
+    // Batches stay in memory (no flush by size or age) until the crash.
+    let extra = "[batch]\nmax_age = \"1h\"";
+    let daemon = Daemon::start(extra)?;
+    let mut c = client(&daemon).await?;
+    for batch in 0..10i64 {
+        // Several devices and two tables per request: several WAL records each.
+        let points = (0..100)
+            .map(|i| {
+                let mut p = reading(&format!("dev-{}", i % 3), batch * 100 + i);
+                if i % 10 == 0 {
+                    p.table = "other".into();
+                }
+                p
+            })
+            .collect();
+        assert_eq!(
+            c.write(WriteRequest { points }).await?.into_inner().points,
+            100
+        );
+    }
+    drop(c);
+    let dir = daemon.kill()?;
+    assert!(common::parquet_files(&dir.path().join("data/lake")).is_empty());
+    let daemon = Daemon::start_in(dir, "10s", "", extra)?;
+    let (status, daemon) = daemon.stop()?;
+    assert!(status.success());
+    let mut got = seqs(&daemon, "telemetry")?;
+    got.extend(seqs(&daemon, "other")?);
+    got.sort_by_key(|(_, s)| *s);
+    let want: Vec<(String, i64)> = (0..1000)
+        .map(|s| (format!("dev-{}", s % 100 % 3), s))
+        .collect();
+    assert_eq!(got, want, "every acknowledged point exactly once");
+    Ok(())
+}
