@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
 # Installs what the tests need when it is missing (Debian: mosquitto-clients; Python: duckdb,
-# pyarrow, paho-mqtt, pytest, prometheus-client), then runs formatting and lint checks, the Rust unit and
+# pyarrow, paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status), then runs formatting and lint checks, the Rust unit and
 # integration tests, the systemd unit checks (when systemd-analyze exists), the Python
 # end-to-end tests against the binary cargo built, and the Debian package (cargo-deb, installed
 # with `cargo install` when missing).
@@ -16,8 +16,8 @@ if ! command -v mosquitto_pub >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
 fi
 
-PY_PKGS=(duckdb pyarrow "paho-mqtt>=2" pytest prometheus-client)
-if ! python3 -c "import duckdb, pyarrow, pytest, prometheus_client, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
+PY_PKGS=(duckdb pyarrow "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status)
+if ! python3 -c "import duckdb, pyarrow, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
   echo "== installing Python test packages"
   python3 -m pip install -q "${PY_PKGS[@]}" \
     || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"
