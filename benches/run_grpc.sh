@@ -3,7 +3,8 @@
 # it with benches/grpc_load.rs (unary Write calls of BATCH points), stops it with SIGTERM, then
 # prints the generator's points/s and response latency percentiles, the daemon's CPU seconds
 # and peak RSS, and the rows DuckDB reads back.
-#   [RATE=points/s] [CONNS=4] [INFLIGHT=8] [SYNC_INTERVAL=2ms] benches/run_grpc.sh [POINTS] [BATCH]
+#   [RATE=points/s] [CONNS=4] [INFLIGHT=8] [STREAM=1] [SYNC_INTERVAL=2ms] \
+#     benches/run_grpc.sh [POINTS] [BATCH]      (STREAM=1: pipelined WriteStream, else unary)
 #   e.g. benches/run_grpc.sh 1000000 1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ sync_interval = \"${SYNC_INTERVAL:-2ms}\""
 pid=$!
 for _ in $(seq 100); do (: > /dev/tcp/127.0.0.1/$gport) 2>/dev/null && break; sleep 0.05; done
 out=$(/usr/bin/time -f "loadgen_cpu_s=%U+%S" "$load" --bench --addr "127.0.0.1:$gport" --points "$points" --batch "$batch" \
-  --conns "${CONNS:-4}" --inflight "${INFLIGHT:-8}" --rate "${RATE:-0}" 2>&1)
+  --conns "${CONNS:-4}" --inflight "${INFLIGHT:-8}" --rate "${RATE:-0}" ${STREAM:+--stream} 2>&1)
 echo "$out"
 kill -TERM $pid; wait $pid || true
 usage=$(grep '"fleetlake stopped"' "$dir/log" | python3 -c "

@@ -17,7 +17,7 @@ const VERSION: &str = concat!(
     "; features: none)"
 );
 
-/// Edge telemetry ingest: MQTT in, Parquet out.
+/// Edge telemetry ingest: MQTT and gRPC in, Parquet out.
 #[derive(Debug, Parser)]
 #[command(name = "fleetlake", version = VERSION, about, long_about = None)]
 struct Cli {

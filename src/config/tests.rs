@@ -42,8 +42,14 @@ fn the_production_example_in_config_is_valid() {
 #[test]
 fn grpc_settings_are_checked() {
     assert_eq!(err_key("[grpc]\nlisten = \"localhost\""), "grpc.listen");
-    assert_eq!(err_key("[grpc]\ndefault_table = \"_x\""), "grpc.default_table");
-    assert_eq!(err_key("[grpc]\nmax_message_size = 0"), "grpc.max_message_size");
+    assert_eq!(
+        err_key("[grpc]\ndefault_table = \"_x\""),
+        "grpc.default_table"
+    );
+    assert_eq!(
+        err_key("[grpc]\nmax_message_size = 0"),
+        "grpc.max_message_size"
+    );
     assert_eq!(
         err_key("[memory]\nbudget = \"8MiB\"\n[grpc]\nmax_message_size = \"4MiB\""),
         "memory.budget"
