@@ -188,13 +188,34 @@ pub async fn run(config: Config) -> Result<Exit> {
         "recovered {recovery_records} WAL records; MQTT on {addr}; gRPC on {grpc_listen}"
     ));
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(timeout) = notifier.watchdog_timeout() {
-        tokio::spawn(feed_watchdog(
-            notifier.clone(),
-            heartbeats.clone(),
-            timeout,
-            stopping.clone(),
-        ));
+    let summary = {
+        let (stats, budget) = (stats.clone(), budget.clone());
+        move || status_line(&stats, &budget)
+    };
+    match notifier.watchdog_timeout() {
+        Some(timeout) => {
+            tokio::spawn(feed_watchdog(
+                notifier.clone(),
+                heartbeats.clone(),
+                timeout,
+                stopping.clone(),
+                summary,
+            ));
+        }
+        None => {
+            let notifier = notifier.clone();
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(STATUS_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if !stopping.load(Ordering::Relaxed) {
+                        notifier.status(&summary());
+                    }
+                }
+            });
+        }
     }
     let admin_listen = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
@@ -277,16 +298,35 @@ async fn report_replay(notifier: Arc<Notifier>, stats: Arc<Stats>) {
     }
 }
 
+/// How often `STATUS=` is refreshed when no watchdog ping carries it.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// The `STATUS=` line after startup: a summary for `systemctl status`.
+fn status_line(stats: &Stats, budget: &Budget) -> String {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mqtt = load(&stats.messages_qos0) + load(&stats.messages_qos1) + load(&stats.messages_qos2);
+    format!(
+        "ready; {} MQTT connections; {mqtt} MQTT messages, {} gRPC points; {} files ({} rows) published; memory budget {}% used",
+        load(&stats.connections_open),
+        load(&stats.grpc_points),
+        load(&stats.files_published),
+        load(&stats.rows_published),
+        budget.in_use() * 100 / budget.total().max(1),
+    )
+}
+
 /// Beats older than this mean a stage is stuck (stages beat at least once a second).
 const STALL: Duration = Duration::from_millis(2500);
 
-/// Sends `WATCHDOG=1` every half `timeout` while every stage beats; stops (so systemd restarts
-/// the service) when one is stuck. During shutdown stages end on purpose: keep feeding then.
+/// Sends `WATCHDOG=1` (with a fresh `STATUS=` line) every half `timeout` while every stage
+/// beats; stops (so systemd restarts the service) when one is stuck. During shutdown stages
+/// end on purpose: keep feeding then.
 async fn feed_watchdog(
     notifier: Arc<Notifier>,
     heartbeats: Arc<Heartbeats>,
     timeout: Duration,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    summary: impl Fn() -> String,
 ) {
     let mut tick = tokio::time::interval(timeout / 2);
     let mut reported = false;
@@ -305,7 +345,8 @@ async fn feed_watchdog(
             }
             _ => {
                 reported = false;
-                notifier.send("WATCHDOG=1");
+                // The status rides along: `systemctl status` shows live figures.
+                notifier.send(&format!("WATCHDOG=1\nSTATUS={}", summary()));
             }
         }
     }

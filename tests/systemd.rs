@@ -47,6 +47,13 @@ fn ready_after_listening_watchdog_from_live_stages_and_stopping_on_sigterm() -> 
     for _ in 0..3 {
         wait_for_message(&sock, "WATCHDOG=1", Duration::from_secs(2)).ok_or("watchdog pings")?;
     }
+    // Pings carry a live status line; the published message shows up in it.
+    let status = wait_for_message(&sock, "1 MQTT messages", common::DEADLINE)
+        .ok_or("no STATUS= with the message count")?;
+    assert!(
+        status.contains("WATCHDOG=1\nSTATUS=ready; 1 MQTT connections"),
+        "{status}"
+    );
 
     // Hang the WAL writer: the pings must stop (stall threshold 2.5 s).
     let mut p = rumqttc::mqttbytes::v4::Publish::new(

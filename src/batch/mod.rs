@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::buffer::{Admitted, Budget};
 use crate::columnar::{Batch, TableBuilder};
 use crate::config::{BatchLimits, REJECTED_TABLE};
-use crate::decode::Message;
+use crate::decode::{Message, RejectReason};
 use crate::telemetry::{Heartbeats, Stage, Stats};
 
 /// Budget held per columnar byte of buffered rows (see the module docs).
@@ -151,20 +151,21 @@ impl Batches {
                 .builder
                 .append(&msg, seq)
                 .map(|bytes| (t, bytes))
-                .map_err(|c| c.to_string()),
-            Err(reason) => Err(reason),
+                .map_err(|c| (RejectReason::TypeConflict, c.to_string())),
+            Err(reason) => Err((RejectReason::TooManyTables, reason)),
         };
         let (t, bytes) = match appended {
             Ok(appended) => appended,
-            Err(reason) => {
+            Err((why, reason)) => {
+                self.stats.reject(why);
                 let rejected = Message::rejected(
+                    why,
                     reason,
                     msg.topic,
                     msg.payload,
                     msg.device_id,
                     msg.received_at,
                 );
-                Stats::add(&self.stats.messages_rejected, 1);
                 // `_rejected` is exempt from `max_tables` and has a fixed schema: no error here.
                 let t = self.index_of(&rejected.table).unwrap_or_default();
                 (

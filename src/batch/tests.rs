@@ -28,6 +28,7 @@ fn admitted(table: &str, value: Scalar, seq: u64) -> Message {
         payload: Bytes::from_static(b"{\"v\":\"x\"}"),
         seq,
         source: crate::decode::Source::Mqtt,
+        rejected: None,
     }
 }
 

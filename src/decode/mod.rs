@@ -24,6 +24,48 @@ pub enum Source {
     Grpc = 2,
 }
 
+/// Why a message went to the `_rejected` table (the `reason` label of
+/// `fleetlake_messages_rejected_by_reason_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The payload is not valid JSON rows.
+    Payload,
+    /// A named topic level holds a value that cannot be used (a bad `{table}` name, say).
+    Topic,
+    /// No `[[tables]]` filter takes the topic.
+    NoTable,
+    /// A field's type conflicts with its column.
+    TypeConflict,
+    /// The table would be one more than `batch.max_tables`.
+    TooManyTables,
+    /// A WAL record that no longer decodes.
+    BadRecord,
+}
+
+impl RejectReason {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 6] = [
+        Self::Payload,
+        Self::Topic,
+        Self::NoTable,
+        Self::TypeConflict,
+        Self::TooManyTables,
+        Self::BadRecord,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Payload => "payload",
+            Self::Topic => "topic",
+            Self::NoTable => "no_table",
+            Self::TypeConflict => "type_conflict",
+            Self::TooManyTables => "too_many_tables",
+            Self::BadRecord => "bad_record",
+        }
+    }
+}
+
 /// Decoded rows of one published message, all bound for one table.
 #[derive(Debug)]
 pub struct Message {
@@ -45,6 +87,8 @@ pub struct Message {
     pub seq: u64,
     /// The source, which says how to read `payload` again.
     pub source: Source,
+    /// Why it is bound for `_rejected` (`None`: it is not).
+    pub rejected: Option<RejectReason>,
 }
 
 /// Now, in µs since the epoch (the `received_at` of a message).
@@ -71,6 +115,7 @@ impl Message {
 
     /// A `_rejected` row keeping `topic`, `reason` and the raw `payload`.
     pub fn rejected(
+        why: RejectReason,
         reason: String,
         topic: String,
         payload: Bytes,
@@ -95,6 +140,7 @@ impl Message {
             payload,
             seq: 0,
             source: Source::Mqtt,
+            rejected: Some(why),
         }
     }
 
@@ -115,11 +161,13 @@ pub fn decode_publish(
     let route = match router.route(&topic) {
         Some(Ok(route)) => route,
         Some(Err(reason)) => {
-            return Message::rejected(reason, topic, payload, client_id.clone(), received_at);
+            let why = RejectReason::Topic;
+            return Message::rejected(why, reason, topic, payload, client_id.clone(), received_at);
         }
         None => {
             let reason = "no table takes this topic".to_string();
-            return Message::rejected(reason, topic, payload, client_id.clone(), received_at);
+            let why = RejectReason::NoTable;
+            return Message::rejected(why, reason, topic, payload, client_id.clone(), received_at);
         }
     };
     let reserved: Vec<&str> = route.columns.iter().map(|(name, _)| &**name).collect();
@@ -142,9 +190,11 @@ pub fn decode_publish(
                 payload,
                 seq: 0,
                 source: Source::Mqtt,
+                rejected: None,
             }
         }
         Err(e) => Message::rejected(
+            RejectReason::Payload,
             e.to_string(),
             topic,
             payload,

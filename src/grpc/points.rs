@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
 use super::proto::{Field, Point, PointError, WriteRequest, field};
-use crate::decode::{Message, Row, Scalar, Source};
+use crate::decode::{Message, RejectReason, Row, Scalar, Source};
 
 /// Most point errors reported for one request.
 pub const MAX_ERRORS: usize = 100;
@@ -117,6 +117,7 @@ pub fn to_messages(points: Vec<Point>, default_table: &Arc<str>, received_at: i6
                 payload: Bytes::new(),
                 seq: 0,
                 source: Source::Grpc,
+                rejected: None,
             });
         }
         prost::encoding::message::encode(1, &point, &mut buf);
@@ -158,8 +159,15 @@ fn row(point: Point, received_at: i64) -> Row {
 /// longer decodes or checks (a damaged or foreign record) becomes a `_rejected` message.
 pub fn from_record(payload: Bytes, client: &Arc<str>, received_at: i64) -> Message {
     let reject = |reason: String, payload: Bytes| {
-        let mut msg =
-            Message::rejected(reason, String::new(), payload, client.clone(), received_at);
+        let why = RejectReason::BadRecord;
+        let mut msg = Message::rejected(
+            why,
+            reason,
+            String::new(),
+            payload,
+            client.clone(),
+            received_at,
+        );
         msg.source = Source::Grpc;
         msg
     };

@@ -423,8 +423,8 @@ impl Connection {
             &self.client_id,
             crate::decode::now_micros(),
         );
-        if msg.is_rejected() {
-            Stats::add(&self.ctx.stats.messages_rejected, 1);
+        if let Some(why) = msg.rejected {
+            self.ctx.stats.reject(why);
             tracing::debug!(client = %self.client_id, topic = %msg.topic, "payload rejected");
         }
         self.group_cost += msg.cost();

@@ -99,8 +99,11 @@ impl Listener {
             self.ingest.clone(),
             self.shutdown.clone(),
         );
+        let stats = self.ctx.stats.clone();
+        Stats::add(&stats.connections_open, 1);
         tokio::spawn(async move {
             conn.run().await;
+            stats.connections_open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

@@ -105,6 +105,7 @@ impl Publisher {
         let batch = ready.batch.clone();
         let checkpoint = self.checkpoint.clone();
         let (last_seq, low_water) = (ready.last_seq(), ready.low_water);
+        let stats = self.stats.clone();
         tokio::task::spawn_blocking(move || {
             let (file, cp) = &*checkpoint;
             let mut cp = cp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -113,11 +114,13 @@ impl Publisher {
                 last_seq,
             });
             file.store(&cp)?;
+            let started = std::time::Instant::now();
             let parts = encode::partition(&batch)?;
             let mut files = Vec::with_capacity(parts.len());
             for part in &parts {
                 files.push(sink.publish(&batch.table, part)?);
             }
+            stats.encode_seconds.observe(started.elapsed());
             cp.done(&batch.table, last_seq, low_water);
             file.store(&cp)?;
             Ok(files)
@@ -127,9 +130,8 @@ impl Publisher {
 
     fn record(&self, ready: &Ready, files: &[Published]) {
         for f in files {
-            Stats::add(&self.stats.files_published, 1);
-            Stats::add(&self.stats.rows_published, f.rows as u64);
-            Stats::add(&self.stats.bytes_published, f.bytes);
+            self.stats
+                .published(&ready.batch.table, f.rows as u64, f.bytes);
             tracing::info!(
                 table = %ready.batch.table,
                 rows = f.rows,

@@ -22,6 +22,7 @@ fn part() -> Part {
         payload: Bytes::new(),
         seq: 0,
         source: crate::decode::Source::Mqtt,
+        rejected: None,
     };
     b.append(&m, 42).unwrap_or_else(|e| panic!("{e}"));
     let batch = b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Stats;
+use super::{Histogram, Stats, TableCounts};
 use crate::buffer::Budget;
 
 /// Longest request head read.
@@ -159,6 +159,43 @@ async fn respond(
     stream.shutdown().await
 }
 
+/// Writes one metric family: `fleetlake_{name}{labels} value` per entry.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, values: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP fleetlake_{name} {help}");
+    let _ = writeln!(out, "# TYPE fleetlake_{name} {kind}");
+    for (labels, value) in values {
+        let _ = writeln!(out, "fleetlake_{name}{{{labels}}} {value}");
+    }
+}
+
+/// Writes a histogram family (cumulative buckets, sum, count).
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, sum) = h.snapshot();
+    let _ = writeln!(out, "# HELP fleetlake_{name} {help}");
+    let _ = writeln!(out, "# TYPE fleetlake_{name} histogram");
+    for (le, count) in &buckets {
+        match le {
+            Some(le) => {
+                let _ = writeln!(out, "fleetlake_{name}_bucket{{le=\"{le}\"}} {count}");
+            }
+            None => {
+                let _ = writeln!(out, "fleetlake_{name}_bucket{{le=\"+Inf\"}} {count}");
+            }
+        }
+    }
+    let total = buckets.last().map_or(0, |b| b.1);
+    let _ = writeln!(out, "fleetlake_{name}_sum {sum}");
+    let _ = writeln!(out, "fleetlake_{name}_count {total}");
+}
+
+/// A label value in the text format (table names are safe already; this is belt and braces).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The Prometheus text exposition of every counter and gauge. Counter names are
 /// `fleetlake_<counter>_total`; no label carries a device id or topic.
 pub fn render_metrics(state: &AdminState) -> String {
@@ -168,31 +205,77 @@ pub fn render_metrics(state: &AdminState) -> String {
         let _ = writeln!(out, "# TYPE fleetlake_{name}_total counter");
         let _ = writeln!(out, "fleetlake_{name}_total {value}");
     });
-    let (buckets, sum) = state.stats.wal_sync_seconds.snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP fleetlake_wal_sync_seconds Duration of WAL fsyncs."
+    histogram(
+        &mut out,
+        "wal_sync_seconds",
+        "Duration of WAL fsyncs.",
+        &state.stats.wal_sync_seconds,
     );
-    let _ = writeln!(out, "# TYPE fleetlake_wal_sync_seconds histogram");
-    for (le, count) in &buckets {
-        match le {
-            Some(le) => {
-                let _ = writeln!(
-                    out,
-                    "fleetlake_wal_sync_seconds_bucket{{le=\"{le}\"}} {count}"
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "fleetlake_wal_sync_seconds_bucket{{le=\"+Inf\"}} {count}"
-                );
-            }
-        }
+    histogram(
+        &mut out,
+        "encode_seconds",
+        "Time to sort, encode and write one batch's Parquet files (fsync and rename included).",
+        &state.stats.encode_seconds,
+    );
+    let stats = &state.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    family(
+        &mut out,
+        "messages_received_total",
+        "counter",
+        "Messages received, by source and MQTT QoS (gRPC: points stored).",
+        &[
+            (
+                "source=\"mqtt\",qos=\"0\"".into(),
+                load(&stats.messages_qos0),
+            ),
+            (
+                "source=\"mqtt\",qos=\"1\"".into(),
+                load(&stats.messages_qos1),
+            ),
+            (
+                "source=\"mqtt\",qos=\"2\"".into(),
+                load(&stats.messages_qos2),
+            ),
+            ("source=\"grpc\"".into(), load(&stats.grpc_points)),
+        ],
+    );
+    let rejected: Vec<(String, u64)> = stats
+        .rejected_by_reason()
+        .into_iter()
+        .map(|(r, n)| (format!("reason=\"{}\"", r.label()), n))
+        .collect();
+    family(
+        &mut out,
+        "messages_rejected_by_reason_total",
+        "counter",
+        "Messages stored in _rejected, by reason.",
+        &rejected,
+    );
+    let tables = stats.tables();
+    for (name, help, pick) in [
+        (
+            "table_files_published_total",
+            "Parquet files published, by table.",
+            (|t: &TableCounts| t.files) as fn(&TableCounts) -> u64,
+        ),
+        (
+            "table_rows_published_total",
+            "Rows published, by table.",
+            |t| t.rows,
+        ),
+        (
+            "table_bytes_published_total",
+            "Bytes of Parquet published, by table.",
+            |t| t.bytes,
+        ),
+    ] {
+        let values: Vec<(String, u64)> = tables
+            .iter()
+            .map(|(table, counts)| (format!("table=\"{}\"", escape(table)), pick(counts)))
+            .collect();
+        family(&mut out, name, "counter", help, &values);
     }
-    let total = buckets.last().map_or(0, |b| b.1);
-    let _ = writeln!(out, "fleetlake_wal_sync_seconds_sum {sum}");
-    let _ = writeln!(out, "fleetlake_wal_sync_seconds_count {total}");
     let mut gauge = |name: &str, help: &str, value: f64| {
         let _ = writeln!(out, "# HELP fleetlake_{name} {help}");
         let _ = writeln!(out, "# TYPE fleetlake_{name} gauge");
@@ -218,6 +301,11 @@ pub fn render_metrics(state: &AdminState) -> String {
         "process_resident_memory_bytes",
         "Resident set size of the process now.",
         (super::status_kib("VmRSS").unwrap_or(0) * 1024) as f64,
+    );
+    gauge(
+        "connections_open",
+        "MQTT connections open now.",
+        state.stats.connections_open.load(Ordering::Relaxed) as f64,
     );
     gauge(
         "ready",

@@ -1,17 +1,44 @@
 //! Process-wide counters. Each is a monotonic `AtomicU64` (relaxed: they are statistics, not
-//! synchronisation). Names follow `fleetlake_<name>_<unit>_total` once exported.
+//! synchronisation). Names follow `fleetlake_<name>_<unit>_total` once exported. Beside them:
+//! latency histograms, the open-connections gauge, rejections by reason and per-table output
+//! counts (exported with labels).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::decode::RejectReason;
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
-        /// Counters of the whole daemon, and the WAL fsync latency histogram.
-        #[derive(Default)]
+        /// Counters of the whole daemon, with histograms, gauges and labelled counts.
         pub struct Stats {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
             /// Duration of WAL fsyncs.
             pub wal_sync_seconds: Histogram,
+            /// Time to sort, encode and write one batch's Parquet files.
+            pub encode_seconds: Histogram,
+            /// MQTT connections open now (a gauge).
+            pub connections_open: AtomicU64,
+            /// Messages sent to `_rejected`, by [`RejectReason`] (in `RejectReason::ALL` order).
+            rejected: [AtomicU64; RejectReason::ALL.len()],
+            /// Files, rows and bytes published per table.
+            tables: Mutex<BTreeMap<String, TableCounts>>,
+        }
+
+        impl Default for Stats {
+            fn default() -> Self {
+                Self {
+                    $($name: AtomicU64::new(0),)*
+                    wal_sync_seconds: Histogram::new(&SYNC_BUCKETS),
+                    encode_seconds: Histogram::new(&ENCODE_BUCKETS),
+                    connections_open: AtomicU64::new(0),
+                    rejected: Default::default(),
+                    tables: Mutex::default(),
+                }
+            }
         }
 
         impl Stats {
@@ -29,6 +56,17 @@ macro_rules! counters {
             }
         }
     };
+}
+
+/// What one table has published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Parquet files.
+    pub files: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Bytes of them.
+    pub bytes: u64,
 }
 
 counters! {
@@ -91,30 +129,82 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Counts one message sent to `_rejected` (in total and by reason).
+    pub fn reject(&self, why: RejectReason) {
+        Self::add(&self.messages_rejected, 1);
+        if let Some(i) = RejectReason::ALL.iter().position(|&r| r == why) {
+            Self::add(&self.rejected[i], 1);
+        }
+    }
+
+    /// Rejections by reason, every reason listed.
+    pub fn rejected_by_reason(&self) -> Vec<(RejectReason, u64)> {
+        RejectReason::ALL
+            .iter()
+            .zip(&self.rejected)
+            .map(|(&r, n)| (r, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Counts one published file of `table` (once per file: a map lookup is cheap there).
+    pub fn published(&self, table: &str, rows: u64, bytes: u64) {
+        Self::add(&self.files_published, 1);
+        Self::add(&self.rows_published, rows);
+        Self::add(&self.bytes_published, bytes);
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let t = match tables.get_mut(table) {
+            Some(t) => t,
+            None => tables.entry(table.to_string()).or_default(),
+        };
+        t.files += 1;
+        t.rows += rows;
+        t.bytes += bytes;
+    }
+
+    /// Output per table, sorted by table name.
+    pub fn tables(&self) -> Vec<(String, TableCounts)> {
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Upper bounds (seconds) of the fsync latency histogram's buckets.
 const SYNC_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+/// Upper bounds (seconds) of the batch encode histogram's buckets.
+const ENCODE_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// A fixed-bucket latency histogram (Prometheus style: cumulative on export).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
-    /// Observations per bucket of [`SYNC_BUCKETS`], plus one for everything above.
-    counts: [AtomicU64; 13],
+    /// Upper bounds of the buckets, in seconds.
+    bounds: &'static [f64],
+    /// Observations per bucket, plus one for everything above the last bound.
+    counts: Box<[AtomicU64]>,
     /// Sum of all observations, in nanoseconds.
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
+    /// An empty histogram with buckets up to each of `bounds` (ascending, seconds).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
     /// Records one duration.
-    pub fn observe(&self, d: std::time::Duration) {
+    pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = SYNC_BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|&le| secs <= le)
-            .unwrap_or(SYNC_BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos
             .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
@@ -126,7 +216,7 @@ impl Histogram {
         let mut out = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
             total += c.load(Ordering::Relaxed);
-            out.push((SYNC_BUCKETS.get(i).copied(), total));
+            out.push((self.bounds.get(i).copied(), total));
         }
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         (out, sum)
@@ -140,8 +230,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rejections_and_tables_are_counted_with_their_label() {
+        let stats = Stats::default();
+        stats.reject(RejectReason::TypeConflict);
+        stats.reject(RejectReason::TypeConflict);
+        stats.reject(RejectReason::Payload);
+        assert_eq!(stats.messages_rejected.load(Ordering::Relaxed), 3);
+        let by: Vec<(&str, u64)> = stats
+            .rejected_by_reason()
+            .into_iter()
+            .map(|(r, n)| (r.label(), n))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        assert_eq!(by, [("payload", 1), ("type_conflict", 2)]);
+        stats.published("b", 10, 100);
+        stats.published("a", 1, 5);
+        stats.published("b", 5, 50);
+        let t = stats.tables();
+        assert_eq!(t[0].0, "a");
+        assert_eq!(
+            t[1].1,
+            TableCounts {
+                files: 2,
+                rows: 15,
+                bytes: 150
+            }
+        );
+        assert_eq!(stats.rows_published.load(Ordering::Relaxed), 16);
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_and_sum_in_seconds() {
-        let h = Histogram::default();
+        let h = Histogram::new(&SYNC_BUCKETS);
         h.observe(Duration::from_micros(80));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(2));

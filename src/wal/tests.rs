@@ -250,6 +250,7 @@ fn message(topic: &str) -> Message {
         payload: Bytes::from_static(b"{}"),
         seq: 0,
         source: crate::decode::Source::Mqtt,
+        rejected: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn msg(device: &str, fields: Vec<(&str, Scalar)>) -> Message {
         payload: Bytes::new(),
         seq: 0,
         source: crate::decode::Source::Mqtt,
+        rejected: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn batch(rows: &[(&str, i64, u64)]) -> Batch {
             payload: Bytes::new(),
             seq: 0,
             source: crate::decode::Source::Mqtt,
+            rejected: None,
         };
         b.append(&m, *seq).unwrap_or_else(|e| panic!("{e}"));
     }
