@@ -155,9 +155,13 @@ impl Batches {
             Err(reason) => Err((RejectReason::TooManyTables, reason)),
         };
         let (t, bytes) = match appended {
-            Ok(appended) => appended,
+            Ok(appended) => {
+                Stats::add(&self.stats.buffer_rows_pushed, msg.rows.len() as u64);
+                appended
+            }
             Err((why, reason)) => {
                 self.stats.reject(why);
+                Stats::add(&self.stats.buffer_rows_pushed, 1);
                 let rejected = Message::rejected(
                     why,
                     reason,
@@ -251,12 +255,18 @@ impl Batches {
             .filter_map(|p| p.first_seq)
             .fold(self.next_seq, u64::min);
         match finished {
-            Ok(Some(batch)) => out.push(Ready {
-                batch,
-                cost,
-                reason,
-                low_water,
-            }),
+            Ok(Some(batch)) => {
+                Stats::add(
+                    &self.stats.buffer_rows_popped,
+                    batch.records.num_rows() as u64,
+                );
+                out.push(Ready {
+                    batch,
+                    cost,
+                    reason,
+                    low_water,
+                });
+            }
             Ok(None) => {}
             // Arrays built by our own builders always agree with their schema.
             Err(e) => {

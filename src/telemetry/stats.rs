@@ -100,6 +100,10 @@ counters! {
     payload_bytes,
     /// Messages stored in `_rejected` (bad payload, unknown topic, type conflict).
     messages_rejected,
+    /// Rows put into the per-table buffers (Arrow builders) by the batcher.
+    buffer_rows_pushed,
+    /// Rows taken out of the buffers in finished batches (pushed − popped = buffered now).
+    buffer_rows_popped,
     /// Parquet files published.
     files_published,
     /// Rows in published files.

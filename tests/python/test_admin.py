@@ -55,6 +55,8 @@ def test_metrics_parse_and_counters_move_as_messages_arrive(daemon_factory):
     assert last['fleetlake_table_bytes_published_total{table="telemetry"}'] > 0
     assert last['fleetlake_messages_rejected_by_reason_total{reason="payload"}'] == 1
     assert last['fleetlake_messages_rejected_by_reason_total{reason="type_conflict"}'] == 0
+    assert last["fleetlake_buffer_rows_pushed_total"] == 4
+    assert last["fleetlake_buffer_rows_popped_total"] == 4
     assert last["fleetlake_encode_seconds_count"] == 4
     assert last['fleetlake_encode_seconds_bucket{le="+Inf"}'] == 4
     with urllib.request.urlopen(f"http://{d.admin}/readyz", timeout=10) as r:
