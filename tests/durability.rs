@@ -181,6 +181,10 @@ fn a_full_wal_volume_withholds_acks_until_space_is_freed() -> TestResult {
         rumqttc::v5::mqttbytes::v5::PubAckReason::QuotaExceeded,
         "MQTT 5 is told at once that the message was not stored"
     );
+    // So is a gRPC client: RESOURCE_EXHAUSTED, nothing stored.
+    let grpc = grpc_write(&daemon, "full")?;
+    assert_eq!(grpc.code(), tonic::Code::ResourceExhausted, "{grpc:?}");
+    assert!(grpc.message().contains("WAL volume is full"), "{grpc:?}");
 
     std::fs::remove_file(&filler)?;
     c.stream.set_read_timeout(Some(common::DEADLINE))?;
@@ -189,12 +193,50 @@ fn a_full_wal_volume_withholds_acks_until_space_is_freed() -> TestResult {
         other => return Err(format!("expected PUBACK 2, got {other:?}").into()),
     }
     assert!(daemon.log_contains("acks resume"));
+    assert_eq!(grpc_write(&daemon, "after")?.code(), tonic::Code::Ok);
     c.disconnect()?;
     let (status, _daemon) = daemon.stop()?;
     assert!(status.success());
     let rows = read_rows(&lake.path().join("telemetry"))?;
-    assert_eq!(rows.len(), 2, "both messages stored once");
+    assert_eq!(
+        rows.len(),
+        3,
+        "both MQTT messages and the later gRPC point, once each"
+    );
     Ok(())
+}
+
+/// One gRPC write of a point from `device`; its status (`Ok` for success).
+fn grpc_write(daemon: &Daemon, device: &str) -> Result<tonic::Status, Box<dyn std::error::Error>> {
+    use fleetlake::grpc::proto::ingest_client::IngestClient;
+    use fleetlake::grpc::proto::{Field, Point, WriteRequest, field::Value};
+    let url = format!("http://{}", daemon.grpc.ok_or("gRPC is off")?);
+    let point = Point {
+        table: String::new(),
+        device_id: device.into(),
+        time_unix_nano: 0,
+        fields: vec![Field {
+            name: "v".into(),
+            value: Some(Value::IntValue(3)),
+        }],
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = IngestClient::connect(url).await?;
+        Ok(
+            match client
+                .write(WriteRequest {
+                    points: vec![point],
+                })
+                .await
+            {
+                Ok(_) => tonic::Status::ok(""),
+                Err(status) => status,
+            },
+        )
+    })
 }
 
 fn big_v5() -> Vec<u8> {

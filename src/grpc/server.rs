@@ -17,6 +17,11 @@ use crate::buffer::Ingest;
 use crate::config::GrpcConfig;
 use crate::telemetry::Stats;
 
+/// HTTP/2 flow-control window per request stream.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 flow-control window per connection (what one client may have unread at once).
+const CONNECTION_WINDOW: u32 = 4 << 20;
+
 /// A bound, not yet serving, gRPC server.
 #[derive(Debug)]
 pub struct GrpcServer {
@@ -75,6 +80,10 @@ impl GrpcServer {
         };
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         Server::builder()
+            // Room for a whole batch in flight: h2's 64 KiB default window makes a client wait
+            // for a WINDOW_UPDATE round trip in the middle of every large request.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
