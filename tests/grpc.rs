@@ -482,3 +482,68 @@ async fn acknowledged_points_survive_sigkill() -> TestResult {
     assert_eq!(got, want, "every acknowledged point exactly once");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_conflict_sends_the_point_group_to_rejected_with_its_protobuf() -> TestResult {
+    use prost::Message as _;
+
+    let daemon = Daemon::start("")?;
+    let mut c = client(&daemon).await?;
+    let with = |device: &str, value: Value| Point {
+        table: String::new(),
+        device_id: device.into(),
+        time_unix_nano: 1_767_225_600_000_000_000,
+        fields: vec![field("x", value)],
+    };
+    let points = vec![
+        with("a", Value::IntValue(1)),
+        with("a", Value::DoubleValue(2.5)),
+        with("b", Value::StringValue("three".into())),
+        with("b", Value::IntValue(4)),
+    ];
+    assert_eq!(
+        c.write(WriteRequest { points }).await?.into_inner().points,
+        4
+    );
+    let (_, daemon) = daemon.stop()?;
+    let rows = read_rows(&daemon.lake().join("telemetry"))?;
+    let xs: Vec<&str> = rows.iter().filter_map(|r| r["x"].as_str()).collect();
+    assert_eq!(xs, ["1.0", "2.5"], "int and double mix into a double column");
+    let rejected = common::parquet_files(&daemon.lake().join("_rejected"));
+    let file = rejected.first().ok_or("nothing in _rejected")?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(file)?,
+    )?
+    .build()?;
+    let mut found = Vec::new();
+    for batch in reader {
+        use arrow::array::AsArray;
+        let batch = batch?;
+        let reason = batch
+            .column_by_name("reason")
+            .ok_or("no reason")?
+            .as_string::<i32>();
+        let payload = batch
+            .column_by_name("payload")
+            .ok_or("no payload")?
+            .as_binary::<i32>();
+        for i in 0..batch.num_rows() {
+            let req = WriteRequest::decode(payload.value(i))?;
+            found.push((reason.value(i).to_string(), req.points));
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "one row for the conflicting group: {found:?}"
+    );
+    let (reason, points) = &found[0];
+    assert!(reason.contains("type conflict"), "{reason}");
+    assert_eq!(points.len(), 2, "the whole run of device b's points");
+    assert!(
+        points
+            .iter()
+            .all(|p| p.device_id == "b" && p.table == "telemetry")
+    );
+    Ok(())
+}
