@@ -25,8 +25,8 @@ use crate::decode::topic::Router;
 use crate::grpc;
 use crate::grpc::server::GrpcServer;
 use crate::mqtt::Listener;
-use crate::sink::LocalSink;
 use crate::sink::publisher::{Progress, Publisher};
+use crate::sink::{LocalSink, Output};
 use crate::telemetry::admin::{Admin, AdminState};
 use crate::telemetry::{Heartbeats, Notifier, Stats};
 use crate::wal::record::Kind;
@@ -76,20 +76,28 @@ pub async fn run(config: Config) -> Result<Exit> {
         }
         None => None,
     };
-    let sink = Arc::new(LocalSink::new(
-        config.output_root.clone(),
-        config.node_id.clone(),
-        config.parquet,
-    ));
-    let removed = sink
-        .prepare()
-        .with_context(|| format!("preparing output {}", config.output_root.display()))?;
-    if removed > 0 {
-        tracing::warn!(
-            removed,
-            "removed unfinished temp files left by an earlier crash"
-        );
-    }
+    let sink = match &config.output_root {
+        Some(root) => {
+            let sink = LocalSink::new(root.clone(), config.node_id.clone(), config.parquet);
+            let removed = sink
+                .prepare()
+                .with_context(|| format!("preparing output {}", root.display()))?;
+            if removed > 0 {
+                tracing::warn!(
+                    removed,
+                    "removed unfinished temp files left by an earlier crash"
+                );
+            }
+            Output::Local(sink)
+        }
+        None => {
+            tracing::warn!(
+                "output.url = \"null:\": every row is counted and discarded (a benchmarking aid)"
+            );
+            Output::Discard
+        }
+    };
+    let sink = Arc::new(sink);
     let wal_dir = config.data_dir.join("wal");
     let fs = DiskFs::open(&wal_dir)
         .with_context(|| format!("opening the WAL directory {}", wal_dir.display()))?;
@@ -222,7 +230,10 @@ pub async fn run(config: Config) -> Result<Exit> {
         mqtt_listen = %addr,
         grpc_listen,
         admin_listen,
-        output = %config.output_root.display(),
+        output = %config
+            .output_root
+            .as_ref()
+            .map_or_else(|| "null:".into(), |r| r.display().to_string()),
         node = %config.node_id,
         "fleetlake ready"
     );

@@ -134,3 +134,33 @@ fn readyz_is_503_while_the_wal_replays_and_200_after() -> TestResult {
     let _ = child.wait();
     result
 }
+
+#[test]
+fn a_null_output_counts_rows_as_published_and_writes_no_file() -> TestResult {
+    let daemon = Daemon::start("[output]\nurl = \"null:\"\n[batch]\nmax_rows = 1")?;
+    let admin = daemon.admin.ok_or("admin endpoint not in the ready line")?;
+    assert!(daemon.log_contains("every row is counted and discarded"));
+    let mut c = Client::connect(daemon.addr, "dev")?;
+    for i in 1..=3 {
+        c.publish1("sensors/dev/t", &format!(r#"{{"v": {i}}}"#), i)?;
+    }
+    common::wait_for("3 rows published", || {
+        get(admin, "/metrics")
+            .ok()
+            .and_then(|(_, body)| metric(&body, "fleetlake_rows_published_total"))
+            == Some(3.0)
+    })?;
+    let (_, body) = get(admin, "/metrics")?;
+    assert_eq!(metric(&body, "fleetlake_bytes_published_total"), Some(0.0));
+    c.disconnect()?;
+    let (status, daemon) = daemon.stop()?;
+    assert!(status.success());
+    assert!(common::parquet_files(&daemon.data()).is_empty());
+    // Discarded rows still count as published: the WAL is released as usual.
+    let segments = std::fs::read_dir(daemon.data().join("wal"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        .count();
+    assert_eq!(segments, 0, "every segment released after a clean stop");
+    Ok(())
+}

@@ -508,7 +508,11 @@ async fn a_type_conflict_sends_the_point_group_to_rejected_with_its_protobuf() -
     let (_, daemon) = daemon.stop()?;
     let rows = read_rows(&daemon.lake().join("telemetry"))?;
     let xs: Vec<&str> = rows.iter().filter_map(|r| r["x"].as_str()).collect();
-    assert_eq!(xs, ["1.0", "2.5"], "int and double mix into a double column");
+    assert_eq!(
+        xs,
+        ["1.0", "2.5"],
+        "int and double mix into a double column"
+    );
     let rejected = common::parquet_files(&daemon.lake().join("_rejected"));
     let file = rejected.first().ok_or("nothing in _rejected")?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(

@@ -156,7 +156,8 @@ impl Default for RawGrpc {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOutput {
-    /// A directory path or `file://` URL; empty means `{data_dir}/lake`.
+    /// A directory path or `file://` URL; empty means `{data_dir}/lake`; `null:` discards
+    /// every row (a benchmarking aid).
     pub url: String,
 }
 
@@ -361,8 +362,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// gRPC service settings.
     pub grpc: GrpcConfig,
-    /// Root directory of the Parquet output.
-    pub output_root: PathBuf,
+    /// Root directory of the Parquet output (`None`: `null:`, rows are discarded).
+    pub output_root: Option<PathBuf>,
     /// Topic → table routing.
     pub tables: Vec<TableRule>,
     /// Batch flush limits.
@@ -646,10 +647,14 @@ fn default_node_id() -> String {
     if id.is_empty() { "node".into() } else { id }
 }
 
-fn output_root(raw: &RawConfig) -> Result<PathBuf, ConfigError> {
+/// The output directory; `None` for `null:` (discard everything, a benchmarking aid).
+fn output_root(raw: &RawConfig) -> Result<Option<PathBuf>, ConfigError> {
     let url = raw.output.url.trim();
     if url.is_empty() {
-        return Ok(raw.node.data_dir.join("lake"));
+        return Ok(Some(raw.node.data_dir.join("lake")));
+    }
+    if url == "null:" {
+        return Ok(None);
     }
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
@@ -658,7 +663,7 @@ fn output_root(raw: &RawConfig) -> Result<PathBuf, ConfigError> {
                 "a file:// URL needs an absolute path (file:///var/lib/...)",
             ));
         }
-        return Ok(PathBuf::from(path));
+        return Ok(Some(PathBuf::from(path)));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(invalid(
@@ -666,7 +671,7 @@ fn output_root(raw: &RawConfig) -> Result<PathBuf, ConfigError> {
             format!("scheme `{scheme}://` is not supported yet: use a local path or file:// URL"),
         ));
     }
-    Ok(PathBuf::from(url))
+    Ok(Some(PathBuf::from(url)))
 }
 
 fn validate_tables(raw: &[RawTable]) -> Result<Vec<TableRule>, ConfigError> {

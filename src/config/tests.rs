@@ -17,7 +17,10 @@ fn the_builtin_default_is_valid_and_routes_everything_to_telemetry() {
         Some("127.0.0.1:50051")
     );
     assert_eq!(config.grpc.default_table, "telemetry");
-    assert_eq!(config.output_root, PathBuf::from("./fleetlake-data/lake"));
+    assert_eq!(
+        config.output_root,
+        Some(PathBuf::from("./fleetlake-data/lake"))
+    );
     let router = config.router();
     let route = router
         .route("sensors/thermo-7/telemetry")
@@ -108,5 +111,9 @@ fn units_and_file_urls_are_understood() {
     let config = Config::validate(raw).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.batch.max_bytes, 8 << 20);
     assert_eq!(config.batch.max_age, Duration::from_millis(250));
-    assert_eq!(config.output_root, PathBuf::from("/var/lib/lake"));
+    assert_eq!(config.output_root, Some(PathBuf::from("/var/lib/lake")));
+    let null = RawConfig::parse("[output]\nurl = \"null:\"", "test")
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(null.output_root, None);
 }

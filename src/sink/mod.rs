@@ -65,6 +65,16 @@ pub struct Published {
     pub bytes: u64,
 }
 
+/// Where finished batches go.
+#[derive(Debug)]
+pub enum Output {
+    /// Parquet files under a local directory.
+    Local(LocalSink),
+    /// Nowhere: each batch is counted as published and dropped, without sorting or encoding
+    /// (`output.url = "null:"`, to measure the ingest path alone).
+    Discard,
+}
+
 /// Publishes files under a local root directory.
 #[derive(Clone, Debug)]
 pub struct LocalSink {

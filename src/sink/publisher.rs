@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{LocalSink, Published, SinkError};
+use super::{Output, Published, SinkError};
 use crate::batch::Ready;
 use crate::buffer::Budget;
 use crate::columnar::encode;
@@ -25,7 +25,7 @@ use crate::wal::{Checkpoint, CheckpointFile, Cut};
 #[derive(Debug)]
 pub struct Publisher {
     rx: mpsc::Receiver<Ready>,
-    sink: Arc<LocalSink>,
+    sink: Arc<Output>,
     budget: Budget,
     stats: Arc<Stats>,
     checkpoint: Arc<(CheckpointFile, std::sync::Mutex<Checkpoint>)>,
@@ -59,7 +59,7 @@ impl Publisher {
     /// A publisher reading `rx`.
     pub fn new(
         rx: mpsc::Receiver<Ready>,
-        sink: Arc<LocalSink>,
+        sink: Arc<Output>,
         budget: Budget,
         stats: Arc<Stats>,
         progress: Progress,
@@ -115,11 +115,23 @@ impl Publisher {
             });
             file.store(&cp)?;
             let started = std::time::Instant::now();
-            let parts = encode::partition(&batch)?;
-            let mut files = Vec::with_capacity(parts.len());
-            for part in &parts {
-                files.push(sink.publish(&batch.table, part)?);
-            }
+            let files = match &*sink {
+                Output::Local(sink) => {
+                    let parts = encode::partition(&batch)?;
+                    let mut files = Vec::with_capacity(parts.len());
+                    for part in &parts {
+                        files.push(sink.publish(&batch.table, part)?);
+                    }
+                    files
+                }
+                Output::Discard => vec![Published {
+                    path: "null:".into(),
+                    rows: batch.records.num_rows(),
+                    first_seq: batch.seqs.first().copied().unwrap_or_default(),
+                    last_seq,
+                    bytes: 0,
+                }],
+            };
             stats.encode_seconds.observe(started.elapsed());
             cp.done(&batch.table, last_seq, low_water);
             file.store(&cp)?;
