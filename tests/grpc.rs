@@ -551,3 +551,60 @@ async fn a_type_conflict_sends_the_point_group_to_rejected_with_its_protobuf() -
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_up_shutdown() -> TestResult {
+    let daemon = Daemon::start_full("20s", "", "")?;
+    let url = format!("http://{}", daemon.grpc.ok_or("gRPC is off")?);
+    // A tiny receive window: the server can send only a few responses before it must wait.
+    let channel = Channel::from_shared(url)?
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await?;
+    let mut c = IngestClient::new(channel);
+    let (tx, rx) = mpsc::channel(4096);
+    for id in 0..2000u64 {
+        tx.send(WriteStreamRequest {
+            id,
+            points: vec![reading("slow-reader", id as i64)],
+        })
+        .await?;
+    }
+    // Responses are never read.
+    let responses = c.write_stream(ReceiverStream::new(rx)).await?.into_inner();
+    // Wait until the server is stuck: responses fill the client's window, the stream's
+    // response queue and its read-ahead queue, and it stops reading requests.
+    let admin = daemon.admin.ok_or("no admin endpoint")?;
+    let requests = || {
+        common::get(admin, "/metrics")
+            .ok()
+            .and_then(|(_, body)| common::metric(&body, "fleetlake_grpc_requests_total"))
+            .unwrap_or(0.0)
+    };
+    common::wait_for("the server to read 150 requests", || requests() >= 150.0)?;
+    let mut last = requests();
+    common::wait_for("the server to stop reading", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = requests();
+        std::mem::replace(&mut last, now) == now
+    })?;
+    assert!(
+        last < 2000.0,
+        "the server read every request: nothing was held up"
+    );
+    let started = std::time::Instant::now();
+    let (status, daemon) =
+        tokio::task::spawn_blocking(move || daemon.stop().map_err(|e| e.to_string())).await??;
+    assert!(status.success(), "a clean stop, not a forced one");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped within {:?}, before node.shutdown_grace (20s) ran out",
+        started.elapsed()
+    );
+    drop((responses, tx));
+    // Whatever the server read was stored (each request is one durable point or none).
+    let stored = seqs(&daemon, "telemetry")?.len();
+    assert!(stored > 0, "some requests were read and stored");
+    Ok(())
+}

@@ -67,6 +67,7 @@ impl GrpcServer {
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
+        let service = self.service.clone();
         let ingest = IngestServer::new(self.service)
             .max_decoding_message_size(self.max_message_size)
             .accept_compressed(CompressionEncoding::Gzip)
@@ -74,6 +75,9 @@ impl GrpcServer {
         let mut shutdown = self.shutdown;
         let stop = async move {
             let _ = shutdown.wait_for(|closing| *closing).await;
+            // The WAL writer ends once every ingest handle is gone; a connection that stays
+            // open (a client not reading its responses) must not keep ours alive.
+            service.close();
             reporter
                 .set_not_serving::<IngestServer<IngestService>>()
                 .await;

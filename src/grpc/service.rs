@@ -6,7 +6,7 @@
 //! each in order and sends its response. A full queue stops the reader, and HTTP/2 flow
 //! control then stops the client.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -99,7 +99,8 @@ impl Refused {
 /// What every request handler shares.
 #[derive(Debug)]
 struct Shared {
-    ingest: Ingest,
+    /// `None` once shutdown began: see [`IngestService::close`].
+    ingest: Mutex<Option<Ingest>>,
     default_table: Arc<str>,
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
@@ -127,9 +128,15 @@ impl Shared {
             return Err(Refused::Invalid(errors));
         }
         let n = points.len() as u32;
+        let ingest = self
+            .ingest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Refused::Unavailable)?;
         let msgs = points::to_messages(points, &self.default_table, crate::decode::now_micros());
         let cost = msgs.iter().map(crate::decode::Message::cost).sum();
-        let submit = self.ingest.submit(client, msgs, cost, false, true);
+        let submit = ingest.submit(client, msgs, cost, false, true);
         // Cancel-safe: a submit cancelled while waiting for budget holds nothing.
         match tokio::time::timeout(BUDGET_WAIT, submit).await {
             Ok(Ok(durable)) => Ok((n, durable)),
@@ -170,11 +177,23 @@ impl IngestService {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(Shared {
-            ingest,
+            ingest: Mutex::new(Some(ingest)),
             default_table: Arc::from(default_table),
             stats,
             shutdown,
         }))
+    }
+}
+
+impl IngestService {
+    /// Drops the service's ingest handle (at shutdown; later requests get UNAVAILABLE). Open
+    /// connections keep the service alive, but no longer the WAL writer.
+    pub fn close(&self) {
+        self.0
+            .ingest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
