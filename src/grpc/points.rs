@@ -189,10 +189,5 @@ pub fn from_record(payload: Bytes, client: &Arc<str>, received_at: i64) -> Messa
     msg
 }
 
-/// What one message of `points` costs against the memory budget, summed.
-pub fn cost(msgs: &[Message]) -> usize {
-    msgs.iter().map(Message::cost).sum()
-}
-
 #[cfg(test)]
 mod tests;
