@@ -19,14 +19,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch::{Batcher, Batches};
 use crate::buffer::{Admitted, Budget, Ingest};
-use crate::config::Config;
+use crate::config::{Config, OutputTarget};
 use crate::decode::decode_publish;
 use crate::decode::topic::Router;
 use crate::grpc;
 use crate::grpc::server::GrpcServer;
 use crate::mqtt::Listener;
 use crate::sink::publisher::{Progress, Publisher};
-use crate::sink::{LocalSink, Output};
+use crate::sink::spool::{Spool, SpoolQueue};
+use crate::sink::uploader::{self, Uploader, UploaderConfig};
+use crate::sink::{LocalSink, Output, store};
 use crate::telemetry::admin::{Admin, AdminState};
 use crate::telemetry::{Heartbeats, Notifier, Stats};
 use crate::wal::record::Kind;
@@ -76,27 +78,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         }
         None => None,
     };
-    let sink = match &config.output_root {
-        Some(root) => {
-            let sink = LocalSink::new(root.clone(), config.node_id.clone(), config.parquet);
-            let removed = sink
-                .prepare()
-                .with_context(|| format!("preparing output {}", root.display()))?;
-            if removed > 0 {
-                tracing::warn!(
-                    removed,
-                    "removed unfinished temp files left by an earlier crash"
-                );
-            }
-            Output::Local(sink)
-        }
-        None => {
-            tracing::warn!(
-                "output.url = \"null:\": every row is counted and discarded (a benchmarking aid)"
-            );
-            Output::Discard
-        }
-    };
+    let (sink, uploads) = output(&config, &stats)?;
     let sink = Arc::new(sink);
     let wal_dir = config.data_dir.join("wal");
     let fs = DiskFs::open(&wal_dir)
@@ -230,10 +212,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         mqtt_listen = %addr,
         grpc_listen,
         admin_listen,
-        output = %config
-            .output_root
-            .as_ref()
-            .map_or_else(|| "null:".into(), |r| r.display().to_string()),
+        output = %config.output.describe(),
         node = %config.node_id,
         "fleetlake ready"
     );
@@ -277,6 +256,7 @@ pub async fn run(config: Config) -> Result<Exit> {
         let _ = batcher.await;
         let _ = publisher.await;
     };
+    let stop_started = Instant::now();
     let exit = tokio::select! {
         () = drained => Exit::Clean,
         () = tokio::time::sleep(config.shutdown_grace) => {
@@ -286,6 +266,10 @@ pub async fn run(config: Config) -> Result<Exit> {
         _ = term.recv() => Exit::Forced,
         _ = int.recv() => Exit::Forced,
     };
+    if let Some(uploads) = uploads {
+        let left = config.shutdown_grace.saturating_sub(stop_started.elapsed());
+        uploads.finish(left.min(UPLOAD_DRAIN)).await;
+    }
     if let Some(mut log) = wal_log.filter(|_| exit == Exit::Clean) {
         let lw = low_water.load(Ordering::Acquire);
         match log.release(lw, true) {
@@ -296,6 +280,94 @@ pub async fn run(config: Config) -> Result<Exit> {
     let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
     tracing::info!(stats = ?stats, cpu_seconds, peak_rss_kib, "fleetlake stopped");
     Ok(exit)
+}
+
+/// Longest wait at shutdown for the uploader to send what the last batches spooled.
+const UPLOAD_DRAIN: Duration = Duration::from_secs(5);
+
+/// The running uploader of an object-store output.
+struct Uploads {
+    finish: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    spool: Arc<Spool>,
+}
+
+impl Uploads {
+    /// Lets the uploader send what is spooled for up to `wait`; what is left stays spooled
+    /// (durable) for the next start.
+    async fn finish(mut self, wait: Duration) {
+        let _ = self.finish.send(true);
+        if tokio::time::timeout(wait, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+        if !self.spool.is_empty() {
+            tracing::info!(
+                spool = %self.spool.root().display(),
+                "files stay in the spool; they are uploaded after the next start"
+            );
+        }
+    }
+}
+
+/// Builds the output: a local directory, the spool and its uploader, or the discarding sink.
+fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads>)> {
+    let local = |root: &std::path::Path| -> Result<LocalSink> {
+        let sink = LocalSink::new(root.to_path_buf(), config.node_id.clone(), config.parquet);
+        let removed = sink
+            .prepare()
+            .with_context(|| format!("preparing output {}", root.display()))?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed unfinished temp files left by an earlier crash"
+            );
+        }
+        Ok(sink)
+    };
+    match &config.output {
+        OutputTarget::Local(root) => Ok((Output::Local(local(root)?), None)),
+        OutputTarget::Remote(remote) => {
+            let store = store::build(remote)?;
+            let sink = local(&remote.spool_dir)?;
+            let queue = SpoolQueue::new(remote.spool_max_bytes, remote.spool_full);
+            let spool = Spool::open(remote.spool_dir.clone(), queue, stats.clone());
+            tracing::info!(
+                url = %remote.url,
+                spool = %remote.spool_dir.display(),
+                spooled_files = stats.spool_files.load(Ordering::Relaxed),
+                spooled_bytes = stats.spool_bytes.load(Ordering::Relaxed),
+                credentials = store::credential_source(remote),
+                "object-store output: files are spooled, then uploaded"
+            );
+            let (finish, finish_rx) = watch::channel(false);
+            let uploader = Uploader::new(
+                store,
+                spool.clone(),
+                UploaderConfig {
+                    prefix: remote.prefix.clone(),
+                    conflicts: remote.spool_dir.with_file_name("spool-conflicts"),
+                    multipart_threshold: remote.multipart_threshold,
+                    first_backoff: uploader::FIRST_BACKOFF,
+                    max_backoff: remote.retry_max_backoff,
+                },
+                stats.clone(),
+                finish_rx,
+            );
+            let task = tokio::spawn(uploader.run());
+            let uploads = Uploads {
+                finish,
+                task,
+                spool: spool.clone(),
+            };
+            Ok((Output::Spool(sink, spool), Some(uploads)))
+        }
+        OutputTarget::Discard => {
+            tracing::warn!(
+                "output.url = \"null:\": every row is counted and discarded (a benchmarking aid)"
+            );
+            Ok((Output::Discard, None))
+        }
+    }
 }
 
 /// While the WAL replays: a status line and more start time for systemd every few seconds.
@@ -316,8 +388,12 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 fn status_line(stats: &Stats, budget: &Budget) -> String {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mqtt = load(&stats.messages_qos0) + load(&stats.messages_qos1) + load(&stats.messages_qos2);
+    let spooled = match load(&stats.spool_files) {
+        0 => String::new(),
+        n => format!("; {n} files waiting for upload"),
+    };
     format!(
-        "ready; {} MQTT connections; {mqtt} MQTT messages, {} gRPC points; {} files ({} rows) published; memory budget {}% used",
+        "ready; {} MQTT connections; {mqtt} MQTT messages, {} gRPC points; {} files ({} rows) published{spooled}; memory budget {}% used",
         load(&stats.connections_open),
         load(&stats.grpc_points),
         load(&stats.files_published),

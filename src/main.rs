@@ -1,20 +1,24 @@
 //! The `fleetlake` command: run the daemon, check a config, or print the default config.
-//! Exit codes: 0 ok, 1 runtime failure, 78 (EX_CONFIG) bad config, 130 forced stop.
+//! Exit codes: 0 ok, 1 runtime failure, 69 (EX_UNAVAILABLE) `check-config --probe` failed,
+//! 78 (EX_CONFIG) bad config, 130 forced stop.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use fleetlake::config::{Config, ConfigError, RawConfig};
+use fleetlake::config::{Config, ConfigError, OutputTarget, RawConfig};
+use fleetlake::sink::store;
 
 const EX_CONFIG: u8 = 78;
+/// `check-config --probe`: the object store is unreachable or refuses us.
+const EX_UNAVAILABLE: u8 = 69;
 
 /// `--version`: package version, git commit, and the optional features built in.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("FLEETLAKE_GIT_COMMIT"),
-    "; features: none)"
+    "; object stores: s3 gcs azure)"
 );
 
 /// Edge telemetry ingest: MQTT and gRPC in, Parquet out.
@@ -32,7 +36,7 @@ enum Command {
     /// Run the daemon (the default when no subcommand is given).
     Run(RunArgs),
     /// Validate a config file and print the effective config; exit 0, or 78 naming the bad key.
-    CheckConfig(ConfigArg),
+    CheckConfig(CheckArgs),
     /// Print the built-in default config as TOML.
     PrintDefaultConfig,
 }
@@ -42,6 +46,16 @@ struct ConfigArg {
     /// Config file (TOML). Without it, the built-in default is used.
     #[arg(long, short, env = "FLEETLAKE_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// With an object-store output: write, read back and delete a small object under the
+    /// prefix, to prove the bucket exists and the credentials may write (exit 69 if not).
+    #[arg(long)]
+    probe: bool,
 }
 
 #[derive(Debug, Args)]
@@ -61,17 +75,66 @@ fn main() -> ExitCode {
             print!("{}", RawConfig::builtin().to_toml());
             ExitCode::SUCCESS
         }
-        Some(Command::CheckConfig(arg)) => match Config::load(arg.config.as_deref()) {
-            Ok(config) => {
-                print!("{}", config.raw.to_toml());
-                eprintln!("config ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_error(&e),
-        },
+        Some(Command::CheckConfig(args)) => check_config(&args),
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     }
+}
+
+/// `check-config`: the config, then the object store (built, and probed with `--probe`).
+fn check_config(args: &CheckArgs) -> ExitCode {
+    let config = match Config::load(args.config.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    print!("{}", config.raw.to_toml());
+    if let OutputTarget::Remote(remote) = &config.output {
+        if let Err(e) = store::build(remote) {
+            eprintln!("fleetlake: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+        eprintln!(
+            "output {}: credentials from {}",
+            remote.url,
+            store::credential_source(remote)
+        );
+        if args.probe {
+            let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match runtime.block_on(store::probe(remote, &config.node_id)) {
+                Ok(report) => {
+                    eprintln!(
+                        "probe ok: wrote, read back and deleted {} in {} ms",
+                        report.key,
+                        report.elapsed.as_millis()
+                    );
+                    if report.delete_refused {
+                        eprintln!(
+                            "warning: deleting the probe object was refused; it stays in the bucket"
+                        );
+                    }
+                }
+                Err(e) => {
+                    eprintln!("fleetlake: probe failed: {e}");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            }
+        }
+    } else if args.probe {
+        eprintln!("--probe: the output is not an object store; nothing to probe");
+    }
+    eprintln!("config ok");
+    ExitCode::SUCCESS
+}
+
+/// Builds a tokio runtime, or says why not.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("fleetlake: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {
@@ -89,15 +152,9 @@ fn run(args: RunArgs) -> ExitCode {
         .as_deref()
         .map_or(config.log_json, |f| f == "json");
     fleetlake::telemetry::init_logging(json, &config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fleetlake: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(fleetlake::app::run(config));
     // After a forced stop, do not wait long for blocking work still running (an encode).

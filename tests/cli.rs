@@ -65,6 +65,6 @@ fn version_names_the_release_and_the_git_commit() -> TestResult {
         text.starts_with(&format!("fleetlake {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{text}"
     );
-    assert!(text.contains("features:"), "{text}");
+    assert!(text.contains("object stores: s3 gcs azure"), "{text}");
     Ok(())
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
 # Installs what the tests need when it is missing (Debian: mosquitto-clients; Python: duckdb,
-# pyarrow, paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status), then runs formatting and lint checks, the Rust unit and
+# pyarrow, paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status, moto[server]
+# and boto3 for the S3 tests, which start their own moto server on 127.0.0.1), then runs formatting and lint checks, the Rust unit and
 # integration tests, the systemd unit checks (when systemd-analyze exists), the Python
 # end-to-end tests against the binary cargo built, and the Debian package (cargo-deb, installed
 # with `cargo install` when missing).
@@ -16,8 +17,8 @@ if ! command -v mosquitto_pub >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
 fi
 
-PY_PKGS=(duckdb pyarrow "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status)
-if ! python3 -c "import duckdb, pyarrow, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
+PY_PKGS=(duckdb pyarrow "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)
+if ! python3 -c "import duckdb, pyarrow, pyarrow.fs, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, boto3, moto.server, flask, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
   echo "== installing Python test packages"
   python3 -m pip install -q "${PY_PKGS[@]}" \
     || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"
@@ -57,7 +58,7 @@ else
   echo "== SKIPPED systemd unit checks: systemd-analyze is not installed"
 fi
 
-echo "== pytest (end to end: mosquitto_pub, paho-mqtt, DuckDB, pyarrow)"
+echo "== pytest (end to end: mosquitto_pub, paho-mqtt, grpcio, DuckDB, pyarrow, moto S3 server)"
 export FLEETLAKE_BIN="${CARGO_TARGET_DIR:-target}/debug/fleetlake"
 python3 -m pytest -q -s tests/python   # -s: the crash test prints its summary
 

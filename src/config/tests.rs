@@ -18,8 +18,8 @@ fn the_builtin_default_is_valid_and_routes_everything_to_telemetry() {
     );
     assert_eq!(config.grpc.default_table, "telemetry");
     assert_eq!(
-        config.output_root,
-        Some(PathBuf::from("./fleetlake-data/lake"))
+        config.output,
+        OutputTarget::Local(PathBuf::from("./fleetlake-data/lake"))
     );
     let router = config.router();
     let route = router
@@ -75,7 +75,21 @@ fn bad_values_are_reported_with_their_key() {
         err_key("[parquet]\ncompression_level = 99"),
         "parquet.compression_level"
     );
-    assert_eq!(err_key("[output]\nurl = \"s3://bucket/x\""), "output.url");
+    assert_eq!(err_key("[output]\nurl = \"ftp://host/x\""), "output.url");
+    assert_eq!(err_key("[output]\nurl = \"s3://\""), "output.url");
+    assert_eq!(err_key("[output]\nurl = \"s3://b/a//c\""), "output.url");
+    assert_eq!(
+        err_key("[output]\nurl = \"s3://b\"\nspool_full = \"drop\""),
+        "output.spool_full"
+    );
+    assert_eq!(
+        err_key("[output]\nurl = \"s3://b\"\nmultipart_threshold = \"1MiB\""),
+        "output.multipart_threshold"
+    );
+    assert_eq!(
+        err_key("[output]\nurl = \"s3://b\"\n[output.s3]\nendpoint = \"http://127.0.0.1:9000\""),
+        "output.s3.endpoint"
+    );
     assert_eq!(
         err_key("[[tables]]\nname = \"a\"\ntopics = [\"x/#/y\"]"),
         "tables[0].topics[0]"
@@ -111,9 +125,57 @@ fn units_and_file_urls_are_understood() {
     let config = Config::validate(raw).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.batch.max_bytes, 8 << 20);
     assert_eq!(config.batch.max_age, Duration::from_millis(250));
-    assert_eq!(config.output_root, Some(PathBuf::from("/var/lib/lake")));
+    assert_eq!(
+        config.output,
+        OutputTarget::Local(PathBuf::from("/var/lib/lake"))
+    );
     let null = RawConfig::parse("[output]\nurl = \"null:\"", "test")
         .and_then(Config::validate)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(null.output_root, None);
+    assert_eq!(null.output, OutputTarget::Discard);
+}
+
+#[test]
+fn object_store_urls() {
+    let config = RawConfig::parse(
+        "[node]\ndata_dir = \"/d\"\n[output]\nurl = \"s3://lake/fleet/v1/\"\nspool_max_bytes = \"64MiB\"\nspool_full = \"drop_oldest\"\n[output.s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true",
+        "test",
+    )
+    .and_then(Config::validate)
+    .expect("valid");
+    let OutputTarget::Remote(r) = config.output else {
+        panic!("not remote: {:?}", config.output);
+    };
+    assert_eq!(
+        (r.kind, r.bucket.as_str(), r.prefix.as_str()),
+        (StoreKind::S3, "lake", "fleet/v1")
+    );
+    assert_eq!(r.spool_dir, PathBuf::from("/d/spool"));
+    assert_eq!(
+        (r.spool_max_bytes, r.spool_full),
+        (64 << 20, SpoolFull::DropOldest)
+    );
+    assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    for (url, kind, bucket, prefix) in [
+        ("gs://b", StoreKind::Gcs, "b", ""),
+        ("az://c/p", StoreKind::Azure, "c", "p"),
+    ] {
+        let text = format!("[output]\nurl = \"{url}\"");
+        let c = RawConfig::parse(&text, "test")
+            .and_then(Config::validate)
+            .expect("valid");
+        let OutputTarget::Remote(r) = c.output else {
+            panic!("{url}: not remote");
+        };
+        assert_eq!(
+            (r.kind, r.bucket.as_str(), r.prefix.as_str()),
+            (kind, bucket, prefix)
+        );
+        assert_eq!(r.spool_full, SpoolFull::Pause, "pause is the default");
+    }
+    // Credentials are never read from the file.
+    assert_eq!(
+        err_key("[output]\nurl = \"s3://b\"\n[output.s3]\nsecret_access_key = \"x\""),
+        "output.s3.secret_access_key"
+    );
 }

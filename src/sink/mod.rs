@@ -2,9 +2,13 @@
 //! from the node id and the message sequence range (`{node}-{first:020}-{last:020}.parquet`),
 //! so a replay of the same range writes the same name. [`LocalSink::publish`] makes the file
 //! appear atomically: temp file in the target folder → fsync → rename → fsync folder; readers
-//! globbing `*.parquet` never see the hidden `.…tmp` file.
+//! globbing `*.parquet` never see the hidden `.…tmp` file. With an object-store output the
+//! same sink writes into the spool ([`spool`]), and the [`uploader`] sends the files on.
 
 pub mod publisher;
+pub mod spool;
+pub mod store;
+pub mod uploader;
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -70,6 +74,8 @@ pub struct Published {
 pub enum Output {
     /// Parquet files under a local directory.
     Local(LocalSink),
+    /// Parquet files into the spool, for the uploader.
+    Spool(LocalSink, std::sync::Arc<spool::Spool>),
     /// Nowhere: each batch is counted as published and dropped, without sorting or encoding
     /// (`output.url = "null:"`, to measure the ingest path alone).
     Discard,

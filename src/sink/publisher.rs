@@ -99,8 +99,12 @@ impl Publisher {
     }
 
     /// Marks the batch in progress, publishes its files, marks it published (all on the
-    /// blocking pool). A retry after an error rewrites the same file names.
+    /// blocking pool). A retry after an error rewrites the same file names. With a spool under
+    /// `spool_full = "pause"`, first waits for room.
     async fn publish(&self, ready: &Ready) -> Result<Vec<Published>, PublishError> {
+        if let Output::Spool(_, spool) = &*self.sink {
+            spool.wait_for_room().await;
+        }
         let sink = self.sink.clone();
         let batch = ready.batch.clone();
         let checkpoint = self.checkpoint.clone();
@@ -115,12 +119,21 @@ impl Publisher {
             });
             file.store(&cp)?;
             let started = std::time::Instant::now();
+            let write = |sink: &super::LocalSink| -> Result<Vec<Published>, PublishError> {
+                let parts = encode::partition(&batch)?;
+                let mut files = Vec::with_capacity(parts.len());
+                for part in &parts {
+                    files.push(sink.publish(&batch.table, part)?);
+                }
+                Ok(files)
+            };
             let files = match &*sink {
-                Output::Local(sink) => {
-                    let parts = encode::partition(&batch)?;
-                    let mut files = Vec::with_capacity(parts.len());
-                    for part in &parts {
-                        files.push(sink.publish(&batch.table, part)?);
+                Output::Local(sink) => write(sink)?,
+                Output::Spool(sink, spool) => {
+                    let files = write(sink)?;
+                    for f in &files {
+                        let dropped = spool.add(&f.path, f.bytes);
+                        spool.evict(&dropped);
                     }
                     files
                 }

@@ -252,6 +252,18 @@ pub fn render_metrics(state: &AdminState) -> String {
         "Messages stored in _rejected, by reason.",
         &rejected,
     );
+    let upload_errors: Vec<(String, u64)> = stats
+        .upload_errors()
+        .into_iter()
+        .map(|(k, n)| (format!("kind=\"{}\"", k.label()), n))
+        .collect();
+    family(
+        &mut out,
+        "upload_errors_total",
+        "counter",
+        "Failed uploads to the object store, by kind (each is retried, or moved aside on conflict).",
+        &upload_errors,
+    );
     let tables = stats.tables();
     for (name, help, pick) in [
         (
@@ -306,6 +318,26 @@ pub fn render_metrics(state: &AdminState) -> String {
         "connections_open",
         "MQTT connections open now.",
         state.stats.connections_open.load(Ordering::Relaxed) as f64,
+    );
+    gauge(
+        "spool_bytes",
+        "Bytes of Parquet files waiting in the spool for upload.",
+        load(&stats.spool_bytes) as f64,
+    );
+    gauge(
+        "spool_files",
+        "Parquet files waiting in the spool for upload.",
+        load(&stats.spool_files) as f64,
+    );
+    let oldest = load(&stats.spool_oldest_unix);
+    gauge(
+        "upload_lag_seconds",
+        "Age of the oldest file waiting in the spool (0 when it is empty).",
+        if oldest == 0 {
+            0.0
+        } else {
+            crate::sink::spool::unix_now().saturating_sub(oldest) as f64
+        },
     );
     gauge(
         "ready",

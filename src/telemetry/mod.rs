@@ -11,7 +11,7 @@ mod stats;
 use std::io::IsTerminal;
 
 pub use notify::{Heartbeats, Notifier, Stage};
-pub use stats::{Histogram, Stats, TableCounts};
+pub use stats::{Histogram, Stats, TableCounts, UploadErrorKind};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber.

@@ -22,6 +22,14 @@ macro_rules! counters {
             pub encode_seconds: Histogram,
             /// MQTT connections open now (a gauge).
             pub connections_open: AtomicU64,
+            /// Bytes of files waiting in the spool (a gauge).
+            pub spool_bytes: AtomicU64,
+            /// Files waiting in the spool (a gauge).
+            pub spool_files: AtomicU64,
+            /// When the oldest spooled file entered the spool, seconds since the epoch; 0: none.
+            pub spool_oldest_unix: AtomicU64,
+            /// Failed uploads by [`UploadErrorKind`] (in `UploadErrorKind::ALL` order).
+            upload_errors: [AtomicU64; UploadErrorKind::ALL.len()],
             /// Messages sent to `_rejected`, by [`RejectReason`] (in `RejectReason::ALL` order).
             rejected: [AtomicU64; RejectReason::ALL.len()],
             /// Files, rows and bytes published per table.
@@ -35,6 +43,10 @@ macro_rules! counters {
                     wal_sync_seconds: Histogram::new(&SYNC_BUCKETS),
                     encode_seconds: Histogram::new(&ENCODE_BUCKETS),
                     connections_open: AtomicU64::new(0),
+                    spool_bytes: AtomicU64::new(0),
+                    spool_files: AtomicU64::new(0),
+                    spool_oldest_unix: AtomicU64::new(0),
+                    upload_errors: Default::default(),
                     rejected: Default::default(),
                     tables: Mutex::default(),
                 }
@@ -112,6 +124,18 @@ counters! {
     bytes_published,
     /// Failed publish attempts (retried).
     publish_errors,
+    /// Files uploaded to the object store (or found there already, same size) and removed from the spool.
+    files_uploaded,
+    /// Bytes of uploaded files.
+    upload_bytes,
+    /// Spooled files deleted unsent by `output.spool_full = "drop_oldest"`.
+    spool_files_dropped,
+    /// Bytes of spooled files deleted unsent.
+    spool_bytes_dropped,
+    /// Rows in spooled files deleted unsent.
+    spool_rows_dropped,
+    /// Times the spool reached its quota with `output.spool_full = "pause"` and new data waited.
+    spool_pauses,
     /// Records appended to the WAL.
     wal_records,
     /// Bytes appended to the WAL.
@@ -166,10 +190,67 @@ impl Stats {
         t.bytes += bytes;
     }
 
+    /// Counts one failed upload.
+    pub fn upload_failed(&self, kind: UploadErrorKind) {
+        if let Some(i) = UploadErrorKind::ALL.iter().position(|&k| k == kind) {
+            Self::add(&self.upload_errors[i], 1);
+        }
+    }
+
+    /// Failed uploads by kind, every kind listed.
+    pub fn upload_errors(&self) -> Vec<(UploadErrorKind, u64)> {
+        UploadErrorKind::ALL
+            .iter()
+            .zip(&self.upload_errors)
+            .map(|(&k, n)| (k, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Output per table, sorted by table name.
     pub fn tables(&self) -> Vec<(String, TableCounts)> {
         let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         tables.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Why an upload failed (the label of `fleetlake_upload_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadErrorKind {
+    /// The store did not answer in time, refused the connection, or answered 5xx.
+    Unavailable,
+    /// Credentials missing or refused, or the action is not allowed.
+    Auth,
+    /// The bucket (or container) does not exist.
+    NotFound,
+    /// An object of another size already has the file's name (moved aside, not overwritten).
+    Conflict,
+    /// The spooled file could not be read.
+    LocalIo,
+    /// Anything else the store answered.
+    Other,
+}
+
+impl UploadErrorKind {
+    /// Every kind, in metrics order.
+    pub const ALL: [Self; 6] = [
+        Self::Unavailable,
+        Self::Auth,
+        Self::NotFound,
+        Self::Conflict,
+        Self::LocalIo,
+        Self::Other,
+    ];
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Auth => "auth",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::LocalIo => "local_io",
+            Self::Other => "other",
+        }
     }
 }
 

@@ -8,7 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0
@@ -30,6 +33,20 @@ def wait_for(what, cond, deadline=DEADLINE):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def metrics(admin):
+    """Every sample of /metrics as {"name{labels}": value}."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as r:
+        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert "device" not in sample.labels and "topic" not in sample.labels
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
 class Daemon:
     def __init__(self, tmp: Path, extra: str = ""):
         self.dir = tmp
@@ -38,8 +55,10 @@ class Daemon:
         config = tmp / "fleetlake.toml"
         config.write_text(
             f'[node]\nid = "pytest"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'
-            f'[admin]\nlisten = "127.0.0.1:0"\n[grpc]\nlisten = "127.0.0.1:0"\n'
-            f'[mqtt]\nlisten = "127.0.0.1:0"\n{extra}\n'
+            f'[admin]\nlisten = "127.0.0.1:0"\n'
+            + ('' if "[grpc]" in extra else '[grpc]\nlisten = "127.0.0.1:0"\n')
+            + ('' if "[mqtt]" in extra else '[mqtt]\nlisten = "127.0.0.1:0"\n')
+            + f'{extra}\n'
         )
         self.proc = subprocess.Popen(
             [binary(), "run", "--log-format", "json", "--config", str(config)],

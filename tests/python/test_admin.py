@@ -5,20 +5,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_for
-
-
-def metrics(admin):
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as r:
-        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
-        text = r.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            assert "device" not in sample.labels and "topic" not in sample.labels
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
+from conftest import metrics, wait_for
 
 
 def test_metrics_parse_and_counters_move_as_messages_arrive(daemon_factory):

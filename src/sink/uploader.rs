@@ -1,0 +1,349 @@
+//! The uploader task: sends spooled files to the object store, oldest first, one at a time, and
+//! deletes each from the spool once the store has it. [`upload_file`] never overwrites: files
+//! up to `output.multipart_threshold` go in one PUT with `PutMode::Create`; larger ones as a
+//! multipart upload (aborted on failure) after a HEAD. An object already there with the same
+//! size is a retry after a lost response and counts as sent; another size is a conflict (two
+//! nodes with one node id?): the file is moved to `spool-conflicts/`, never lost, never
+//! overwriting.
+//!
+//! Failures are retried with a capped exponential backoff (object_store retries each request
+//! briefly; this loop covers outages of hours or days). The ingest path never waits on it;
+//! only a full spool under `spool_full = "pause"` does.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use super::spool::{Spool, Spooled};
+use super::store::{classify, object_key};
+use crate::telemetry::{Stats, UploadErrorKind};
+
+/// Size of each part of a multipart upload (S3 wants at least 5 MiB but for the last).
+pub const PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once (memory: this many × [`PART_SIZE`]).
+const PARTS_IN_FLIGHT: usize = 2;
+/// First wait after a failed upload (the daemon's value).
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How a file reached the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Uploaded now.
+    Uploaded,
+    /// An object of the same size was already there (an earlier attempt succeeded but its
+    /// answer was lost).
+    AlreadyThere,
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The store refused or did not answer.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// The spooled file could not be read.
+    #[error("reading {path}: {source}")]
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Another object already has this name.
+    #[error(
+        "{key} already exists with {remote} bytes but the spooled file has {local}: is node.id shared by two nodes?"
+    )]
+    Conflict {
+        /// The object key.
+        key: String,
+        /// Size in the store.
+        remote: u64,
+        /// Size of the spooled file.
+        local: u64,
+    },
+}
+
+impl UploadError {
+    /// The metrics label.
+    pub fn kind(&self) -> UploadErrorKind {
+        match self {
+            Self::Store(e) => classify(e),
+            Self::Local { .. } => UploadErrorKind::LocalIo,
+            Self::Conflict { .. } => UploadErrorKind::Conflict,
+        }
+    }
+}
+
+/// Sends the file at `path` to `key` without ever overwriting another object.
+pub async fn upload_file(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    path: &Path,
+    multipart_threshold: u64,
+) -> Result<Sent, UploadError> {
+    let local = |source| UploadError::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = tokio::fs::metadata(path).await.map_err(local)?.len();
+    if size <= multipart_threshold {
+        let data = tokio::fs::read(path).await.map_err(local)?;
+        let opts = PutOptions::from(PutMode::Create);
+        return match store.put_opts(key, PutPayload::from(data), opts).await {
+            Ok(_) => Ok(Sent::Uploaded),
+            Err(object_store::Error::AlreadyExists { .. }) => same_size(store, key, size).await,
+            Err(e) => Err(e.into()),
+        };
+    }
+    // Multipart uploads have no create-only mode everywhere: look first.
+    match store.head(key).await {
+        Ok(meta) => return compare(key, meta.size, size),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut upload = store.put_multipart(key).await?;
+    let sent = send_parts(upload.as_mut(), path, size).await;
+    match sent {
+        Ok(()) => match upload.complete().await {
+            Ok(_) => Ok(Sent::Uploaded),
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            if let Err(abort) = upload.abort().await {
+                tracing::debug!(error = %abort, "aborting a failed multipart upload");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Reads the file in [`PART_SIZE`] parts and uploads them, a few at a time.
+async fn send_parts(
+    upload: &mut dyn object_store::MultipartUpload,
+    path: &Path,
+    size: u64,
+) -> Result<(), UploadError> {
+    let local = |source| UploadError::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+    let mut pending = std::collections::VecDeque::new();
+    let mut left = size;
+    while left > 0 {
+        let len = PART_SIZE.min(usize::try_from(left).unwrap_or(PART_SIZE));
+        let mut buf = vec![0; len];
+        file.read_exact(&mut buf).await.map_err(local)?;
+        left -= len as u64;
+        pending.push_back(tokio::spawn(upload.put_part(PutPayload::from(buf))));
+        if pending.len() >= PARTS_IN_FLIGHT {
+            await_part(pending.pop_front()).await?;
+        }
+    }
+    while let Some(part) = pending.pop_front() {
+        await_part(Some(part)).await?;
+    }
+    Ok(())
+}
+
+async fn await_part(
+    part: Option<tokio::task::JoinHandle<object_store::Result<()>>>,
+) -> Result<(), UploadError> {
+    let Some(part) = part else { return Ok(()) };
+    match part.await {
+        Ok(result) => result.map_err(UploadError::from),
+        Err(join) => Err(UploadError::Store(object_store::Error::JoinError {
+            source: join,
+        })),
+    }
+}
+
+async fn same_size(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    size: u64,
+) -> Result<Sent, UploadError> {
+    let meta = store.head(key).await?;
+    compare(key, meta.size, size)
+}
+
+fn compare(key: &ObjectPath, remote: u64, local: u64) -> Result<Sent, UploadError> {
+    if remote == local {
+        Ok(Sent::AlreadyThere)
+    } else {
+        Err(UploadError::Conflict {
+            key: key.to_string(),
+            remote,
+            local,
+        })
+    }
+}
+
+/// Uploads spooled files until told to finish and the spool is empty.
+#[derive(Debug)]
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    spool: Arc<Spool>,
+    conflicts: PathBuf,
+    multipart_threshold: u64,
+    first_backoff: Duration,
+    max_backoff: Duration,
+    stats: Arc<Stats>,
+    finish: watch::Receiver<bool>,
+}
+
+/// What the uploader needs besides the store and the spool.
+#[derive(Debug)]
+pub struct UploaderConfig {
+    /// Key prefix.
+    pub prefix: String,
+    /// Where conflicting files are moved.
+    pub conflicts: PathBuf,
+    /// Single PUT up to this size.
+    pub multipart_threshold: u64,
+    /// First retry wait ([`FIRST_BACKOFF`]).
+    pub first_backoff: Duration,
+    /// Retry backoff cap.
+    pub max_backoff: Duration,
+}
+
+impl Uploader {
+    /// An uploader; it ends once `finish` is true and the spool is empty (or at the first
+    /// failure after `finish`: what is left stays spooled for the next start).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        spool: Arc<Spool>,
+        config: UploaderConfig,
+        stats: Arc<Stats>,
+        finish: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            store,
+            prefix: config.prefix,
+            spool,
+            conflicts: config.conflicts,
+            multipart_threshold: config.multipart_threshold,
+            first_backoff: config.first_backoff,
+            max_backoff: config.max_backoff,
+            stats,
+            finish,
+        }
+    }
+
+    /// Runs the upload loop.
+    pub async fn run(mut self) {
+        let mut backoff = self.first_backoff;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            if *self.finish.borrow() && self.spool.is_empty() {
+                break;
+            }
+            let file = tokio::select! {
+                f = self.spool.take_oldest() => f,
+                changed = self.finish.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match self.upload(&file).await {
+                Ok(()) => {
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(
+                            outage_secs = since.elapsed().as_secs(),
+                            "object store reachable again: uploading the backlog"
+                        );
+                    }
+                    backoff = self.first_backoff;
+                }
+                Err(e) => {
+                    self.spool.failed();
+                    self.stats.upload_failed(e.kind());
+                    failing_since.get_or_insert_with(Instant::now);
+                    tracing::warn!(
+                        file = %file.rel.display(),
+                        kind = e.kind().label(),
+                        error = %e,
+                        retry_in = ?backoff,
+                        "upload failed; the file stays in the spool"
+                    );
+                    if *self.finish.borrow() {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = self.finish.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+        tracing::debug!(left = self.spool.is_empty(), "uploader finished");
+    }
+
+    /// Uploads one file and takes it out of the spool; a conflict moves it aside.
+    async fn upload(&self, file: &Spooled) -> Result<(), UploadError> {
+        let path = self.spool.root().join(&file.rel);
+        let key = object_key(&self.prefix, &file.rel);
+        let started = Instant::now();
+        match upload_file(&*self.store, &key, &path, self.multipart_threshold).await {
+            Ok(sent) => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an uploaded file from the spool");
+                }
+                self.spool.done();
+                Stats::add(&self.stats.files_uploaded, 1);
+                Stats::add(&self.stats.upload_bytes, file.bytes);
+                tracing::info!(
+                    key = %key,
+                    bytes = file.bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    already_there = sent == Sent::AlreadyThere,
+                    "uploaded"
+                );
+                Ok(())
+            }
+            Err(UploadError::Local { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                // Deleted by hand: nothing to send, nothing to keep.
+                tracing::warn!(path = %path.display(), "a spooled file vanished before its upload");
+                self.spool.done();
+                Ok(())
+            }
+            Err(e @ UploadError::Conflict { .. }) => {
+                let aside = self.conflicts.join(&file.rel);
+                let moved = aside
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::rename(&path, &aside));
+                match moved {
+                    Ok(()) => {
+                        self.spool.done();
+                        self.stats.upload_failed(e.kind());
+                        tracing::error!(error = %e, moved_to = %aside.display(), "upload conflict: the file was moved aside, not uploaded");
+                        Ok(())
+                    }
+                    Err(io) => {
+                        tracing::error!(error = %e, move_error = %io, "upload conflict, and the file cannot be moved aside");
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
