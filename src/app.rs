@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch::{Batcher, Batches};
+use crate::bridge::Bridge;
 use crate::buffer::{Admitted, Budget, Ingest};
 use crate::config::{Config, OutputTarget};
 use crate::decode::decode_publish;
@@ -160,6 +161,25 @@ pub async fn run(config: Config) -> Result<Exit> {
         }
         None => None,
     };
+    let _bridges: Vec<_> = config
+        .bridges
+        .iter()
+        .map(|b| {
+            let bridge = Bridge::new(
+                b.clone(),
+                config.router(),
+                ingest.clone(),
+                stats.clone(),
+                shutdown_rx.clone(),
+            );
+            let name = b.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = bridge.run().await {
+                    tracing::error!(bridge = %name, error = %e, "the bridge cannot start");
+                }
+            })
+        })
+        .collect();
     let listener = Listener::bind(
         &config.mqtt,
         &config.node_id,

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! devices ──MQTT──▶ mqtt::listener ─▶ mqtt::connection (session, decode) ─▶ buffer::Ingest (budget)
+//! brokers ◀─MQTT── bridge (rumqttc subscriber, manual acks) ───────────────────▶      │
 //! services ──gRPC──▶ grpc::service (check points, group into messages) ───────▶      │
 //!                                                                              ▼
 //!       wal::writer (own thread: append, group-commit fdatasync) ─▶ PUBACK / gRPC response
@@ -14,15 +15,18 @@
 //!                                                                              │
 //!                                                                              ▼
 //!        sink::publisher (blocking pool): columnar::encode (sort, hour parts, Parquet)
-//!                                        → sink::LocalSink (tmp → fsync → rename → fsync dir)
+//!                                        → sink::LocalSink (tmp → fsync → rename → fsync dir),
+//!                                          into the output or into sink::spool
 //!                                        → wal::checkpoint (what is published; old segments go)
+//!                    sink::uploader: spool → object store (create-only PUT / multipart), in order
 //! ```
 //!
-//! At start, `app` replays the WAL records the checkpoint does not cover before the listener
-//! and the gRPC server bind. Not yet: S3 output.
+//! At start, `app` replays the WAL records the checkpoint does not cover before the listener,
+//! the gRPC server and the bridges start.
 
 pub mod app;
 pub mod batch;
+pub mod bridge;
 pub mod buffer;
 pub mod columnar;
 pub mod config;

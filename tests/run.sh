@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
-# Installs what the tests need when it is missing (Debian: mosquitto-clients; Python: duckdb,
+# Installs what the tests need when it is missing (Debian: mosquitto, mosquitto-clients; Python: duckdb,
 # pyarrow, paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status, moto[server]
 # and boto3 for the S3 tests, which start their own moto server on 127.0.0.1), then runs formatting and lint checks, the Rust unit and
 # integration tests, the systemd unit checks (when systemd-analyze exists), the Python
@@ -11,10 +11,12 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v mosquitto_pub >/dev/null 2>&1; then
-  echo "== installing mosquitto-clients"
+# mosquitto-clients for mosquitto_pub; mosquitto, the broker the bridge tests start themselves
+# (on a free loopback port with their own config; the package's own service is not used).
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! [ -x /usr/sbin/mosquitto ]; then
+  echo "== installing mosquitto and mosquitto-clients"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
 fi
 
 PY_PKGS=(duckdb pyarrow "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)

@@ -3,6 +3,7 @@
 //! Errors name the offending key so `fleetlake check-config` (which systemd runs before start)
 //! can tell the operator exactly what to fix.
 
+mod bridge;
 mod units;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::topic::{Router, TableRule};
+pub use bridge::{BridgeConfig, Password, RawBridge, RawSubscription};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
 /// Name of the table that keeps undecodable payloads and schema conflicts.
@@ -81,6 +83,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[[tables]]`
     pub tables: Vec<RawTable>,
+    /// `[[bridge]]`: external brokers to subscribe to.
+    pub bridge: Vec<RawBridge>,
 }
 
 /// `[node]`: identity and local state.
@@ -414,6 +418,8 @@ pub struct Config {
     pub output: OutputTarget,
     /// Topic → table routing.
     pub tables: Vec<TableRule>,
+    /// External brokers to subscribe to.
+    pub bridges: Vec<BridgeConfig>,
     /// Batch flush limits.
     pub batch: BatchLimits,
     /// Parquet encoding options.
@@ -690,6 +696,7 @@ impl Config {
             mqtt,
             grpc,
             output,
+            bridges: bridge::validate_bridges(&raw.bridge, &raw.node.id)?,
             tables,
             batch,
             parquet,

@@ -309,6 +309,7 @@ impl Uploader {
                     bytes = file.bytes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     already_there = sent == Sent::AlreadyThere,
+                    multipart = file.bytes > self.multipart_threshold,
                     "uploaded"
                 );
                 Ok(())

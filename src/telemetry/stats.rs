@@ -136,6 +136,12 @@ counters! {
     spool_rows_dropped,
     /// Times the spool reached its quota with `output.spool_full = "pause"` and new data waited.
     spool_pauses,
+    /// Messages received from external brokers (`[[bridge]]`).
+    bridge_messages,
+    /// Bridge connections established (first connects and reconnects).
+    bridge_connections,
+    /// Failed or lost bridge connections (each is retried with backoff).
+    bridge_connection_errors,
     /// Records appended to the WAL.
     wal_records,
     /// Bytes appended to the WAL.

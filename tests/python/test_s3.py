@@ -2,6 +2,7 @@
 spooled, uploaded in the Hive layout and read back by pyarrow's S3 filesystem; outages, the
 spool quota (pause and drop_oldest) lose nothing that was acknowledged and write nothing twice."""
 
+import base64
 import json
 import os
 import re
@@ -267,6 +268,32 @@ def test_drop_oldest_deletes_the_oldest_files_and_counts_them(daemon_factory, aw
     assert len(seqs) == len(set(seqs)), "no duplicates"
     assert len(seqs) + dropped_rows == sent, "every row is either in the bucket or counted as dropped"
     assert max(seqs) == sent - 1, "the newest rows survive"
+    d.stop()
+
+
+def test_a_file_above_the_threshold_goes_up_as_a_multipart_upload(daemon_factory, aws_env):
+    moto = Moto().start()
+    aws_env.append(moto)
+    d = daemon_factory(
+        s3_config(moto.port, 'multipart_threshold = "5MiB"')
+        .replace("max_rows = 500", 'max_rows = 60000\nmax_bytes = "256MiB"\nmax_age = "30s"')
+        .replace('max_age = "200ms"\n', "")
+    )
+    # 60,000 rows of incompressible text: one Parquet file of several MiB.
+    lines = "".join(
+        json.dumps({"seq": s, "blob": base64.b64encode(os.urandom(120)).decode()}) + "\n"
+        for s in range(60000)
+    )
+    subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(d.port), "-q", "1", "-i", "big",
+         "-t", "sensors/big/telemetry", "-l"],
+        input=lines, text=True, check=True, timeout=120,
+    )
+    wait_for("60000 rows in the bucket", lambda: uploaded_rows(moto) == 60000, deadline=120)
+    sizes = [o["Size"] for o in moto.s3().list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert max(sizes) > 5 << 20, sizes  # (memory pressure may cut a second, smaller file)
+    assert any('"multipart":true' in line for line in d.lines), "sent as a multipart upload"
+    assert sorted(moto.table().column("seq").to_pylist()) == list(range(60000))
     d.stop()
 
 

@@ -1,0 +1,375 @@
+//! Bridge mode: fleetlake subscribes to an external MQTT broker (rumqttc, MQTT 3.1.1) and
+//! ingests what it receives through the same topic → table mapping as its own listener.
+//!
+//! At-least-once end to end: the session is persistent (`clean_session = false`, a stable
+//! client id) and acks are manual. A QoS 1/2 message is acknowledged to the broker (PUBACK /
+//! PUBREC) only once it is in the fsynced WAL, in arrival order, so a crash or a lost
+//! connection makes the broker deliver again whatever was not acknowledged. Acks still pending
+//! when the connection drops are never sent on the next connection (the broker may have reused
+//! those packet ids); the broker redelivers those messages instead, which can store them twice
+//! (see README, "Bridge mode").
+//!
+//! Two tasks per bridge: the *poller* drives rumqttc's event loop (never cancelled: it owns
+//! the socket) and forwards publishes through a small channel; the *consumer* admits them into
+//! the pipeline in groups, waits until each group is durable and acks it. When the consumer
+//! holds `max_inflight` unacknowledged messages it stops taking from the channel, the poller
+//! stops reading the socket, and TCP pushes back on the broker.
+
+mod backoff;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+
+pub use backoff::Backoff;
+
+use crate::buffer::{Durable, Ingest};
+use crate::config::{BridgeConfig, Password};
+use crate::decode::decode_publish;
+use crate::decode::topic::Router;
+use crate::telemetry::Stats;
+
+/// Publishes handed from the poller to the consumer at once.
+const CHANNEL: usize = 64;
+/// Capacity of rumqttc's request queue: every packet id, plus subscribes and a disconnect.
+const REQUEST_QUEUE: usize = 65_536 + 64;
+/// Longest wait at shutdown for stored messages to be acknowledged to the broker.
+const ACK_DRAIN: Duration = Duration::from_secs(3);
+
+/// What the poller tells the consumer.
+#[derive(Debug)]
+enum Seen {
+    /// Connected (again); acks of earlier connections are void.
+    Connected,
+    /// A message, from the connection of this epoch.
+    Message(Publish),
+}
+
+/// A running bridge.
+#[derive(Debug)]
+pub struct Bridge {
+    config: BridgeConfig,
+    router: Router,
+    ingest: Ingest,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Reads the password of a bridge (at each connect, so a rotated file is picked up).
+fn password(config: &BridgeConfig) -> std::io::Result<Option<String>> {
+    match &config.password {
+        Password::None => Ok(None),
+        Password::File(path) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_string()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        Password::Env(var) => std::env::var(var).map(Some).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("environment variable {var} is not set"),
+            )
+        }),
+    }
+}
+
+fn options(config: &BridgeConfig) -> std::io::Result<MqttOptions> {
+    let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(config.keep_alive)
+        .set_max_packet_size(16 << 20, 64 << 10);
+    if let Some(pass) = password(config)? {
+        opts.set_credentials(&config.username, pass);
+    } else if !config.username.is_empty() {
+        opts.set_credentials(&config.username, "");
+    }
+    Ok(opts)
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+impl Bridge {
+    /// A bridge feeding `ingest`; it stops when `shutdown` turns true.
+    pub fn new(
+        config: BridgeConfig,
+        router: Router,
+        ingest: Ingest,
+        stats: Arc<Stats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            config,
+            router,
+            ingest,
+            stats,
+            shutdown,
+        }
+    }
+
+    /// Runs until shutdown; then acks what is stored, disconnects and drops its ingest handle.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        let opts = options(&self.config)?;
+        // Room for every ack we can owe, so `try_ack` never finds the request queue full: the
+        // poller drains the queue only between events, and rumqttc may hand out many buffered
+        // publishes before it looks at the queue again. At most 65,535 QoS 1/2 messages can
+        // be unacknowledged in one session (16-bit packet ids); the queue allocates as it
+        // fills, not up front.
+        let (client, eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
+        let (tx, mut rx) = mpsc::channel(CHANNEL);
+        let stopping = Arc::new(AtomicU64::new(0));
+        let poller = tokio::spawn(poll(
+            eventloop,
+            client.clone(),
+            self.config.clone(),
+            tx,
+            self.stats.clone(),
+            stopping.clone(),
+        ));
+        let mut pending: VecDeque<(Durable, Vec<Publish>, u64)> = VecDeque::new();
+        let mut owed = 0usize;
+        let mut epoch = 0u64;
+        let name: Arc<str> = Arc::from(self.config.name.as_str());
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|s| *s) => Step::Stop,
+                done = async { pending.front_mut().map(|p| &mut p.0).expect("pending").wait().await },
+                    if !pending.is_empty() => Step::Stored(done.is_ok()),
+                seen = rx.recv(), if owed < self.config.max_inflight => match seen {
+                    Some(seen) => Step::Seen(seen),
+                    None => Step::Stop,
+                },
+            };
+            match step {
+                Step::Stop => break,
+                Step::Stored(ok) => {
+                    let (_, publishes, at) = pending.pop_front().expect("pending");
+                    owed -= publishes.len();
+                    if ok && at == epoch {
+                        ack(&client, &publishes);
+                    } else {
+                        tracing::debug!(ok, at, epoch, n = publishes.len(), "acks void");
+                    }
+                }
+                Step::Seen(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < CHANNEL {
+                        match rx.try_recv() {
+                            Ok(s) => batch.push(s),
+                            Err(_) => break,
+                        }
+                    }
+                    let (group, acks, cost) = self.decode(batch, &name, &mut epoch);
+                    let qos0_only = acks.is_empty();
+                    let durable = tokio::select! {
+                        biased;
+                        _ = self.shutdown.wait_for(|s| *s) => break,
+                        d = self.ingest.submit(&name, group, cost, qos0_only, false) => d,
+                    };
+                    match durable {
+                        Ok(d) => {
+                            owed += acks.len();
+                            pending.push_back((d, acks, epoch));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        // Stop taking messages (the poller drops what it still reads: never acked, so the
+        // broker keeps them), ack what became durable, then disconnect.
+        rx.close();
+        let drain = async {
+            while let Some((mut d, publishes, at)) = pending.pop_front() {
+                if d.wait().await.is_ok() && at == epoch {
+                    ack(&client, &publishes);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(ACK_DRAIN, drain).await;
+        drop(self.ingest);
+        stopping.store(1, Ordering::Relaxed);
+        let _ = client.try_disconnect();
+        if tokio::time::timeout(Duration::from_secs(2), poller)
+            .await
+            .is_err()
+        {
+            tracing::debug!(bridge = %self.config.name, "bridge poller did not end in time");
+        }
+        tracing::info!(bridge = %self.config.name, "bridge stopped");
+        Ok(())
+    }
+}
+
+/// Acknowledges stored messages to the broker (PUBACK, or PUBREC for QoS 2).
+fn ack(client: &AsyncClient, publishes: &[Publish]) {
+    for p in publishes {
+        if let Err(e) = client.try_ack(p) {
+            // Cannot happen while the request queue has room for every owed ack; the broker
+            // then redelivers the message on the next session.
+            tracing::warn!(error = %e, pkid = p.pkid, "cannot queue an ack");
+        }
+    }
+}
+
+/// One turn of the consumer loop.
+enum Step {
+    Stop,
+    /// The oldest pending group settled (stored, or not).
+    Stored(bool),
+    Seen(Seen),
+}
+
+impl Bridge {
+    /// Decodes a batch into one group; returns it with the publishes to ack once it is stored
+    /// and its budget cost. A `Connected` in the batch starts a new epoch.
+    fn decode(
+        &self,
+        batch: Vec<Seen>,
+        name: &Arc<str>,
+        epoch: &mut u64,
+    ) -> (Vec<crate::decode::Message>, Vec<Publish>, usize) {
+        let mut group = Vec::with_capacity(batch.len());
+        let mut acks = Vec::new();
+        let mut cost = 0;
+        for s in batch {
+            let p = match s {
+                Seen::Connected => {
+                    // Acks owed on the old connection are void: the broker redelivers those
+                    // messages on this one. (Messages of the old connection still in this
+                    // batch are stored; their acks are void too.)
+                    *epoch += 1;
+                    acks.clear();
+                    continue;
+                }
+                Seen::Message(p) => p,
+            };
+            Stats::add(&self.stats.bridge_messages, 1);
+            Stats::add(&self.stats.payload_bytes, p.payload.len() as u64);
+            let msg = decode_publish(
+                &self.router,
+                p.topic.clone(),
+                p.payload.clone(),
+                name,
+                crate::decode::now_micros(),
+            );
+            if let Some(why) = msg.rejected {
+                self.stats.reject(why);
+            }
+            cost += msg.cost();
+            group.push(msg);
+            if p.qos != QoS::AtMostOnce {
+                acks.push(p);
+            }
+        }
+        (group, acks, cost)
+    }
+}
+
+/// Drives the event loop: (re)connects with backoff, subscribes when the broker has no
+/// session for us, forwards publishes.
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    config: BridgeConfig,
+    tx: mpsc::Sender<Seen>,
+    stats: Arc<Stats>,
+    stopping: Arc<AtomicU64>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.reconnect_max_backoff);
+    let mut connected = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                connected = true;
+                Stats::add(&stats.bridge_connections, 1);
+                tracing::info!(
+                    bridge = %config.name,
+                    broker = %format!("{}:{}", config.host, config.port),
+                    client_id = %config.client_id,
+                    session_present = ack.session_present,
+                    "bridge connected"
+                );
+                if !ack.session_present {
+                    for (filter, q) in &config.subscriptions {
+                        if let Err(e) = client.try_subscribe(filter.clone(), qos(*q)) {
+                            tracing::error!(bridge = %config.name, error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+                if tx.send(Seen::Connected).await.is_err() && stopping.load(Ordering::Relaxed) == 0
+                {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    tracing::error!(bridge = %config.name, refused, "the broker refused subscriptions (ACL?)");
+                } else {
+                    tracing::info!(bridge = %config.name, filters = ack.return_codes.len(), "bridge subscribed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // After shutdown began the consumer is gone: the message stays unacked and
+                // the broker keeps it for the next session.
+                let _ = tx.send(Seen::Message(p)).await;
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                if stopping.load(Ordering::Relaxed) != 0 {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if stopping.load(Ordering::Relaxed) != 0 {
+                    return;
+                }
+                let wait = backoff.next(jitter());
+                Stats::add(&stats.bridge_connection_errors, 1);
+                if connected {
+                    tracing::warn!(bridge = %config.name, error = %e, retry_in = ?wait, "bridge connection lost");
+                } else {
+                    tracing::warn!(bridge = %config.name, error = %describe(&e), retry_in = ?wait, "bridge cannot connect");
+                }
+                connected = false;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the broker refused the connection: {code:?}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A number in [0, 1) that differs between calls and processes (for reconnect jitter).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
