@@ -161,25 +161,17 @@ pub async fn run(config: Config) -> Result<Exit> {
         }
         None => None,
     };
-    let _bridges: Vec<_> = config
-        .bridges
-        .iter()
-        .map(|b| {
-            let bridge = Bridge::new(
-                b.clone(),
-                config.router(),
-                ingest.clone(),
-                stats.clone(),
-                shutdown_rx.clone(),
-            );
-            let name = b.name.clone();
-            tokio::spawn(async move {
-                if let Err(e) = bridge.run().await {
-                    tracing::error!(bridge = %name, error = %e, "the bridge cannot start");
-                }
-            })
-        })
-        .collect();
+    for b in &config.bridges {
+        let bridge = Bridge::new(
+            b.clone(),
+            config.router(),
+            ingest.clone(),
+            stats.clone(),
+            shutdown_rx.clone(),
+        )
+        .with_context(|| format!("starting bridge `{}`", b.name))?;
+        tokio::spawn(bridge.run());
+    }
     let listener = Listener::bind(
         &config.mqtt,
         &config.node_id,

@@ -1,4 +1,5 @@
-//! Bridge mode: fleetlake subscribes to an external MQTT broker (rumqttc, MQTT 3.1.1) and
+//! Bridge mode: fleetlake subscribes to an external MQTT broker (rumqttc, MQTT 3.1.1, plain or
+//! TLS with rustls, optionally with a client certificate) and
 //! ingests what it receives through the same topic → table mapping as its own listener.
 //!
 //! At-least-once end to end: the session is persistent (`clean_session = false`, a stable
@@ -22,13 +23,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
+};
 use tokio::sync::{mpsc, watch};
 
 pub use backoff::Backoff;
 
 use crate::buffer::{Durable, Ingest};
-use crate::config::{BridgeConfig, Password};
+use crate::config::{BridgeConfig, BridgeTls, Password};
 use crate::decode::decode_publish;
 use crate::decode::topic::Router;
 use crate::telemetry::Stats;
@@ -53,6 +57,7 @@ enum Seen {
 #[derive(Debug)]
 pub struct Bridge {
     config: BridgeConfig,
+    opts: MqttOptions,
     router: Router,
     ingest: Ingest,
     stats: Arc<Stats>,
@@ -75,6 +80,8 @@ fn password(config: &BridgeConfig) -> std::io::Result<Option<String>> {
     }
 }
 
+/// The MQTT options of a bridge: persistent session, manual acks, credentials, TLS. Reads the
+/// password and the TLS files now, so a missing or bad one stops the start with its name.
 fn options(config: &BridgeConfig) -> std::io::Result<MqttOptions> {
     let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
     opts.set_clean_session(false)
@@ -86,7 +93,66 @@ fn options(config: &BridgeConfig) -> std::io::Result<MqttOptions> {
     } else if !config.username.is_empty() {
         opts.set_credentials(&config.username, "");
     }
+    if let Some(tls) = &config.tls {
+        let client = tls_client(tls)?;
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(client),
+        )));
+    }
     Ok(opts)
+}
+
+/// A rustls client (ring provider) trusting `ca_file` or the system's CA certificates, with a
+/// client certificate for mutual TLS when configured.
+fn tls_client(tls: &BridgeTls) -> std::io::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    let certs = |path: &std::path::Path| -> std::io::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(path, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, &e))?;
+        if certs.is_empty() {
+            return Err(bad(path, &"no PEM certificate in the file"));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            for cert in certs(path)? {
+                roots.add(cert).map_err(|e| bad(path, &e))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no system CA certificates found: set ca_file",
+                ));
+            }
+        }
+    }
+    crate::sink::store::install_tls_provider();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match &tls.client {
+        Some((cert, key)) => {
+            let chain = certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad(cert, &e))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 fn qos(q: u8) -> QoS {
@@ -98,26 +164,28 @@ fn qos(q: u8) -> QoS {
 }
 
 impl Bridge {
-    /// A bridge feeding `ingest`; it stops when `shutdown` turns true.
+    /// A bridge feeding `ingest`; it stops when `shutdown` turns true. Fails when the password
+    /// or a TLS file cannot be read.
     pub fn new(
         config: BridgeConfig,
         router: Router,
         ingest: Ingest,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            opts: options(&config)?,
             config,
             router,
             ingest,
             stats,
             shutdown,
-        }
+        })
     }
 
     /// Runs until shutdown; then acks what is stored, disconnects and drops its ingest handle.
-    pub async fn run(mut self) -> std::io::Result<()> {
-        let opts = options(&self.config)?;
+    pub async fn run(mut self) {
+        let opts = self.opts.clone();
         // Room for every ack we can owe, so `try_ack` never finds the request queue full: the
         // poller drains the queue only between events, and rumqttc may hand out many buffered
         // publishes before it looks at the queue again. At most 65,535 QoS 1/2 messages can
@@ -206,7 +274,6 @@ impl Bridge {
             tracing::debug!(bridge = %self.config.name, "bridge poller did not end in time");
         }
         tracing::info!(bridge = %self.config.name, "bridge stopped");
-        Ok(())
     }
 }
 

@@ -13,8 +13,18 @@ use super::{ConfigError, HumanDuration, invalid, validate_name};
 pub struct RawBridge {
     /// Name in logs and metrics; the device id of rows whose topic names none.
     pub name: String,
-    /// `mqtt://host:port` (TLS, `mqtts://`, is not built yet).
+    /// `mqtt://host:port` (default port 1883) or `mqtts://host:port` (TLS, default 8883).
     pub url: String,
+    /// `mqtts://`: PEM file of the CA(s) that signed the broker's certificate; empty: the
+    /// system's CA certificates.
+    #[serde(default)]
+    pub ca_file: String,
+    /// `mqtts://`: PEM certificate chain to present to the broker (mutual TLS).
+    #[serde(default)]
+    pub client_cert: String,
+    /// `mqtts://`: PEM private key of `client_cert` (a path; keep it readable only by fleetlake).
+    #[serde(default)]
+    pub client_key: String,
     /// Client id at the broker; empty: `fleetlake-{node}-{name}`. Keep it stable: the broker
     /// keeps the persistent session (and unacknowledged messages) under it.
     #[serde(default)]
@@ -85,6 +95,15 @@ pub enum Password {
     Env(String),
 }
 
+/// TLS settings of an `mqtts://` bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeTls {
+    /// CA file (`None`: the system's CA certificates).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 /// A validated bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeConfig {
@@ -94,6 +113,8 @@ pub struct BridgeConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS (`mqtts://`), or plain TCP.
+    pub tls: Option<BridgeTls>,
     /// Client id.
     pub client_id: String,
     /// User name (empty: none).
@@ -122,7 +143,32 @@ pub(super) fn validate_bridges(
         if out.iter().any(|o| o.name == b.name) {
             return Err(invalid(key("name"), format!("`{}` is used twice", b.name)));
         }
-        let (host, port) = parse_url(&b.url).map_err(|m| invalid(key("url"), m))?;
+        let (host, port, tls) = parse_url(&b.url).map_err(|m| invalid(key("url"), m))?;
+        let path = |s: &str| Some(PathBuf::from(s)).filter(|_| !s.is_empty());
+        let tls = if tls {
+            let client = match (path(&b.client_cert), path(&b.client_key)) {
+                (Some(cert), Some(k)) => Some((cert, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        key("client_cert"),
+                        "client_cert and client_key go together",
+                    ));
+                }
+            };
+            Some(BridgeTls {
+                ca_file: path(&b.ca_file),
+                client,
+            })
+        } else {
+            if !(b.ca_file.is_empty() && b.client_cert.is_empty() && b.client_key.is_empty()) {
+                return Err(invalid(
+                    key("ca_file"),
+                    "ca_file, client_cert and client_key need an mqtts:// url",
+                ));
+            }
+            None
+        };
         if b.protocol != "3.1.1" {
             return Err(invalid(
                 key("protocol"),
@@ -188,6 +234,7 @@ pub(super) fn validate_bridges(
             name: b.name.clone(),
             host,
             port,
+            tls,
             client_id,
             username: b.username.clone(),
             password,
@@ -200,15 +247,16 @@ pub(super) fn validate_bridges(
     Ok(out)
 }
 
-fn parse_url(url: &str) -> Result<(String, u16), String> {
+/// `(host, port, tls)` of a broker URL.
+fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!("`{url}` is not a URL like mqtt://broker:1883"));
     };
-    match scheme {
-        "mqtt" | "tcp" => {}
-        "mqtts" | "ssl" => return Err("TLS (mqtts://) is not built yet: use mqtt://".into()),
-        other => return Err(format!("scheme `{other}://`: use mqtt://")),
-    }
+    let (tls, default_port) = match scheme {
+        "mqtt" | "tcp" => (false, 1883),
+        "mqtts" | "ssl" => (true, 8883),
+        other => return Err(format!("scheme `{other}://`: use mqtt:// or mqtts://")),
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
@@ -216,13 +264,13 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
             p.parse::<u16>()
                 .map_err(|_| format!("`{p}` is not a port number"))?,
         ),
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(['/', '@', '?']) {
         return Err(format!("`{url}` has no usable host"));
     }
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
 }
 
 /// An MQTT filter: non-empty, `#` only as the last level, `+` and `#` alone in their level.
@@ -279,21 +327,16 @@ mod tests {
             let err = bridge(extra).expect_err(extra);
             assert!(err.contains(key), "{extra}: {err}");
         }
-        let tls = "[[bridge]]\nname = \"x\"\nurl = \"mqtts://h:8883\"\nsubscriptions = [{ filter = \"a\" }]";
-        let raw: super::super::RawConfig = toml::from_str(tls).expect("toml");
-        let err = validate_bridges(&raw.bridge, "gw")
-            .expect_err("tls")
-            .to_string();
-        assert!(err.contains("bridge[0].url"), "{err}");
+        let err = bridge("ca_file = \"/ca.pem\"").expect_err("ca without tls");
+        assert!(err.contains("bridge[0].ca_file"), "{err}");
+        let err = bridge("url = \"x\"").expect_err("duplicate key");
+        assert!(err.contains("url"), "{err}");
         assert!(check_filter("a/#/b").is_err() && check_filter("a/b+").is_err());
         assert!(check_filter("a/+/c/#").is_ok());
-        assert_eq!(
-            parse_url("mqtt://broker").ok(),
-            Some(("broker".into(), 1883))
-        );
-        assert_eq!(
-            parse_url("mqtt://[::1]:1884").ok(),
-            Some(("::1".into(), 1884))
-        );
+        let url = |u: &str| parse_url(u).ok();
+        assert_eq!(url("mqtt://broker"), Some(("broker".into(), 1883, false)));
+        assert_eq!(url("mqtts://broker"), Some(("broker".into(), 8883, true)));
+        assert_eq!(url("mqtt://[::1]:1884"), Some(("::1".into(), 1884, false)));
+        assert!(parse_url("ws://broker").is_err());
     }
 }

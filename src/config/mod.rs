@@ -14,7 +14,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::topic::{Router, TableRule};
-pub use bridge::{BridgeConfig, Password, RawBridge, RawSubscription};
+pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
 /// Name of the table that keeps undecodable payloads and schema conflicts.

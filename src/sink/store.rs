@@ -30,8 +30,8 @@ pub struct BuildError {
     source: object_store::Error,
 }
 
-/// Uses rustls with the ring provider for HTTPS (once per process).
-fn install_tls_provider() {
+/// Uses rustls with the ring provider for HTTPS and MQTT over TLS (once per process).
+pub fn install_tls_provider() {
     // Fails only when a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -156,3 +156,61 @@ def test_two_nodes_share_one_subscription(daemon_factory, broker):
           f"{len(union) - len(set(union))} duplicates")
     assert sorted(union) == list(range(20000)), "each message exactly once across the nodes"
     assert min(len(got_a), len(got_b)) >= 4000, "both nodes took a substantial share"
+
+
+def make_certs(d):
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    def run(*args, ext=None):
+        if ext:
+            (d / "ext.cnf").write_text(ext)
+            args = args + ("-extfile", str(d / "ext.cnf"))
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=fleetlake test CA")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+                      ("client", "extendedKeyUsage=clientAuth\n")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=fleetlake-{name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", ext=ext)
+
+
+def test_mtls_bridge_to_a_broker_that_requires_client_certificates(daemon_factory, tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    plain, tls = free_port(), free_port()
+    conf = tmp_path / "mosquitto-tls.conf"
+    conf.write_text(
+        # user root: mosquitto started as root would otherwise switch to the mosquitto user,
+        # which cannot read the test's certificate files.
+        "user root\nper_listener_settings false\nallow_anonymous true\npersistence false\n"
+        f"listener {plain} 127.0.0.1\n"
+        f"listener {tls} 127.0.0.1\ncafile {certs}/ca.pem\ncertfile {certs}/server.pem\n"
+        f"keyfile {certs}/server.key\nrequire_certificate true\n"
+    )
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for("mosquitto", lambda: subprocess.run(
+            ["mosquitto_pub", "-p", str(plain), "-t", "x", "-m", "x"], capture_output=True
+        ).returncode == 0)
+        base = bridge_config(tls).replace("mqtt://", "mqtts://")
+        good = daemon_factory(base + f'ca_file = "{certs}/ca.pem"\nclient_cert = "{certs}/client.pem"\n'
+                                     f'client_key = "{certs}/client.key"\n')
+        no_cert = daemon_factory(base.replace("fleetlake-test", "fleetlake-nocert")
+                                 + f'ca_file = "{certs}/ca.pem"\n')
+        subscribed(good)
+        publish_lines(plain, "dev-tls", 0, 300)
+        wait_for("300 rows over TLS", lambda: metrics(good.admin)["fleetlake_rows_published_total"] == 300)
+        wait_for("the certificate-less bridge refused",
+                 lambda: metrics(no_cert.admin)["fleetlake_bridge_connection_errors_total"] >= 1)
+        assert metrics(no_cert.admin)["fleetlake_bridge_connections_total"] == 0
+        assert any("bridge cannot connect" in line for line in no_cert.lines)
+        good.stop()
+        no_cert.stop()
+        assert sorted(s for _, s in rows(good.lake)) == list(range(300))
+    finally:
+        proc.kill()
+        proc.wait()
