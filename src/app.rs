@@ -9,6 +9,7 @@
 //! must finish within `node.shutdown_grace`. A WAL write or fsync error stops the daemon with
 //! a failure exit: a restart replays the log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch::{Batcher, Batches};
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, Redelivery, redelivery};
 use crate::buffer::{Admitted, Budget, Ingest};
 use crate::config::{Config, OutputTarget};
 use crate::decode::decode_publish;
@@ -113,6 +114,11 @@ pub async fn run(config: Config) -> Result<Exit> {
     let mut batcher = tokio::spawn(batcher.run());
 
     let replay = Replay {
+        bridges: config
+            .bridges
+            .iter()
+            .map(|b| (b.name.clone(), redelivery::window(b.max_inflight)))
+            .collect(),
         checkpoint: checkpoint.clone(),
         router: config.router(),
         out: batch_tx.clone(),
@@ -122,7 +128,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     let progress = tokio::spawn(report_replay(notifier.clone(), stats.clone()));
     let replayed = replay.run(fs).await.context("replaying the WAL");
     progress.abort();
-    let (fs, recovery) = replayed?;
+    let (fs, recovery, mut recent) = replayed?;
     let next_seq = recovery.next_seq().max(checkpoint.next_seq_floor());
     let recovery_records = recovery.records;
     let log = Log::start(fs, recovery.segments, next_seq, config.wal.segment_size)
@@ -162,8 +168,12 @@ pub async fn run(config: Config) -> Result<Exit> {
         None => None,
     };
     for b in &config.bridges {
+        let seen = recent
+            .remove(&b.name)
+            .unwrap_or_else(|| Redelivery::new(redelivery::window(b.max_inflight)));
         let bridge = Bridge::new(
             b.clone(),
+            seen,
             config.router(),
             ingest.clone(),
             stats.clone(),
@@ -453,6 +463,8 @@ async fn feed_watchdog(
 
 /// Feeds WAL records the checkpoint does not cover back into the batcher, through the budget.
 struct Replay {
+    /// Bridge name → size of its redelivery filter.
+    bridges: HashMap<String, usize>,
     checkpoint: Checkpoint,
     router: Router,
     out: mpsc::Sender<Admitted>,
@@ -462,11 +474,12 @@ struct Replay {
 
 impl Replay {
     /// Replays on the blocking pool; gives the file system back with what was found.
-    async fn run(self, fs: DiskFs) -> Result<(DiskFs, Recovery)> {
+    /// Also returns, per bridge, the fingerprints of its records still in the WAL.
+    async fn run(self, fs: DiskFs) -> Result<(DiskFs, Recovery, HashMap<String, Redelivery>)> {
         let handle = tokio::runtime::Handle::current();
         let started = Instant::now();
         let stats = self.stats.clone();
-        let (fs, recovery, replayed) =
+        let (fs, recovery, replayed, recent) =
             tokio::task::spawn_blocking(move || self.replay(fs, &handle)).await??;
         Stats::add(&stats.wal_damaged_segments, recovery.damaged);
         tracing::info!(
@@ -478,14 +491,19 @@ impl Replay {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "WAL recovered"
         );
-        Ok((fs, recovery))
+        Ok((fs, recovery, recent))
     }
 
     fn replay(
         self,
         fs: DiskFs,
         handle: &tokio::runtime::Handle,
-    ) -> std::io::Result<(DiskFs, Recovery, u64)> {
+    ) -> std::io::Result<(DiskFs, Recovery, u64, HashMap<String, Redelivery>)> {
+        let mut recent: HashMap<String, Redelivery> = self
+            .bridges
+            .iter()
+            .map(|(name, cap)| (name.clone(), Redelivery::new(*cap)))
+            .collect();
         let group_limit = (self.budget.total() / 8).min(1 << 20);
         let mut group = Vec::new();
         let mut cost = 0;
@@ -497,11 +515,17 @@ impl Replay {
                 .map_err(|_| std::io::Error::other("the batcher stopped during replay"))
         };
         let recovery = wal::replay(&fs, |entry| {
+            if entry.kind == Kind::Bridge
+                && let Some(r) = recent.get_mut(&*entry.client)
+            {
+                // Published or not: a redelivery of it must not be stored again.
+                r.insert(redelivery::fingerprint(&entry.topic, &entry.payload));
+            }
             if entry.seq < self.checkpoint.low_water {
                 return Ok(());
             }
             let mut msg = match entry.kind {
-                Kind::Mqtt => decode_publish(
+                Kind::Mqtt | Kind::Bridge => decode_publish(
                     &self.router,
                     entry.topic,
                     entry.payload,
@@ -528,6 +552,6 @@ impl Replay {
         if !group.is_empty() {
             send(group, cost)?;
         }
-        Ok((fs, recovery, replayed))
+        Ok((fs, recovery, replayed, recent))
     }
 }

@@ -17,6 +17,7 @@
 //! stops reading the socket, and TCP pushes back on the broker.
 
 mod backoff;
+pub mod redelivery;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,11 +31,12 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 
 pub use backoff::Backoff;
+pub use redelivery::Redelivery;
 
 use crate::buffer::{Durable, Ingest};
 use crate::config::{BridgeConfig, BridgeTls, Password};
-use crate::decode::decode_publish;
 use crate::decode::topic::Router;
+use crate::decode::{Source, decode_publish};
 use crate::telemetry::Stats;
 
 /// Publishes handed from the poller to the consumer at once.
@@ -58,6 +60,7 @@ enum Seen {
 pub struct Bridge {
     config: BridgeConfig,
     opts: MqttOptions,
+    recent: Redelivery,
     router: Router,
     ingest: Ingest,
     stats: Arc<Stats>,
@@ -164,10 +167,12 @@ fn qos(q: u8) -> QoS {
 }
 
 impl Bridge {
-    /// A bridge feeding `ingest`; it stops when `shutdown` turns true. Fails when the password
-    /// or a TLS file cannot be read.
+    /// A bridge feeding `ingest`; it stops when `shutdown` turns true. `recent` holds the
+    /// fingerprints of what it stored before (from the WAL). Fails when the password or a TLS
+    /// file cannot be read.
     pub fn new(
         config: BridgeConfig,
+        recent: Redelivery,
         router: Router,
         ingest: Ingest,
         stats: Arc<Stats>,
@@ -175,6 +180,7 @@ impl Bridge {
     ) -> std::io::Result<Self> {
         Ok(Self {
             opts: options(&config)?,
+            recent,
             config,
             router,
             ingest,
@@ -219,13 +225,16 @@ impl Bridge {
             };
             match step {
                 Step::Stop => break,
-                Step::Stored(ok) => {
+                Step::Stored(false) => {
+                    // The pipeline stopped: nothing after this may be acknowledged.
+                    pending.clear();
+                    break;
+                }
+                Step::Stored(true) => {
                     let (_, publishes, at) = pending.pop_front().expect("pending");
                     owed -= publishes.len();
-                    if ok && at == epoch {
+                    if at == epoch {
                         ack(&client, &publishes);
-                    } else {
-                        tracing::debug!(ok, at, epoch, n = publishes.len(), "acks void");
                     }
                 }
                 Step::Seen(first) => {
@@ -258,7 +267,10 @@ impl Bridge {
         rx.close();
         let drain = async {
             while let Some((mut d, publishes, at)) = pending.pop_front() {
-                if d.wait().await.is_ok() && at == epoch {
+                if d.wait().await.is_err() {
+                    break;
+                }
+                if at == epoch {
                     ack(&client, &publishes);
                 }
             }
@@ -300,7 +312,7 @@ impl Bridge {
     /// Decodes a batch into one group; returns it with the publishes to ack once it is stored
     /// and its budget cost. A `Connected` in the batch starts a new epoch.
     fn decode(
-        &self,
+        &mut self,
         batch: Vec<Seen>,
         name: &Arc<str>,
         epoch: &mut u64,
@@ -322,13 +334,25 @@ impl Bridge {
             };
             Stats::add(&self.stats.bridge_messages, 1);
             Stats::add(&self.stats.payload_bytes, p.payload.len() as u64);
-            let msg = decode_publish(
+            if p.qos != QoS::AtMostOnce {
+                let fp = redelivery::fingerprint(&p.topic, &p.payload);
+                if p.dup && self.recent.contains(fp) {
+                    // Stored before; its ack was lost. Acked (in order, once everything
+                    // before it is stored), not stored again.
+                    Stats::add(&self.stats.bridge_redeliveries_skipped, 1);
+                    acks.push(p);
+                    continue;
+                }
+                self.recent.insert(fp);
+            }
+            let mut msg = decode_publish(
                 &self.router,
                 p.topic.clone(),
                 p.payload.clone(),
                 name,
                 crate::decode::now_micros(),
             );
+            msg.source = Source::Bridge;
             if let Some(why) = msg.rejected {
                 self.stats.reject(why);
             }

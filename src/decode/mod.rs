@@ -22,6 +22,9 @@ pub enum Source {
     Mqtt = 1,
     /// A group of gRPC points: the payload is a protobuf `WriteRequest` with those points.
     Grpc = 2,
+    /// An MQTT PUBLISH received by a `[[bridge]]` from an external broker (the record's client
+    /// is the bridge's name); decoded like `Mqtt`, and seeds the bridge's redelivery filter.
+    Bridge = 3,
 }
 
 /// Why a message went to the `_rejected` table (the `reason` label of

@@ -142,6 +142,8 @@ counters! {
     bridge_connections,
     /// Failed or lost bridge connections (each is retried with backoff).
     bridge_connection_errors,
+    /// Messages a broker delivered again (DUP) that the bridge had already stored: acknowledged, not stored twice.
+    bridge_redeliveries_skipped,
     /// Records appended to the WAL.
     wal_records,
     /// Bytes appended to the WAL.

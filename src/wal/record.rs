@@ -200,6 +200,7 @@ impl<R: Read> SegmentReader<R> {
         let kind = match body[0] {
             1 => Kind::Mqtt,
             2 => Kind::Grpc,
+            3 => Kind::Bridge,
             _ => return None,
         };
         let received_at = i64::from_le_bytes(body[1..9].try_into().ok()?);
