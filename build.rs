@@ -61,6 +61,18 @@ fn record_commit() {
         commit
     };
     println!("cargo:rustc-env=FLEETLAKE_GIT_COMMIT={commit}");
+    // The object stores built in (S3 always; GCS and Azure behind features), for --version.
+    let mut stores = String::from("s3");
+    for (feature, name) in [
+        ("CARGO_FEATURE_GCS", "gcs"),
+        ("CARGO_FEATURE_AZURE", "azure"),
+    ] {
+        if std::env::var_os(feature).is_some() {
+            stores.push(' ');
+            stores.push_str(name);
+        }
+    }
+    println!("cargo:rustc-env=FLEETLAKE_OBJECT_STORES={stores}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
 }

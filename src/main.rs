@@ -18,7 +18,9 @@ const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("FLEETLAKE_GIT_COMMIT"),
-    "; object stores: s3 gcs azure)"
+    "; object stores: ",
+    env!("FLEETLAKE_OBJECT_STORES"),
+    ")"
 );
 
 /// Edge telemetry ingest: MQTT and gRPC in, Parquet out.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
+#[cfg(feature = "azure")]
 use object_store::azure::MicrosoftAzureBuilder;
+#[cfg(feature = "gcs")]
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -109,6 +111,7 @@ pub fn build(remote: &RemoteOutput) -> Result<Arc<dyn ObjectStore>, BuildError> 
             }
             Arc::new(b.build().map_err(err)?)
         }
+        #[cfg(feature = "gcs")]
         StoreKind::Gcs => {
             let mut b = GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(&remote.bucket)
@@ -119,6 +122,7 @@ pub fn build(remote: &RemoteOutput) -> Result<Arc<dyn ObjectStore>, BuildError> 
             }
             Arc::new(b.build().map_err(err)?)
         }
+        #[cfg(feature = "azure")]
         StoreKind::Azure => {
             let mut b = MicrosoftAzureBuilder::from_env()
                 .with_container_name(&remote.bucket)
@@ -128,6 +132,16 @@ pub fn build(remote: &RemoteOutput) -> Result<Arc<dyn ObjectStore>, BuildError> 
                 b = b.with_access_key(key);
             }
             Arc::new(b.build().map_err(err)?)
+        }
+        #[cfg(not(all(feature = "gcs", feature = "azure")))]
+        other => {
+            return Err(err(object_store::Error::NotSupported {
+                source: format!(
+                    "{other:?} support is not in this build: rebuild with `cargo build --release --features {}`",
+                    if other == StoreKind::Gcs { "gcs" } else { "azure" }
+                )
+                .into(),
+            }));
         }
     };
     Ok(store)
