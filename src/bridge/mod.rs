@@ -1,9 +1,9 @@
-//! Bridge mode: fleetlake subscribes to an external MQTT broker (rumqttc, MQTT 3.1.1, plain or
-//! TLS with rustls, optionally with a client certificate) and
+//! Bridge mode: fleetlake subscribes to an external MQTT broker (rumqttc, MQTT 3.1.1 or 5, plain
+//! or TLS with rustls, optionally with a client certificate) and
 //! ingests what it receives through the same topic → table mapping as its own listener.
 //!
-//! At-least-once end to end: the session is persistent (`clean_session = false`, a stable
-//! client id) and acks are manual. A QoS 1/2 message is acknowledged to the broker (PUBACK /
+//! At-least-once end to end: the session is persistent (`clean_session = false`, or MQTT 5
+//! `clean_start = false` with a session expiry; a stable client id) and acks are manual. A QoS 1/2 message is acknowledged to the broker (PUBACK /
 //! PUBREC) only once it is in the fsynced WAL, in arrival order, so a crash or a lost
 //! connection makes the broker deliver again whatever was not acknowledged. Acks still pending
 //! when the connection drops are never sent on the next connection (the broker may have reused
@@ -18,20 +18,18 @@
 
 mod backoff;
 pub mod redelivery;
+mod session;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    TlsConfiguration, Transport,
-};
 use tokio::sync::{mpsc, watch};
 
 pub use backoff::Backoff;
 pub use redelivery::Redelivery;
+use session::{Client, Delivery, Loop, Polled, Settings};
 
 use crate::buffer::{Durable, Ingest};
 use crate::config::{BridgeConfig, BridgeTls, Password};
@@ -52,14 +50,14 @@ enum Seen {
     /// Connected (again); acks of earlier connections are void.
     Connected,
     /// A message, from the connection of this epoch.
-    Message(Publish),
+    Message(Delivery),
 }
 
 /// A running bridge.
 #[derive(Debug)]
 pub struct Bridge {
     config: BridgeConfig,
-    opts: MqttOptions,
+    settings: Settings,
     recent: Redelivery,
     router: Router,
     ingest: Ingest,
@@ -83,26 +81,17 @@ fn password(config: &BridgeConfig) -> std::io::Result<Option<String>> {
     }
 }
 
-/// The MQTT options of a bridge: persistent session, manual acks, credentials, TLS. Reads the
-/// password and the TLS files now, so a missing or bad one stops the start with its name.
-fn options(config: &BridgeConfig) -> std::io::Result<MqttOptions> {
-    let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
-    opts.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(config.keep_alive)
-        .set_max_packet_size(16 << 20, 64 << 10);
-    if let Some(pass) = password(config)? {
-        opts.set_credentials(&config.username, pass);
-    } else if !config.username.is_empty() {
-        opts.set_credentials(&config.username, "");
-    }
-    if let Some(tls) = &config.tls {
-        let client = tls_client(tls)?;
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(client),
-        )));
-    }
-    Ok(opts)
+/// Reads what a bridge needs to connect (password, TLS files) now, so a missing or bad file
+/// stops the start with its name.
+fn settings(config: &BridgeConfig) -> std::io::Result<Settings> {
+    Ok(Settings {
+        password: password(config)?,
+        tls: match &config.tls {
+            Some(tls) => Some(Arc::new(tls_client(tls)?)),
+            None => None,
+        },
+        requests: REQUEST_QUEUE,
+    })
 }
 
 /// A rustls client (ring provider) trusting `ca_file` or the system's CA certificates, with a
@@ -158,14 +147,6 @@ fn tls_client(tls: &BridgeTls) -> std::io::Result<rustls::ClientConfig> {
     }
 }
 
-fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 impl Bridge {
     /// A bridge feeding `ingest`; it stops when `shutdown` turns true. `recent` holds the
     /// fingerprints of what it stored before (from the WAL). Fails when the password or a TLS
@@ -179,7 +160,7 @@ impl Bridge {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            opts: options(&config)?,
+            settings: settings(&config)?,
             recent,
             config,
             router,
@@ -191,13 +172,9 @@ impl Bridge {
 
     /// Runs until shutdown; then acks what is stored, disconnects and drops its ingest handle.
     pub async fn run(mut self) {
-        let opts = self.opts.clone();
-        // Room for every ack we can owe, so `try_ack` never finds the request queue full: the
-        // poller drains the queue only between events, and rumqttc may hand out many buffered
-        // publishes before it looks at the queue again. At most 65,535 QoS 1/2 messages can
-        // be unacknowledged in one session (16-bit packet ids); the queue allocates as it
-        // fills, not up front.
-        let (client, eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
+        // The request queue has room for every ack we can owe (see REQUEST_QUEUE), so
+        // `try_ack` never finds it full.
+        let (client, eventloop) = session::connect(&self.config, self.settings.clone());
         let (tx, mut rx) = mpsc::channel(CHANNEL);
         let stopping = Arc::new(AtomicU64::new(0));
         let poller = tokio::spawn(poll(
@@ -208,7 +185,7 @@ impl Bridge {
             self.stats.clone(),
             stopping.clone(),
         ));
-        let mut pending: VecDeque<(Durable, Vec<Publish>, u64)> = VecDeque::new();
+        let mut pending: VecDeque<(Durable, Vec<Delivery>, u64)> = VecDeque::new();
         let mut owed = 0usize;
         let mut epoch = 0u64;
         let name: Arc<str> = Arc::from(self.config.name.as_str());
@@ -278,7 +255,7 @@ impl Bridge {
         let _ = tokio::time::timeout(ACK_DRAIN, drain).await;
         drop(self.ingest);
         stopping.store(1, Ordering::Relaxed);
-        let _ = client.try_disconnect();
+        client.try_disconnect();
         if tokio::time::timeout(Duration::from_secs(2), poller)
             .await
             .is_err()
@@ -290,12 +267,12 @@ impl Bridge {
 }
 
 /// Acknowledges stored messages to the broker (PUBACK, or PUBREC for QoS 2).
-fn ack(client: &AsyncClient, publishes: &[Publish]) {
-    for p in publishes {
-        if let Err(e) = client.try_ack(p) {
+fn ack(client: &Client, deliveries: &[Delivery]) {
+    for d in deliveries {
+        if let Err(e) = client.try_ack(d) {
             // Cannot happen while the request queue has room for every owed ack; the broker
             // then redelivers the message on the next session.
-            tracing::warn!(error = %e, pkid = p.pkid, "cannot queue an ack");
+            tracing::warn!(error = %e, "cannot queue an ack");
         }
     }
 }
@@ -316,12 +293,12 @@ impl Bridge {
         batch: Vec<Seen>,
         name: &Arc<str>,
         epoch: &mut u64,
-    ) -> (Vec<crate::decode::Message>, Vec<Publish>, usize) {
+    ) -> (Vec<crate::decode::Message>, Vec<Delivery>, usize) {
         let mut group = Vec::with_capacity(batch.len());
         let mut acks = Vec::new();
         let mut cost = 0;
         for s in batch {
-            let p = match s {
+            let mut p = match s {
                 Seen::Connected => {
                     // Acks owed on the old connection are void: the broker redelivers those
                     // messages on this one. (Messages of the old connection still in this
@@ -334,7 +311,7 @@ impl Bridge {
             };
             Stats::add(&self.stats.bridge_messages, 1);
             Stats::add(&self.stats.payload_bytes, p.payload.len() as u64);
-            if p.qos != QoS::AtMostOnce {
+            if p.qos > 0 {
                 let fp = redelivery::fingerprint(&p.topic, &p.payload);
                 if p.dup && self.recent.contains(fp) {
                     // Stored before; its ack was lost. Acked (in order, once everything
@@ -347,7 +324,7 @@ impl Bridge {
             }
             let mut msg = decode_publish(
                 &self.router,
-                p.topic.clone(),
+                std::mem::take(&mut p.topic),
                 p.payload.clone(),
                 name,
                 crate::decode::now_micros(),
@@ -358,7 +335,7 @@ impl Bridge {
             }
             cost += msg.cost();
             group.push(msg);
-            if p.qos != QoS::AtMostOnce {
+            if p.qos > 0 {
                 acks.push(p);
             }
         }
@@ -369,8 +346,8 @@ impl Bridge {
 /// Drives the event loop: (re)connects with backoff, subscribes when the broker has no
 /// session for us, forwards publishes.
 async fn poll(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
+    mut eventloop: Loop,
+    client: Client,
     config: BridgeConfig,
     tx: mpsc::Sender<Seen>,
     stats: Arc<Stats>,
@@ -379,8 +356,8 @@ async fn poll(
     let mut backoff = Backoff::new(Duration::from_millis(100), config.reconnect_max_backoff);
     let mut connected = false;
     loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+        match eventloop.next().await {
+            Polled::ConnAck { session_present } => {
                 backoff.reset();
                 connected = true;
                 Stats::add(&stats.bridge_connections, 1);
@@ -388,12 +365,13 @@ async fn poll(
                     bridge = %config.name,
                     broker = %format!("{}:{}", config.host, config.port),
                     client_id = %config.client_id,
-                    session_present = ack.session_present,
+                    mqtt = if config.mqtt5 { "5" } else { "3.1.1" },
+                    session_present,
                     "bridge connected"
                 );
-                if !ack.session_present {
+                if !session_present {
                     for (filter, q) in &config.subscriptions {
-                        if let Err(e) = client.try_subscribe(filter.clone(), qos(*q)) {
+                        if let Err(e) = client.try_subscribe(filter, *q) {
                             tracing::error!(bridge = %config.name, error = %e, "cannot subscribe");
                         }
                     }
@@ -403,30 +381,25 @@ async fn poll(
                     return;
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    .count();
+            Polled::SubAck { refused, filters } => {
                 if refused > 0 {
                     tracing::error!(bridge = %config.name, refused, "the broker refused subscriptions (ACL?)");
                 } else {
-                    tracing::info!(bridge = %config.name, filters = ack.return_codes.len(), "bridge subscribed");
+                    tracing::info!(bridge = %config.name, filters, "bridge subscribed");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Polled::Publish(d) => {
                 // After shutdown began the consumer is gone: the message stays unacked and
                 // the broker keeps it for the next session.
-                let _ = tx.send(Seen::Message(p)).await;
+                let _ = tx.send(Seen::Message(d)).await;
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+            Polled::Disconnected => {
                 if stopping.load(Ordering::Relaxed) != 0 {
                     return;
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
+            Polled::Other => {}
+            Polled::Error(e) => {
                 if stopping.load(Ordering::Relaxed) != 0 {
                     return;
                 }
@@ -435,21 +408,12 @@ async fn poll(
                 if connected {
                     tracing::warn!(bridge = %config.name, error = %e, retry_in = ?wait, "bridge connection lost");
                 } else {
-                    tracing::warn!(bridge = %config.name, error = %describe(&e), retry_in = ?wait, "bridge cannot connect");
+                    tracing::warn!(bridge = %config.name, error = %e, retry_in = ?wait, "bridge cannot connect");
                 }
                 connected = false;
                 tokio::time::sleep(wait).await;
             }
         }
-    }
-}
-
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("the broker refused the connection: {code:?}")
-        }
-        other => other.to_string(),
     }
 }
 

@@ -38,7 +38,7 @@ pub struct RawBridge {
     /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: String,
-    /// `"3.1.1"` (MQTT 5 is not built yet).
+    /// `"3.1.1"` or `"5"`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// Subscribe as `$share/{shared_group}/{filter}` (MQTT 5 brokers and Mosquitto ≥ 2).
@@ -115,6 +115,8 @@ pub struct BridgeConfig {
     pub port: u16,
     /// TLS (`mqtts://`), or plain TCP.
     pub tls: Option<BridgeTls>,
+    /// MQTT 5 (else 3.1.1).
+    pub mqtt5: bool,
     /// Client id.
     pub client_id: String,
     /// User name (empty: none).
@@ -169,12 +171,16 @@ pub(super) fn validate_bridges(
             }
             None
         };
-        if b.protocol != "3.1.1" {
-            return Err(invalid(
-                key("protocol"),
-                format!("`{}`: only \"3.1.1\" is supported so far", b.protocol),
-            ));
-        }
+        let mqtt5 = match b.protocol.as_str() {
+            "3.1.1" | "3" | "4" => false,
+            "5" | "5.0" => true,
+            other => {
+                return Err(invalid(
+                    key("protocol"),
+                    format!("`{other}`: use \"3.1.1\" or \"5\""),
+                ));
+            }
+        };
         let client_id = if b.client_id.is_empty() {
             format!("fleetlake-{node}-{}", b.name)
         } else {
@@ -235,6 +241,7 @@ pub(super) fn validate_bridges(
             host,
             port,
             tls,
+            mqtt5,
             client_id,
             username: b.username.clone(),
             password,
@@ -319,7 +326,7 @@ mod tests {
     #[test]
     fn bad_bridges_name_the_key() {
         for (extra, key) in [
-            ("protocol = \"5\"", "bridge[0].protocol"),
+            ("protocol = \"6\"", "bridge[0].protocol"),
             ("password_env = \"P\"", "bridge[0].username"),
             ("shared_group = \"a/b\"", "bridge[0].shared_group"),
             ("max_inflight = 0", "bridge[0].max_inflight"),

@@ -52,12 +52,13 @@ def broker(tmp_path):
     proc.wait()
 
 
-def bridge_config(port, client_id="fleetlake-test", group=""):
+def bridge_config(port, client_id="fleetlake-test", group="", protocol="3.1.1"):
     return (
         '[batch]\nmax_age = "200ms"\n'
         '[[tables]]\nname = "telemetry"\ntopics = ["sensors/{device_id}/telemetry"]\n'
         f'[[bridge]]\nname = "plant"\nurl = "mqtt://127.0.0.1:{port}"\nclient_id = "{client_id}"\n'
-        f'shared_group = "{group}"\nsubscriptions = [{{ filter = "sensors/#", qos = 1 }}]\n'
+        f'shared_group = "{group}"\nprotocol = "{protocol}"\n'
+        'subscriptions = [{ filter = "sensors/#", qos = 1 }]\n'
     )
 
 
@@ -81,8 +82,9 @@ def rows(*lakes):
     ).fetchall()
 
 
-def test_mosquitto_to_bridge_to_parquet(daemon_factory, broker):
-    d = daemon_factory(bridge_config(broker))
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_mosquitto_to_bridge_to_parquet(daemon_factory, broker, protocol):
+    d = daemon_factory(bridge_config(broker, protocol=protocol))
     subscribed(d)
     publish_lines(broker, "dev-a", 0, 1000)
     publish_lines(broker, "dev-b", 1000, 500)
@@ -96,8 +98,9 @@ def test_mosquitto_to_bridge_to_parquet(daemon_factory, broker):
     assert {dev for dev, _ in got} == {"dev-a", "dev-b"}, "device_id from the topic"
 
 
-def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, broker):
-    d = daemon_factory(bridge_config(broker))
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, broker, protocol):
+    d = daemon_factory(bridge_config(broker, protocol=protocol))
     subscribed(d)
     acked_mids, sent = set(), 0
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="seq-pub")
@@ -118,7 +121,7 @@ def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, bro
         skipped += metrics(d.admin)["fleetlake_bridge_redeliveries_skipped_total"]
         d.kill()  # SIGKILL mid-stream
         kills += 1
-        d = daemon_factory(bridge_config(broker), dir_name="d0")
+        d = daemon_factory(bridge_config(broker, protocol=protocol), dir_name="d0")
     wait_for("every message acked by mosquitto", lambda: len(acked_mids) == sent, deadline=60)
     pub.loop_stop()
     pub.disconnect()
@@ -131,7 +134,7 @@ def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, bro
     got = [s for _, s in rows(d.lake)]
     missing = acked - set(got)
     duplicates = len(got) - len(set(got))
-    print(f"\nbridge crash: {sent} sent to mosquitto, {len(acked)} accepted, {kills} SIGKILLs, "
+    print(f"\nbridge crash (MQTT {protocol}): {sent} sent to mosquitto, {len(acked)} accepted, {kills} SIGKILLs, "
           f"{len(set(got))} distinct stored, {duplicates} duplicates, {len(missing)} missing "
           f"({int(skipped)} redeliveries recognised and not stored again)")
     assert not missing
