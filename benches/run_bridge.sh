@@ -5,6 +5,7 @@
 # (~60-byte JSON readings, 4 devices) for it with mosquitto_pub, then starts fleetlake again and
 # times the drain until every message is stored (WAL fsync + ack per window) and published.
 #   benches/run_bridge.sh [COUNT] [INFLIGHT]     e.g. benches/run_bridge.sh 200000 1000
+#   PROTOCOL=5 benches/run_bridge.sh …           the bridge speaks MQTT 5 (default 3.1.1)
 # Needs: mosquitto, mosquitto-clients, curl. Stops the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,7 @@ topics = [\"sensors/{device_id}/telemetry\"]
 name = \"bench\"
 url = \"mqtt://127.0.0.1:$bport\"
 max_inflight = $inflight
+protocol = \"${PROTOCOL:-3.1.1}\"
 subscriptions = [{ filter = \"sensors/#\", qos = 1 }]"
 "$bin" run --config "$dir/bench.toml" 2> "$dir/log1" &
 pid=$!; pids="$pids $pid"
