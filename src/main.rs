@@ -90,6 +90,12 @@ fn check_config(args: &CheckArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     print!("{}", config.raw.to_toml());
+    for b in &config.bridges {
+        if let Err(e) = fleetlake::bridge::check_files(b) {
+            eprintln!("fleetlake: bridge `{}`: {e}", b.name);
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     if let OutputTarget::Remote(remote) = &config.output {
         if let Err(e) = store::build(remote) {
             eprintln!("fleetlake: {e}");

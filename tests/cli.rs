@@ -84,3 +84,21 @@ fn an_object_store_missing_from_the_build_is_named_by_check_config() -> TestResu
     }
     Ok(())
 }
+
+#[test]
+fn check_config_reads_the_bridge_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(
+        &path,
+        "[[bridge]]\nname = \"plant\"\nurl = \"mqtts://broker:8883\"\nca_file = \"/nonexistent/ca.pem\"\nsubscriptions = [{ filter = \"#\" }]\n",
+    )?;
+    let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("bridge `plant`") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
+    Ok(())
+}

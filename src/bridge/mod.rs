@@ -94,6 +94,11 @@ fn settings(config: &BridgeConfig) -> std::io::Result<Settings> {
     })
 }
 
+/// Reads a bridge's password and TLS files as a start would (for `check-config`).
+pub fn check_files(config: &BridgeConfig) -> std::io::Result<()> {
+    settings(config).map(|_| ())
+}
+
 /// A rustls client (ring provider) trusting `ca_file` or the system's CA certificates, with a
 /// client certificate for mutual TLS when configured.
 fn tls_client(tls: &BridgeTls) -> std::io::Result<rustls::ClientConfig> {

@@ -84,6 +84,7 @@ pub struct RawConfig {
     /// `[[tables]]`
     pub tables: Vec<RawTable>,
     /// `[[bridge]]`: external brokers to subscribe to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridge: Vec<RawBridge>,
 }
 
