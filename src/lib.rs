@@ -25,6 +25,7 @@
 //! the gRPC server and the bridges start.
 
 pub mod app;
+pub mod auth;
 pub mod batch;
 pub mod bridge;
 pub mod buffer;
@@ -35,4 +36,5 @@ pub mod grpc;
 pub mod mqtt;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;
 pub mod wal;

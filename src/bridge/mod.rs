@@ -102,32 +102,10 @@ pub fn check_files(config: &BridgeConfig) -> std::io::Result<()> {
 /// A rustls client (ring provider) trusting `ca_file` or the system's CA certificates, with a
 /// client certificate for mutual TLS when configured.
 fn tls_client(tls: &BridgeTls) -> std::io::Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{}: {e}", what.display()),
-        )
-    };
-    let certs = |path: &std::path::Path| -> std::io::Result<Vec<CertificateDer<'static>>> {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, &e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(path, &e))?;
-        if certs.is_empty() {
-            return Err(bad(path, &"no PEM certificate in the file"));
-        }
-        Ok(certs)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            for cert in certs(path)? {
-                roots.add(cert).map_err(|e| bad(path, &e))?;
-            }
-        }
+    let roots = match &tls.ca_file {
+        Some(path) => crate::tls::load_roots(path)?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
@@ -136,18 +114,20 @@ fn tls_client(tls: &BridgeTls) -> std::io::Result<rustls::ClientConfig> {
                     "no system CA certificates found: set ca_file",
                 ));
             }
+            roots
         }
-    }
+    };
     crate::sink::store::install_tls_provider();
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     match &tls.client {
-        Some((cert, key)) => {
-            let chain = certs(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| bad(cert, &e))
-        }
+        Some((cert, key)) => builder
+            .with_client_auth_cert(crate::tls::load_certs(cert)?, crate::tls::load_key(key)?)
+            .map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", cert.display()),
+                )
+            }),
         None => Ok(builder.with_no_client_auth()),
     }
 }
