@@ -72,7 +72,7 @@ fn hot_paths(c: &mut Criterion) {
         b.iter_batched(
             || wire.clone(),
             |mut buf| {
-                let mut codec = Codec::new(1 << 20);
+                let mut codec = Codec::new(1 << 20, u16::MAX);
                 let mut n = 0;
                 while let Ok(Some(p)) = codec.decode(&mut buf) {
                     black_box(p);

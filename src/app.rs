@@ -51,12 +51,54 @@ pub enum Exit {
     Forced,
 }
 
+/// Reads `[mqtt.auth]`'s files (a bad file stops the start, naming it).
+pub fn mqtt_auth(mqtt: &crate::config::MqttConfig) -> Result<crate::auth::Authenticator> {
+    let a = &mqtt.auth;
+    let auth = crate::auth::Authenticator::load(
+        a.password_file.as_deref(),
+        a.acl_file.as_deref(),
+        a.allow_anonymous,
+        a.identity,
+    )
+    .context("reading mqtt.auth")?;
+    if let Some(tls) = &mqtt.tls {
+        tls.files
+            .build()
+            .context("reading mqtt.tls (cert, key, client_ca)")?;
+    }
+    Ok(auth)
+}
+
+/// On each SIGHUP, reads the TLS certificate, key and client CA again: new handshakes use
+/// them, open connections keep theirs. A bad file is logged and the old config kept. Without
+/// TLS, SIGHUP is logged and ignored (never the default: ending the process).
+fn reload_on_sighup(
+    tls: Option<Arc<crate::tls::ServerTls>>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: nothing to reload (no mqtt.tls)");
+                continue;
+            };
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS files unusable; keeping the old certificate");
+                }
+            }
+        }
+    })
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating node.data_dir {}", config.data_dir.display()))?;
+    let auth = mqtt_auth(&config.mqtt)?;
     let stats = Arc::new(Stats::default());
     let notifier = Arc::new(Notifier::from_env());
     let heartbeats = Heartbeats::new();
@@ -186,18 +228,22 @@ pub async fn run(config: Config) -> Result<Exit> {
         &config.mqtt,
         &config.node_id,
         config.router(),
+        auth,
         ingest,
         stats.clone(),
         shutdown_rx,
     )
     .await
-    .with_context(|| format!("binding mqtt.listen {}", config.mqtt.listen))?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(listener.run());
+    .context("binding the MQTT listeners (mqtt.listen, mqtt.tls.listen)")?;
+    let off =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    let (addr, tls_addr) = (off(listener.plain_addr()), off(listener.tls_addr()));
+    tokio::spawn(reload_on_sighup(listener.tls_config())?);
+    listener.spawn();
     admin_state.ready.store(true, Ordering::Relaxed);
     let grpc_listen = grpc_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     notifier.ready(&format!(
-        "recovered {recovery_records} WAL records; MQTT on {addr}; gRPC on {grpc_listen}"
+        "recovered {recovery_records} WAL records; MQTT on {addr}, TLS on {tls_addr}; gRPC on {grpc_listen}"
     ));
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let summary = {
@@ -232,6 +278,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     let admin_listen = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(
         mqtt_listen = %addr,
+        mqtt_tls_listen = %tls_addr,
         grpc_listen,
         admin_listen,
         output = %config.output.describe(),

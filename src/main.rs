@@ -90,6 +90,10 @@ fn check_config(args: &CheckArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     print!("{}", config.raw.to_toml());
+    if let Err(e) = fleetlake::app::mqtt_auth(&config.mqtt) {
+        eprintln!("fleetlake: {e:#}");
+        return ExitCode::from(EX_CONFIG);
+    }
     for b in &config.bridges {
         if let Err(e) = fleetlake::bridge::check_files(b) {
             eprintln!("fleetlake: bridge `{}`: {e}", b.name);

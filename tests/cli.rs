@@ -21,14 +21,116 @@ fn check_config_exits_78_and_names_the_bad_key() -> TestResult {
     Ok(())
 }
 
+/// The production example with its certificate, key, password and ACL files made in `dir`.
+fn production_config(
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=gw-0001", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    assert!(
+        made.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // python3: base64(pbkdf2_hmac("sha512", b"pw", b"saltsaltsalt", 101))
+    std::fs::write(
+        dir.join("mqtt.passwd"),
+        "dev-1:$7$101$c2FsdHNhbHRzYWx0$LLKkEbEE6A0ZzBgDD1a8DxtZgwjUsWayIyP80udI8/oy/V5JrBisQZnPkSqa7DTcD2GFAT9Bqc/9Z8XDXv/2PA==\n",
+    )?;
+    std::fs::write(dir.join("mqtt.acl"), "pattern write sensors/%u/#\n")?;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/fleetlake.toml"
+    ))?;
+    let d = dir.display();
+    let text = example
+        .replace("/etc/fleetlake/tls/server.pem", &format!("{d}/server.pem"))
+        .replace(
+            "/run/credentials/fleetlake.service/mqtt-tls.key",
+            &format!("{d}/server.key"),
+        )
+        .replace(
+            "/run/credentials/fleetlake.service/mqtt.passwd",
+            &format!("{d}/mqtt.passwd"),
+        )
+        .replace("/etc/fleetlake/mqtt.acl", &format!("{d}/mqtt.acl"));
+    let path = dir.join("fleetlake.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 #[test]
 fn check_config_prints_the_effective_config_of_a_good_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = production_config(dir.path())?;
+    let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let printed = String::from_utf8(out.stdout)?;
+    assert!(printed.contains("listen = \"0.0.0.0:8883\""));
+    assert!(printed.contains("shutdown_grace"), "defaults are filled in");
+    Ok(())
+}
+
+#[test]
+fn check_config_names_a_missing_or_bad_security_file() -> TestResult {
+    // As shipped, the example names files that exist only once the operator made them.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleetlake.toml");
     let out = fleetlake(&["check-config", "--config", path])?;
-    assert_eq!(out.status.code(), Some(0));
-    let printed = String::from_utf8(out.stdout)?;
-    assert!(printed.contains("listen = \"0.0.0.0:1883\""));
-    assert!(printed.contains("shutdown_grace"), "defaults are filled in");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.passwd"));
+
+    let dir = tempfile::tempdir()?;
+    let path = production_config(dir.path())?;
+    for (file, text, needle) in [
+        ("mqtt.acl", "topic write a/#/b\n", "mqtt.acl: line 1"),
+        ("mqtt.passwd", "dev-1:plain\n", "mosquitto_passwd -U"),
+        ("server.key", "not a key\n", "server.key"),
+    ] {
+        let saved = std::fs::read(dir.path().join(file))?;
+        std::fs::write(dir.path().join(file), text)?;
+        let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{file}: {stderr}");
+        assert!(stderr.contains(needle), "{file}: {stderr}");
+        std::fs::write(dir.path().join(file), saved)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_listener_beyond_loopback_needs_authentication_or_an_explicit_anonymous() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, "[mqtt]\nlisten = \"0.0.0.0:1883\"\n")?;
+    let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.auth.allow_anonymous"));
+    std::fs::write(
+        &path,
+        "[mqtt]\nlisten = \"0.0.0.0:1883\"\n[mqtt.auth]\nallow_anonymous = true\n",
+    )?;
+    let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! can tell the operator exactly what to fix.
 
 mod bridge;
+mod mqtt;
 mod units;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::topic::{Router, TableRule};
 pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
+pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
 /// Name of the table that keeps undecodable payloads and schema conflicts.
@@ -106,31 +108,6 @@ impl Default for RawNode {
             id: String::new(),
             data_dir: PathBuf::from("./fleetlake-data"),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
-        }
-    }
-}
-
-/// `[mqtt]`: the device-facing listener.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawMqtt {
-    /// Address to listen on.
-    pub listen: String,
-    /// Largest accepted MQTT packet (checked before the body is read).
-    pub max_packet_size: ByteSize,
-    /// Most concurrent connections; more are closed at once.
-    pub max_connections: usize,
-    /// How long a new connection may take to send CONNECT.
-    pub connect_timeout: HumanDuration,
-}
-
-impl Default for RawMqtt {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:1883".into(),
-            max_packet_size: ByteSize(1 << 20),
-            max_connections: 10_000,
-            connect_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -441,19 +418,6 @@ pub struct Config {
     pub raw: RawConfig,
 }
 
-/// Validated `[mqtt]`.
-#[derive(Clone, Debug)]
-pub struct MqttConfig {
-    /// Listen address.
-    pub listen: SocketAddr,
-    /// Max packet size in bytes.
-    pub max_packet_size: usize,
-    /// Max concurrent connections.
-    pub max_connections: usize,
-    /// CONNECT deadline.
-    pub connect_timeout: Duration,
-}
-
 /// Validated `[grpc]`.
 #[derive(Clone, Debug)]
 pub struct GrpcConfig {
@@ -592,21 +556,7 @@ impl Config {
             raw.node.id = default_node_id();
         }
         validate_name("node.id", &raw.node.id, 128)?;
-        let listen: SocketAddr = raw.mqtt.listen.parse().map_err(|_| {
-            invalid(
-                "mqtt.listen",
-                format!(
-                    "`{}` is not an address like \"127.0.0.1:1883\"",
-                    raw.mqtt.listen
-                ),
-            )
-        })?;
-        let mqtt = MqttConfig {
-            listen,
-            max_packet_size: positive("mqtt.max_packet_size", raw.mqtt.max_packet_size.as_usize())?,
-            max_connections: positive("mqtt.max_connections", raw.mqtt.max_connections)?,
-            connect_timeout: nonzero("mqtt.connect_timeout", raw.mqtt.connect_timeout)?,
-        };
+        let mqtt = raw.mqtt.validate()?;
         if mqtt.max_packet_size > 256 << 20 {
             return Err(invalid(
                 "mqtt.max_packet_size",

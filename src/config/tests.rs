@@ -11,7 +11,10 @@ fn err_key(text: &str) -> String {
 #[test]
 fn the_builtin_default_is_valid_and_routes_everything_to_telemetry() {
     let config = Config::builtin();
-    assert_eq!(config.mqtt.listen.to_string(), "127.0.0.1:1883");
+    assert_eq!(
+        config.mqtt.listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:1883")
+    );
     assert_eq!(
         config.grpc.listen.map(|a| a.to_string()).as_deref(),
         Some("127.0.0.1:50051")
@@ -39,7 +42,9 @@ fn an_empty_file_gives_the_builtin_default() {
 fn the_production_example_in_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleetlake.toml");
     let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.mqtt.listen.ip().to_string(), "0.0.0.0");
+    let tls = config.mqtt.tls.as_ref().map(|t| t.listen.ip().to_string());
+    assert_eq!(tls.as_deref(), Some("0.0.0.0"));
+    assert!(!config.mqtt.auth.allow_anonymous);
 }
 
 #[test]

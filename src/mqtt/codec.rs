@@ -38,6 +38,10 @@ pub struct ConnectInfo {
     pub keep_alive: u16,
     /// Will message.
     pub will: Option<Will>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Bytes>,
 }
 
 /// A received PUBLISH.
@@ -98,6 +102,8 @@ pub enum ConnCode {
     BadProtocol,
     /// Client id refused.
     BadClientId,
+    /// Credentials refused or missing.
+    NotAuthorized,
 }
 
 /// A packet to the client.
@@ -125,6 +131,14 @@ pub enum Outbound {
         /// Packet id.
         pkid: u16,
         /// QoS of the refused PUBLISH (1: PUBACK, 2: PUBREC).
+        qos: u8,
+    },
+    /// MQTT 5 PUBACK (QoS 1) or PUBREC (QoS 2) with reason 0x87 "not authorized": the ACL
+    /// refused the topic; nothing was stored. Not sent on 3.1.1 (that connection is closed).
+    NotAuthorized {
+        /// Packet id.
+        pkid: u16,
+        /// QoS of the refused PUBLISH.
         qos: u8,
     },
     /// PINGRESP.
@@ -170,16 +184,19 @@ pub enum CodecError {
 pub struct Codec {
     protocol: Option<Protocol>,
     max_packet_size: usize,
+    receive_max: u16,
 }
 
 const CONNECT: u8 = 1;
 
 impl Codec {
-    /// A codec for a new connection.
-    pub fn new(max_packet_size: usize) -> Self {
+    /// A codec for a new connection; MQTT 5 clients are told `receive_max` (QoS 1/2
+    /// messages in flight) in CONNACK.
+    pub fn new(max_packet_size: usize, receive_max: u16) -> Self {
         Self {
             protocol: None,
             max_packet_size,
+            receive_max,
         }
     }
 
@@ -219,7 +236,7 @@ impl Codec {
     /// Appends `packet` to `buf` in the connection's protocol.
     pub fn encode(&self, packet: Outbound, buf: &mut BytesMut) {
         let result = match self.protocol {
-            Some(Protocol::V5) => encode_v5(packet, buf, self.max_packet_size),
+            Some(Protocol::V5) => encode_v5(packet, buf, self.max_packet_size, self.receive_max),
             _ => encode_v4(packet, buf).map_err(|e| e.to_string()),
         };
         // Our packets are small and well-formed; a failure here is a bug worth a log line.
@@ -265,6 +282,8 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
                 topic: w.topic,
                 payload: w.message,
             }),
+            username: c.login.as_ref().map(|l| l.username.clone()),
+            password: c.login.map(|l| Bytes::from(l.password)),
         }),
         v4::Packet::Publish(p) => Inbound::Publish(PublishIn {
             qos: p.qos as u8,
@@ -309,7 +328,9 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
     }
     let max = u32::try_from(max).unwrap_or(u32::MAX);
     Ok(match v5::Packet::read(buf, Some(max)).map_err(malformed)? {
-        v5::Packet::Connect(c, will, _login) => Inbound::Connect(ConnectInfo {
+        v5::Packet::Connect(c, will, login) => Inbound::Connect(ConnectInfo {
+            username: login.as_ref().map(|l| l.username.clone()),
+            password: login.map(|l| Bytes::from(l.password)),
             protocol: Protocol::V5,
             client_id: c.client_id,
             clean: c.clean_start,
@@ -377,13 +398,14 @@ fn encode_v4(packet: Outbound, buf: &mut BytesMut) -> Result<usize, mb::Error> {
                 ConnCode::Accepted => v4::ConnectReturnCode::Success,
                 ConnCode::BadProtocol => v4::ConnectReturnCode::RefusedProtocolVersion,
                 ConnCode::BadClientId => v4::ConnectReturnCode::BadClientId,
+                ConnCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
             };
             v4::ConnAck::new(code, session_present).write(buf)
         }
         Outbound::PubAck(id) => v4::PubAck::new(id).write(buf),
         Outbound::PubRec(id) => v4::PubRec::new(id).write(buf),
         Outbound::PubComp(id) => v4::PubComp::new(id).write(buf),
-        Outbound::QuotaExceeded { .. } => Ok(0),
+        Outbound::QuotaExceeded { .. } | Outbound::NotAuthorized { .. } => Ok(0),
         Outbound::PingResp => v4::PingResp.write(buf),
         Outbound::SubAckRefused { pkid, filters } => {
             v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters]).write(buf)
@@ -397,6 +419,7 @@ fn encode_v5(
     packet: Outbound,
     buf: &mut BytesMut,
     max_packet_size: usize,
+    receive_max: u16,
 ) -> Result<usize, String> {
     let packet = match packet {
         Outbound::ConnAck {
@@ -409,8 +432,10 @@ fn encode_v5(
                 ConnCode::Accepted => v5::ConnectReturnCode::Success,
                 ConnCode::BadProtocol => v5::ConnectReturnCode::UnsupportedProtocolVersion,
                 ConnCode::BadClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
+                ConnCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
             };
-            let properties = accepted.then(|| connack_properties(assigned_id, max_packet_size));
+            let properties =
+                accepted.then(|| connack_properties(assigned_id, max_packet_size, receive_max));
             v5::Packet::ConnAck(v5::ConnAck {
                 session_present,
                 code,
@@ -428,6 +453,16 @@ fn encode_v5(
         Outbound::QuotaExceeded { pkid, .. } => v5::Packet::PubRec(v5::PubRec {
             pkid,
             reason: v5::PubRecReason::QuotaExceeded,
+            properties: None,
+        }),
+        Outbound::NotAuthorized { pkid, qos: 1 } => v5::Packet::PubAck(v5::PubAck {
+            pkid,
+            reason: v5::PubAckReason::NotAuthorized,
+            properties: None,
+        }),
+        Outbound::NotAuthorized { pkid, .. } => v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason: v5::PubRecReason::NotAuthorized,
             properties: None,
         }),
         Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
@@ -453,10 +488,11 @@ fn encode_v5(
 fn connack_properties(
     assigned_id: Option<String>,
     max_packet_size: usize,
+    receive_max: u16,
 ) -> v5::ConnAckProperties {
     v5::ConnAckProperties {
         session_expiry_interval: None,
-        receive_max: None,
+        receive_max: (receive_max < u16::MAX).then_some(receive_max),
         max_qos: None,
         retain_available: None,
         max_packet_size: u32::try_from(max_packet_size).ok(),

@@ -17,7 +17,6 @@ use std::collections::VecDeque;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
@@ -25,6 +24,7 @@ use tracing::Instrument;
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
 use super::sessions::SessionStore;
+use super::stream::Stream;
 use crate::buffer::{Durable, Ingest, NotStored};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
@@ -49,7 +49,11 @@ struct Held {
 pub(crate) struct ConnContext {
     pub(crate) router: Router,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) auth: crate::auth::Authenticator,
+    /// `!auth.publishes_unchecked()`, computed once.
+    pub(crate) checks_publishes: bool,
     pub(crate) max_packet_size: usize,
+    pub(crate) max_inflight: u16,
     pub(crate) connect_timeout: Duration,
     pub(crate) id_prefix: String,
     pub(crate) next_id: AtomicU64,
@@ -84,7 +88,7 @@ enum ConnError {
 /// A connection task.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ctx: Arc<ConnContext>,
     ingest: Ingest,
@@ -92,6 +96,8 @@ pub(crate) struct Connection {
     codec: Codec,
     session: Session,
     client_id: Arc<str>,
+    /// Device id of rows whose topic names none (the identity `[mqtt.auth]` chose).
+    device: Arc<str>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     steps: Vec<Step>,
@@ -118,13 +124,15 @@ async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
 
 impl Connection {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: Stream,
         peer: SocketAddr,
+        cert_cn: Option<Arc<str>>,
         ctx: Arc<ConnContext>,
         ingest: Ingest,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let codec = Codec::new(ctx.max_packet_size);
+        let codec = Codec::new(ctx.max_packet_size, ctx.max_inflight);
+        let session = Session::with(cert_cn, ctx.max_inflight);
         Self {
             stream,
             peer,
@@ -132,8 +140,9 @@ impl Connection {
             ingest,
             shutdown,
             codec,
-            session: Session::new(),
+            session,
             client_id: Arc::from(""),
+            device: Arc::from(""),
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(1024),
             steps: Vec::with_capacity(4),
@@ -357,6 +366,7 @@ impl Connection {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -372,6 +382,11 @@ impl Connection {
         self.session.handle(packet, &*ctx, &mut steps);
         if !was_connected && self.session.is_connected() {
             self.client_id = Arc::from(self.session.client_id());
+            self.device = self
+                .session
+                .device()
+                .cloned()
+                .unwrap_or_else(|| self.client_id.clone());
             tracing::debug!(client = %self.client_id, "client connected");
         }
         let mut end = None;
@@ -420,7 +435,7 @@ impl Connection {
             &self.ctx.router,
             topic,
             payload,
-            &self.client_id,
+            &self.device,
             crate::decode::now_micros(),
         );
         if let Some(why) = msg.rejected {

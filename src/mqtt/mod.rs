@@ -5,8 +5,10 @@
 
 pub mod codec;
 pub mod connection;
+pub mod gate;
 pub mod listener;
 pub mod session;
 pub mod sessions;
+pub mod stream;
 
 pub use listener::Listener;

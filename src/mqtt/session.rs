@@ -13,9 +13,11 @@
 //! Sessions live in memory only (until the WAL lands, a restart forgets them).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::codec::{ConnCode, ConnectInfo, Inbound, Outbound, Protocol, PublishIn, Will};
+use crate::auth::{Credentials, Denied, Principal, Refused};
 
 /// What the connection task must do next.
 #[derive(Debug)]
@@ -44,6 +46,24 @@ pub trait SessionEnv {
     fn resume(&self, client_id: &str) -> Option<HashSet<u16>>;
     /// Forgets any stored session of `client_id` (a clean-session connect).
     fn discard(&self, client_id: &str);
+    /// Decides a CONNECT (the default: everyone, device id = client id).
+    fn authenticate(&self, c: Credentials<'_>) -> Result<Principal, Refused> {
+        Ok(Principal {
+            user: None,
+            device: Arc::from(c.client_id),
+            authenticated: false,
+        })
+    }
+    /// Whether PUBLISH topics must be checked with [`SessionEnv::may_publish`].
+    fn checks_publishes(&self) -> bool {
+        false
+    }
+    /// Decides a PUBLISH topic.
+    fn may_publish(&self, _p: &Principal, _client_id: &str, _topic: &str) -> Result<(), Denied> {
+        Ok(())
+    }
+    /// A session exceeded `mqtt.max_inflight` (for the counters).
+    fn over_inflight(&self) {}
 }
 
 /// Session state of one connection.
@@ -57,6 +77,16 @@ pub struct Session {
     will: Option<Will>,
     /// QoS 2 packet ids delivered and awaiting PUBREL.
     qos2_pending: HashSet<u16>,
+    /// Most QoS 2 ids awaiting PUBREL.
+    max_inflight: u16,
+    /// CN of the client certificate (mTLS).
+    cert_cn: Option<Arc<str>>,
+    /// Who CONNECT proved to be.
+    principal: Option<Principal>,
+    /// Whether each PUBLISH topic is checked.
+    check_publishes: bool,
+    /// The last topic found writable (most devices publish to one topic).
+    allowed_topic: String,
 }
 
 impl Default for Session {
@@ -76,7 +106,27 @@ impl Session {
             keep_alive: 0,
             will: None,
             qos2_pending: HashSet::new(),
+            max_inflight: u16::MAX,
+            cert_cn: None,
+            principal: None,
+            check_publishes: false,
+            allowed_topic: String::new(),
         }
+    }
+
+    /// A session for a connection whose client certificate has `cert_cn`, allowing `max_inflight`
+    /// QoS 2 messages awaiting PUBREL.
+    pub fn with(cert_cn: Option<Arc<str>>, max_inflight: u16) -> Self {
+        Self {
+            cert_cn,
+            max_inflight,
+            ..Self::new()
+        }
+    }
+
+    /// The device id of rows whose topic names none (set by CONNECT).
+    pub fn device(&self) -> Option<&Arc<str>> {
+        self.principal.as_ref().map(|p| &p.device)
     }
 
     /// The client id (assigned when the client sent none).
@@ -124,7 +174,7 @@ impl Session {
             (State::AwaitingConnect, _) => self.close("first packet is not CONNECT", out),
             (State::Closed, _) => {}
             (State::Connected, Inbound::Connect(_)) => self.close("second CONNECT", out),
-            (State::Connected, Inbound::Publish(p)) => self.publish(p, out),
+            (State::Connected, Inbound::Publish(p)) => self.publish(p, env, out),
             (State::Connected, Inbound::PubRel(pkid)) => {
                 self.qos2_pending.remove(&pkid);
                 out.push(Step::Reply(Outbound::PubComp(pkid)));
@@ -166,6 +216,24 @@ impl Session {
         } else {
             self.client_id = info.client_id;
         }
+        let creds = Credentials {
+            client_id: &self.client_id,
+            username: info.username.as_deref(),
+            password: info.password.as_deref(),
+            cert_cn: self.cert_cn.as_deref(),
+        };
+        match env.authenticate(creds) {
+            Ok(p) => self.principal = Some(p),
+            Err(refused) => {
+                out.push(Step::Reply(Outbound::ConnAck {
+                    code: ConnCode::NotAuthorized,
+                    session_present: false,
+                    assigned_id: None,
+                }));
+                return self.close(refused.as_str(), out);
+            }
+        }
+        self.check_publishes = env.checks_publishes();
         let mut session_present = false;
         if info.clean {
             env.discard(&self.client_id);
@@ -187,9 +255,27 @@ impl Session {
         }));
     }
 
-    fn publish(&mut self, p: PublishIn, out: &mut Vec<Step>) {
+    fn publish(&mut self, p: PublishIn, env: &impl SessionEnv, out: &mut Vec<Step>) {
         if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
             return self.close("invalid topic name in PUBLISH", out);
+        }
+        if self.check_publishes && p.topic != self.allowed_topic {
+            let allowed = match &self.principal {
+                Some(principal) => env.may_publish(principal, &self.client_id, &p.topic),
+                None => Err(Denied::Acl),
+            };
+            if allowed.is_err() {
+                if self.protocol == Protocol::V4 {
+                    // MQTT 3.1.1 has no negative ack: the only refusal is to disconnect.
+                    return self.close("PUBLISH not authorized", out);
+                }
+                if p.qos > 0 {
+                    let (pkid, qos) = (p.pkid, p.qos);
+                    out.push(Step::Reply(Outbound::NotAuthorized { pkid, qos }));
+                }
+                return;
+            }
+            self.allowed_topic.clone_from(&p.topic);
         }
         match p.qos {
             0 => out.push(Step::Deliver(p)),
@@ -200,6 +286,19 @@ impl Session {
             }
             _ => {
                 let pkid = p.pkid;
+                if self.qos2_pending.len() >= usize::from(self.max_inflight)
+                    && !self.qos2_pending.contains(&pkid)
+                {
+                    env.over_inflight();
+                    if self.protocol == Protocol::V5 {
+                        // Receive Maximum exceeded.
+                        out.push(Step::Reply(Outbound::Disconnect(0x93)));
+                    }
+                    return self.close(
+                        "more QoS 2 messages awaiting PUBREL than mqtt.max_inflight",
+                        out,
+                    );
+                }
                 // A retransmission before PUBREL was already delivered: ack again, no new row.
                 if self.qos2_pending.insert(pkid) {
                     out.push(Step::Deliver(p));

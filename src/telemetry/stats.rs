@@ -86,6 +86,26 @@ counters! {
     connections_accepted,
     /// Connections closed at once because `mqtt.max_connections` was reached.
     connections_refused,
+    /// Connections closed at once because `mqtt.max_connections_per_ip` was reached.
+    connections_refused_per_ip,
+    /// Connections closed at once because of `mqtt.connect_rate`.
+    connections_refused_rate,
+    /// TLS handshakes completed on the MQTT TLS listener.
+    tls_handshakes,
+    /// TLS handshakes failed or timed out (`mqtt.tls.handshake_timeout`).
+    tls_handshake_failures,
+    /// CONNECT refused: unknown user or wrong password.
+    auth_refused_credentials,
+    /// CONNECT refused: no credentials and anonymous access off.
+    auth_refused_anonymous,
+    /// CONNECT refused: the identity chosen by `mqtt.auth.identity` was missing.
+    auth_refused_identity,
+    /// PUBLISH refused by the ACL (MQTT 5: reason 0x87; 3.1.1: disconnected).
+    publish_denied_acl,
+    /// PUBLISH refused: its topic names another device (authenticated, no ACL).
+    publish_denied_device,
+    /// Sessions disconnected for more QoS 2 messages awaiting PUBREL than `mqtt.max_inflight`.
+    sessions_over_inflight,
     /// Connections ended by a protocol error, timeout or oversized packet.
     connections_failed,
     /// PUBLISH packets received with QoS 0.

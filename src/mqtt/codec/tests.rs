@@ -17,7 +17,7 @@ fn v5_bytes(p: v5::Packet) -> BytesMut {
 
 #[test]
 fn a_v311_connect_then_publish_are_framed_even_when_split_across_reads() {
-    let mut codec = Codec::new(1 << 20);
+    let mut codec = Codec::new(1 << 20, u16::MAX);
     let mut all = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
     let mut publish = v4::Publish::new("a/b", QoS::AtLeastOnce, b"{}".to_vec());
     publish.pkid = 1;
@@ -38,7 +38,7 @@ fn a_v311_connect_then_publish_are_framed_even_when_split_across_reads() {
 
 #[test]
 fn a_v5_connect_selects_the_v5_codec() {
-    let mut codec = Codec::new(1 << 20);
+    let mut codec = Codec::new(1 << 20, u16::MAX);
     let connect = v5::Connect {
         keep_alive: 30,
         client_id: "dev5".into(),
@@ -59,7 +59,7 @@ fn a_v5_connect_selects_the_v5_codec() {
 
 #[test]
 fn bytes_that_are_not_mqtt_are_refused_at_the_first_byte() {
-    let mut codec = Codec::new(1 << 20);
+    let mut codec = Codec::new(1 << 20, u16::MAX);
     let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
     assert!(matches!(
         codec.decode(&mut buf),
@@ -69,7 +69,7 @@ fn bytes_that_are_not_mqtt_are_refused_at_the_first_byte() {
 
 #[test]
 fn an_oversized_packet_is_refused_from_its_header_alone() {
-    let mut codec = Codec::new(1 << 20);
+    let mut codec = Codec::new(1 << 20, u16::MAX);
     let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
     assert!(matches!(codec.decode(&mut buf), Ok(Some(_))));
     // PUBLISH header announcing 10 MiB; no body sent.
@@ -79,7 +79,7 @@ fn an_oversized_packet_is_refused_from_its_header_alone() {
 
 #[test]
 fn mqtt_3_1_is_refused_as_unsupported() {
-    let mut codec = Codec::new(1 << 20);
+    let mut codec = Codec::new(1 << 20, u16::MAX);
     // CONNECT, MQIsdp level 3, flags 2, keep-alive 60, client id "a".
     let body = [
         0u8, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 1, b'a',
@@ -94,7 +94,7 @@ fn mqtt_3_1_is_refused_as_unsupported() {
 
 #[test]
 fn replies_encode_in_the_connection_protocol() {
-    let mut codec = Codec::new(1 << 20);
+    let mut codec = Codec::new(1 << 20, u16::MAX);
     let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
     let _ = codec.decode(&mut buf);
     let mut out = BytesMut::new();

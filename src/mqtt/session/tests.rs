@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -14,6 +15,8 @@ fn connect(protocol: Protocol, client_id: &str, clean: bool, will: bool) -> Inbo
             topic: "status/x".into(),
             payload: Bytes::from_static(b"{\"up\":false}"),
         }),
+        username: None,
+        password: None,
     })
 }
 
@@ -292,4 +295,136 @@ mod properties {
             }
         }
     }
+}
+
+/// An environment with a real policy: `dev-1`/`pw` in no password file is simulated by
+/// `Authenticator` over an ACL that lets each client write only under `sensors/{client id}/`.
+struct Policy {
+    auth: crate::auth::Authenticator,
+    denied: std::cell::Cell<u32>,
+    over: std::cell::Cell<u32>,
+}
+
+impl Policy {
+    fn new(allow_anonymous: bool, identity: crate::auth::Identity) -> Self {
+        let acl = crate::auth::Acl::parse("pattern write sensors/%c/#").expect("acl");
+        Self {
+            auth: crate::auth::Authenticator::new(None, Some(acl), allow_anonymous, identity),
+            denied: std::cell::Cell::new(0),
+            over: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl SessionEnv for Policy {
+    fn assign_id(&self) -> String {
+        "assigned-1".into()
+    }
+    fn resume(&self, _: &str) -> Option<HashSet<u16>> {
+        None
+    }
+    fn discard(&self, _: &str) {}
+    fn authenticate(
+        &self,
+        c: crate::auth::Credentials<'_>,
+    ) -> Result<crate::auth::Principal, crate::auth::Refused> {
+        self.auth.connect(c)
+    }
+    fn checks_publishes(&self) -> bool {
+        !self.auth.publishes_unchecked()
+    }
+    fn may_publish(
+        &self,
+        p: &crate::auth::Principal,
+        client_id: &str,
+        topic: &str,
+    ) -> Result<(), crate::auth::Denied> {
+        let r = self.auth.may_publish(p, client_id, topic, None);
+        if r.is_err() {
+            self.denied.set(self.denied.get() + 1);
+        }
+        r
+    }
+    fn over_inflight(&self) {
+        self.over.set(self.over.get() + 1);
+    }
+}
+
+#[test]
+fn connect_without_credentials_is_not_authorized() {
+    let env = Policy::new(false, crate::auth::Identity::CertCn);
+    for protocol in [Protocol::V4, Protocol::V5] {
+        let mut s = Session::new();
+        let out = step_in_policy(&env, &mut s, connect(protocol, "dev-1", true, true));
+        assert_eq!(
+            kinds(&out),
+            [
+                "ConnAck { code: NotAuthorized, session_present: false, assigned_id: None }",
+                "Close(anonymous access is off)"
+            ]
+        );
+        assert!(!s.is_connected());
+        assert!(s.park().is_none());
+    }
+}
+
+fn step_in_policy(env: &Policy, s: &mut Session, p: Inbound) -> Vec<Step> {
+    let mut out = Vec::new();
+    s.handle(p, env, &mut out);
+    out
+}
+
+#[test]
+fn the_certificate_cn_is_the_device() {
+    let env = Policy::new(false, crate::auth::Identity::CertCn);
+    let mut s = Session::with(Some(Arc::from("dev-42")), 8);
+    let out = step_in_policy(&env, &mut s, connect(Protocol::V5, "c-1", true, false));
+    assert!(kinds(&out)[0].contains("Accepted"), "{:?}", kinds(&out));
+    assert_eq!(s.device().map(|d| &**d), Some("dev-42"));
+}
+
+#[test]
+fn acl_refusals_mqtt5_nack_and_mqtt311_disconnect() {
+    let env = Policy::new(true, crate::auth::Identity::ClientId);
+    let mut s = Session::new();
+    step_in_policy(&env, &mut s, connect(Protocol::V5, "dev-1", true, false));
+    let out = step_in_policy(&env, &mut s, publish(1, 7, "sensors/dev-2/t"));
+    assert_eq!(kinds(&out), ["NotAuthorized { pkid: 7, qos: 1 }"]);
+    let out = step_in_policy(&env, &mut s, publish(2, 8, "sensors/dev-2/t"));
+    assert_eq!(kinds(&out), ["NotAuthorized { pkid: 8, qos: 2 }"]);
+    let out = step_in_policy(&env, &mut s, publish(0, 0, "sensors/dev-2/t"));
+    assert!(out.is_empty(), "QoS 0: dropped without a reply");
+    let out = step_in_policy(&env, &mut s, publish(1, 9, "sensors/dev-1/t"));
+    assert_eq!(kinds(&out), ["Deliver(9)", "PubAck(9)"]);
+    // The next one to the same topic is not looked up again.
+    step_in_policy(&env, &mut s, publish(1, 10, "sensors/dev-1/t"));
+    assert_eq!(env.denied.get(), 3);
+    assert!(s.is_connected());
+
+    let mut s = Session::new();
+    step_in_policy(&env, &mut s, connect(Protocol::V4, "dev-1", true, false));
+    let out = step_in_policy(&env, &mut s, publish(1, 7, "sensors/dev-2/t"));
+    assert_eq!(kinds(&out), ["Close(PUBLISH not authorized)"]);
+    assert!(!s.is_connected());
+}
+
+#[test]
+fn too_many_qos2_awaiting_pubrel_ends_the_session() {
+    let env = Policy::new(true, crate::auth::Identity::ClientId);
+    let mut s = Session::with(None, 2);
+    step_in_policy(&env, &mut s, connect(Protocol::V5, "dev-1", true, false));
+    step_in_policy(&env, &mut s, publish(2, 1, "sensors/dev-1/t"));
+    step_in_policy(&env, &mut s, publish(2, 2, "sensors/dev-1/t"));
+    // A retransmission of a pending id is fine.
+    let out = step_in_policy(&env, &mut s, publish(2, 2, "sensors/dev-1/t"));
+    assert_eq!(kinds(&out), ["PubRec(2)"]);
+    let out = step_in_policy(&env, &mut s, publish(2, 3, "sensors/dev-1/t"));
+    assert_eq!(
+        kinds(&out),
+        [
+            "Disconnect(147)",
+            "Close(more QoS 2 messages awaiting PUBREL than mqtt.max_inflight)"
+        ]
+    );
+    assert_eq!(env.over.get(), 1);
 }
