@@ -120,6 +120,13 @@ fn a_listener_beyond_loopback_needs_authentication_or_an_explicit_anonymous() ->
     let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.auth.allow_anonymous"));
+    let out = fleetlake(&["run", "--config", &path.to_string_lossy()])?;
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "`run` refuses it too, before binding"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.auth.allow_anonymous"));
     std::fs::write(
         &path,
         "[mqtt]\nlisten = \"0.0.0.0:1883\"\n[mqtt.auth]\nallow_anonymous = true\n",

@@ -47,6 +47,26 @@ def metrics(admin):
     return values
 
 
+def make_certs(d, clients=("client",), ca="ca"):
+    """A test CA (`{ca}.pem`), a server certificate for 127.0.0.1 signed by it, and a client
+    certificate `{name}.pem`/`{name}.key` with CN `name` for each of `clients`, by openssl."""
+    def run(*args, ext=None):
+        if ext:
+            (d / "ext.cnf").write_text(ext)
+            args = args + ("-extfile", str(d / "ext.cnf"))
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+        "-days", "2", "-subj", f"/CN=fleetlake test {ca}")
+    names = [("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")]
+    names += [(c, "extendedKeyUsage=clientAuth\n") for c in clients]
+    for name, ext in names:
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/O=fleetlake test/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", ext=ext)
+
+
 class Daemon:
     def __init__(self, tmp: Path, extra: str = ""):
         self.dir = tmp
@@ -80,7 +100,9 @@ class Daemon:
             self.lines.append(line)
             if "fleetlake ready" in line:
                 ready = json.loads(line)
-                self.port = int(ready["mqtt_listen"].rsplit(":", 1)[1])
+                port = lambda addr: None if addr == "off" else int(addr.rsplit(":", 1)[1])
+                self.port = port(ready["mqtt_listen"])
+                self.tls_port = port(ready["mqtt_tls_listen"])
                 self.admin = ready["admin_listen"]
                 self.grpc = ready["grpc_listen"]
                 self.ready.set()

@@ -15,7 +15,7 @@ import duckdb
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import metrics, wait_for
+from conftest import make_certs, metrics, wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -164,28 +164,10 @@ def test_two_nodes_share_one_subscription(daemon_factory, broker):
     assert min(len(got_a), len(got_b)) >= 4000, "both nodes took a substantial share"
 
 
-def make_certs(d):
-    """A test CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
-    def run(*args, ext=None):
-        if ext:
-            (d / "ext.cnf").write_text(ext)
-            args = args + ("-extfile", str(d / "ext.cnf"))
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=fleetlake test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-                      ("client", "extendedKeyUsage=clientAuth\n")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=fleetlake-{name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", ext=ext)
-
-
 def test_mtls_bridge_to_a_broker_that_requires_client_certificates(daemon_factory, tmp_path):
     certs = tmp_path / "certs"
     certs.mkdir()
-    make_certs(certs)
+    make_certs(certs, clients=("fleetlake-client",))
     plain, tls = free_port(), free_port()
     conf = tmp_path / "mosquitto-tls.conf"
     conf.write_text(
@@ -203,8 +185,8 @@ def test_mtls_bridge_to_a_broker_that_requires_client_certificates(daemon_factor
             ["mosquitto_pub", "-p", str(plain), "-t", "x", "-m", "x"], capture_output=True
         ).returncode == 0)
         base = bridge_config(tls).replace("mqtt://", "mqtts://")
-        good = daemon_factory(base + f'ca_file = "{certs}/ca.pem"\nclient_cert = "{certs}/client.pem"\n'
-                                     f'client_key = "{certs}/client.key"\n')
+        good = daemon_factory(base + f'ca_file = "{certs}/ca.pem"\nclient_cert = "{certs}/fleetlake-client.pem"\n'
+                                     f'client_key = "{certs}/fleetlake-client.key"\n')
         no_cert = daemon_factory(base.replace("fleetlake-test", "fleetlake-nocert")
                                  + f'ca_file = "{certs}/ca.pem"\n')
         subscribed(good)
