@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::{Authenticator, GrpcPolicy};
 use crate::batch::{Batcher, Batches};
 use crate::bridge::{Bridge, Redelivery, redelivery};
 use crate::buffer::{Admitted, Budget, Ingest};
@@ -51,41 +52,60 @@ pub enum Exit {
     Forced,
 }
 
-/// Reads `[mqtt.auth]`'s files (a bad file stops the start, naming it).
-pub fn mqtt_auth(mqtt: &crate::config::MqttConfig) -> Result<crate::auth::Authenticator> {
-    let a = &mqtt.auth;
-    let auth = crate::auth::Authenticator::load(
+/// Reads the security files of `[mqtt.auth]`, `[mqtt.tls]`, `[grpc.auth]` and `[grpc.tls]`
+/// (a bad file stops the start, naming it).
+pub fn load_security(config: &Config) -> Result<(Authenticator, GrpcPolicy)> {
+    let a = &config.mqtt.auth;
+    let auth = Authenticator::load(
         a.password_file.as_deref(),
         a.acl_file.as_deref(),
         a.allow_anonymous,
         a.identity,
     )
     .context("reading mqtt.auth")?;
-    if let Some(tls) = &mqtt.tls {
+    if let Some(tls) = &config.mqtt.tls {
         tls.files
             .build()
             .context("reading mqtt.tls (cert, key, client_ca)")?;
     }
-    Ok(auth)
+    let g = &config.grpc.auth;
+    let tokens = match &g.tokens_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading grpc.auth.tokens_file {}", path.display()))?;
+            let tokens = crate::auth::Tokens::parse(&text)
+                .with_context(|| format!("grpc.auth.tokens_file {}", path.display()))?;
+            Some(tokens)
+        }
+        None => None,
+    };
+    if let Some(files) = &config.grpc.tls {
+        files
+            .build()
+            .context("reading grpc.tls (cert, key, client_ca)")?;
+    }
+    let policy = GrpcPolicy::new(tokens, g.services.clone(), g.allow_anonymous);
+    Ok((auth, policy))
 }
 
-/// On each SIGHUP, reads the TLS certificate, key and client CA again: new handshakes use
+/// On each SIGHUP, reads the TLS certificates, keys and client CAs again: new handshakes use
 /// them, open connections keep theirs. A bad file is logged and the old config kept. Without
 /// TLS, SIGHUP is logged and ignored (never the default: ending the process).
 fn reload_on_sighup(
-    tls: Option<Arc<crate::tls::ServerTls>>,
+    configs: Vec<Arc<crate::tls::ServerTls>>,
 ) -> Result<impl std::future::Future<Output = ()>> {
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     Ok(async move {
         while hup.recv().await.is_some() {
-            let Some(tls) = &tls else {
-                tracing::info!("SIGHUP: nothing to reload (no mqtt.tls)");
-                continue;
-            };
-            match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: TLS files unusable; keeping the old certificate");
+            if configs.is_empty() {
+                tracing::info!("SIGHUP: nothing to reload (no mqtt.tls, no grpc.tls)");
+            }
+            for tls in &configs {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS files unusable; keeping the old certificate");
+                    }
                 }
             }
         }
@@ -98,7 +118,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating node.data_dir {}", config.data_dir.display()))?;
-    let auth = mqtt_auth(&config.mqtt)?;
+    let (auth, grpc_policy) = load_security(&config)?;
     let stats = Arc::new(Stats::default());
     let notifier = Arc::new(Notifier::from_env());
     let heartbeats = Heartbeats::new();
@@ -188,11 +208,13 @@ pub async fn run(config: Config) -> Result<Exit> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingest = Ingest::new(wal, budget.clone(), stats.clone(), config.qos0_when_full);
+    let mut reloadable = Vec::new();
     let grpc_addr = match config.grpc.listen {
         Some(listen) => {
             let server = GrpcServer::bind(
                 listen,
                 &config.grpc,
+                grpc_policy,
                 ingest.clone(),
                 stats.clone(),
                 shutdown_rx.clone(),
@@ -200,6 +222,7 @@ pub async fn run(config: Config) -> Result<Exit> {
             .await
             .with_context(|| format!("binding grpc.listen {listen}"))?;
             let addr = server.local_addr()?;
+            reloadable.extend(server.tls_config());
             tokio::spawn(async move {
                 if let Err(e) = server.run().await {
                     tracing::error!(error = %e, "the gRPC server failed");
@@ -238,7 +261,8 @@ pub async fn run(config: Config) -> Result<Exit> {
     let off =
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     let (addr, tls_addr) = (off(listener.plain_addr()), off(listener.tls_addr()));
-    tokio::spawn(reload_on_sighup(listener.tls_config())?);
+    reloadable.extend(listener.tls_config());
+    tokio::spawn(reload_on_sighup(reloadable)?);
     listener.spawn();
     admin_state.ready.store(true, Ordering::Relaxed);
     let grpc_listen = grpc_addr.map_or_else(|| "off".to_string(), |a| a.to_string());

@@ -90,7 +90,7 @@ fn check_config(args: &CheckArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     print!("{}", config.raw.to_toml());
-    if let Err(e) = fleetlake::app::mqtt_auth(&config.mqtt) {
+    if let Err(e) = fleetlake::app::load_security(&config) {
         eprintln!("fleetlake: {e:#}");
         return ExitCode::from(EX_CONFIG);
     }

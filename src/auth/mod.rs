@@ -5,13 +5,17 @@
 
 pub mod acl;
 pub mod cert;
+pub mod grpc;
 pub mod passwd;
+pub mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use acl::Acl;
+pub use grpc::{Caller, GrpcPolicy, GrpcRefused};
 pub use passwd::PasswordFile;
+pub use tokens::Tokens;
 
 /// What becomes a connection's `device_id` (when its topic names none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! can tell the operator exactly what to fix.
 
 mod bridge;
+mod grpc;
 mod mqtt;
 mod units;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::topic::{Router, TableRule};
 pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
+pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
@@ -108,28 +110,6 @@ impl Default for RawNode {
             id: String::new(),
             data_dir: PathBuf::from("./fleetlake-data"),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
-        }
-    }
-}
-
-/// `[grpc]`: the gRPC ingest service.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawGrpc {
-    /// Address to listen on; empty turns gRPC off.
-    pub listen: String,
-    /// Largest request, checked as sent and again after decompression.
-    pub max_message_size: ByteSize,
-    /// Table for points that name none.
-    pub default_table: String,
-}
-
-impl Default for RawGrpc {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:50051".into(),
-            max_message_size: ByteSize(4 << 20),
-            default_table: "telemetry".into(),
         }
     }
 }
@@ -418,17 +398,6 @@ pub struct Config {
     pub raw: RawConfig,
 }
 
-/// Validated `[grpc]`.
-#[derive(Clone, Debug)]
-pub struct GrpcConfig {
-    /// Listen address (`None`: off).
-    pub listen: Option<SocketAddr>,
-    /// Largest request in bytes (as sent and decompressed).
-    pub max_message_size: usize,
-    /// Table for points without one.
-    pub default_table: String,
-}
-
 /// Validated `[output]`: where finished files go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputTarget {
@@ -563,18 +532,7 @@ impl Config {
                 "must be at most 256MiB (the MQTT limit)",
             ));
         }
-        let grpc = GrpcConfig {
-            listen: optional_addr("grpc.listen", &raw.grpc.listen, "127.0.0.1:50051")?,
-            max_message_size: positive(
-                "grpc.max_message_size",
-                raw.grpc.max_message_size.as_usize(),
-            )?,
-            default_table: raw.grpc.default_table.clone(),
-        };
-        validate_name("grpc.default_table", &grpc.default_table, 64)?;
-        if grpc.max_message_size > 256 << 20 {
-            return Err(invalid("grpc.max_message_size", "must be at most 256MiB"));
-        }
+        let grpc = raw.grpc.validate()?;
         let output = output_target(&raw)?;
         let tables = validate_tables(&raw.tables)?;
         let batch = BatchLimits {

@@ -143,7 +143,8 @@ pub struct MqttConfig {
     pub max_inflight: u16,
 }
 
-fn path(text: &str) -> Option<PathBuf> {
+/// A path, or `None` for an empty value.
+pub(super) fn path(text: &str) -> Option<PathBuf> {
     let text = text.trim();
     (!text.is_empty()).then(|| PathBuf::from(text))
 }

@@ -7,6 +7,7 @@
 //! the response waits for the WAL fsync.
 
 pub mod codec;
+pub mod incoming;
 pub mod points;
 pub mod server;
 pub mod service;

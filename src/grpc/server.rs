@@ -8,14 +8,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use super::proto::FILE_DESCRIPTOR_SET;
 use super::proto::ingest_server::IngestServer;
 use super::service::IngestService;
+use crate::auth::GrpcPolicy;
 use crate::buffer::Ingest;
 use crate::config::GrpcConfig;
 use crate::telemetry::Stats;
+use crate::tls::ServerTls;
 
 /// HTTP/2 flow-control window per request stream.
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -26,29 +27,53 @@ const CONNECTION_WINDOW: u32 = 4 << 20;
 #[derive(Debug)]
 pub struct GrpcServer {
     listener: TcpListener,
+    tls: Option<(Arc<ServerTls>, std::time::Duration)>,
     service: IngestService,
+    stats: Arc<Stats>,
     max_message_size: usize,
     shutdown: watch::Receiver<bool>,
 }
 
 impl GrpcServer {
-    /// Binds `addr`; requests go to `ingest`. `shutdown` turning true stops the server: new
+    /// Binds `addr` (with TLS when `config.tls` is set, reading its files); requests go to
+    /// `ingest` when `policy` lets them. `shutdown` turning true stops the server: new
     /// requests get UNAVAILABLE, open streams end after answering what they read.
     pub async fn bind(
         addr: SocketAddr,
         config: &GrpcConfig,
+        policy: GrpcPolicy,
         ingest: Ingest,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Self> {
+        let tls = match &config.tls {
+            Some(files) => Some((
+                Arc::new(ServerTls::new(files.clone(), &[b"h2"])?),
+                config.handshake_timeout,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
-        let service = IngestService::new(ingest, &config.default_table, stats, shutdown.clone());
+        let service = IngestService::new(
+            ingest,
+            &config.default_table,
+            policy,
+            stats.clone(),
+            shutdown.clone(),
+        );
         Ok(Self {
             listener,
+            tls,
             service,
+            stats,
             max_message_size: config.max_message_size,
             shutdown,
         })
+    }
+
+    /// The TLS config, to reload on SIGHUP.
+    pub fn tls_config(&self) -> Option<Arc<ServerTls>> {
+        self.tls.as_ref().map(|(c, _)| c.clone())
     }
 
     /// The bound address.
@@ -72,6 +97,8 @@ impl GrpcServer {
             .max_decoding_message_size(self.max_message_size)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd);
+        let incoming =
+            super::incoming::incoming(self.listener, self.tls, self.stats, self.shutdown.clone());
         let mut shutdown = self.shutdown;
         let stop = async move {
             let _ = shutdown.wait_for(|closing| *closing).await;
@@ -82,7 +109,6 @@ impl GrpcServer {
                 .set_not_serving::<IngestServer<IngestService>>()
                 .await;
         };
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         Server::builder()
             // Room for a whole batch in flight: h2's 64 KiB default window makes a client wait
             // for a WINDOW_UPDATE round trip in the middle of every large request.

@@ -14,11 +14,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
+use super::incoming::PeerInfo;
 use super::points;
 use super::proto::ingest_server::Ingest as IngestApi;
 use super::proto::{
     Point, PointError, WriteRequest, WriteResponse, WriteStreamRequest, WriteStreamResponse,
 };
+use crate::auth::{Caller, GrpcPolicy, GrpcRefused};
 use crate::buffer::{Durable, Ingest, NotStored};
 use crate::telemetry::Stats;
 
@@ -36,6 +38,8 @@ enum Refused {
     Busy(&'static str),
     /// Shutting down (or the pipeline stopped); nothing more is stored.
     Unavailable,
+    /// The caller may not write a point's device; nothing stored.
+    Denied(String),
 }
 
 impl Refused {
@@ -44,6 +48,7 @@ impl Refused {
             Self::Invalid(_) => Code::InvalidArgument,
             Self::Busy(_) => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
+            Self::Denied(_) => Code::PermissionDenied,
         }
     }
 
@@ -68,6 +73,7 @@ impl Refused {
             }
             Self::Busy(why) => format!("{why}: nothing stored, retry later"),
             Self::Unavailable => "fleetlake is shutting down".into(),
+            Self::Denied(why) => format!("{why}: nothing stored"),
         }
     }
 
@@ -102,11 +108,29 @@ struct Shared {
     /// `None` once shutdown began: see [`IngestService::close`].
     ingest: Mutex<Option<Ingest>>,
     default_table: Arc<str>,
+    policy: GrpcPolicy,
     stats: Arc<Stats>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
+    /// Who sent `request` (UNAUTHENTICATED when the policy does not know them).
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(tonic::metadata::MetadataValue::as_bytes);
+        let cert_cn = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.cert_cn.as_deref());
+        self.policy.identify(header, cert_cn).map_err(|GrpcRefused::Unauthenticated(why)| {
+            Stats::add(&self.stats.grpc_unauthenticated, 1);
+            tracing::info!(peer = %client_of(request), why, "gRPC request refused: unauthenticated");
+            Status::unauthenticated(why)
+        })
+    }
+
     fn closing(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -116,6 +140,7 @@ impl Shared {
     async fn admit(
         &self,
         client: &Arc<str>,
+        caller: &Caller,
         points: Vec<Point>,
     ) -> Result<(u32, Durable), Refused> {
         if self.closing() {
@@ -126,6 +151,15 @@ impl Shared {
         if !errors.is_empty() {
             Stats::add(&self.stats.grpc_requests_invalid, 1);
             return Err(Refused::Invalid(errors));
+        }
+        if let Some(i) = points.iter().position(|p| !caller.may_write(&p.device_id)) {
+            Stats::add(&self.stats.grpc_permission_denied, 1);
+            let name = caller.name().map_or("", |n| &**n);
+            tracing::info!(caller = name, device = %points[i].device_id, "gRPC points refused: another device");
+            return Err(Refused::Denied(format!(
+                "points[{i}].device_id `{}`: caller `{name}` may write only its own device",
+                points[i].device_id
+            )));
         }
         let n = points.len() as u32;
         let ingest = self
@@ -173,12 +207,14 @@ impl IngestService {
     pub fn new(
         ingest: Ingest,
         default_table: &str,
+        policy: GrpcPolicy,
         stats: Arc<Stats>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(Shared {
             ingest: Mutex::new(Some(ingest)),
             default_table: Arc::from(default_table),
+            policy,
             stats,
             shutdown,
         }))
@@ -199,7 +235,12 @@ impl IngestService {
 
 /// The WAL's client id for a request: `grpc:` and the peer address.
 fn client_of<T>(request: &Request<T>) -> Arc<str> {
-    match request.remote_addr() {
+    let addr = request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.addr)
+        .or_else(|| request.remote_addr());
+    match addr {
         Some(addr) => Arc::from(format!("grpc:{addr}")),
         None => Arc::from("grpc"),
     }
@@ -218,9 +259,10 @@ impl IngestApi for IngestService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let client = client_of(&request);
         let points = request.into_inner().points;
-        let result = match self.0.admit(&client, points).await {
+        let result = match self.0.admit(&client, &caller, points).await {
             Ok((n, durable)) => self.0.settle(n, durable).await,
             Err(refused) => Err(refused),
         };
@@ -239,6 +281,7 @@ impl IngestApi for IngestService {
         if self.0.closing() {
             return Err(Refused::Unavailable.into_status());
         }
+        let caller = self.0.caller(&request)?;
         let client = client_of(&request);
         let mut inbound = request.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel(PIPELINE);
@@ -257,7 +300,7 @@ impl IngestApi for IngestService {
                 };
                 let pending = match next {
                     Ok(Some(req)) => {
-                        Pending::Request(req.id, shared.admit(&client, req.points).await)
+                        Pending::Request(req.id, shared.admit(&client, &caller, req.points).await)
                     }
                     Ok(None) => break,
                     Err(status) => Pending::End(status),

@@ -24,10 +24,10 @@ use tracing::Instrument;
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
 use super::sessions::SessionStore;
-use super::stream::Stream;
 use crate::buffer::{Durable, Ingest, NotStored};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
+use crate::tls::Stream;
 
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 16 * 1024;

@@ -17,13 +17,13 @@ use super::connection::{ConnContext, Connection};
 use super::gate::Gate;
 use super::session::SessionEnv;
 use super::sessions::SessionStore;
-use super::stream::Stream;
 use crate::auth::{Authenticator, Credentials, Denied, Principal, Refused};
 use crate::buffer::Ingest;
 use crate::config::MqttConfig;
 use crate::decode::topic::Router;
 use crate::telemetry::Stats;
 use crate::tls::ServerTls;
+use crate::tls::Stream;
 
 /// What every accept loop shares.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ impl Listener {
         };
         let tls = match &cfg.tls {
             Some(t) => {
-                let config = Arc::new(ServerTls::new(t.files.clone())?);
+                let config = Arc::new(ServerTls::new(t.files.clone(), &[])?);
                 Some((
                     TcpListener::bind(t.listen).await?,
                     config,
@@ -206,13 +206,7 @@ fn admit(
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         Stats::add(&stats.tls_handshakes, 1);
-                        let cn = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| crate::auth::cert::subject_cn(leaf))
-                            .map(Arc::<str>::from);
+                        let cn = crate::tls::peer_cn(tls.get_ref().1);
                         (Stream::Tls(Box::new(tls)), cn)
                     }
                     Ok(Err(e)) => {

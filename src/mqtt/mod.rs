@@ -9,6 +9,5 @@ pub mod gate;
 pub mod listener;
 pub mod session;
 pub mod sessions;
-pub mod stream;
 
 pub use listener::Listener;

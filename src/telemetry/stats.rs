@@ -90,7 +90,7 @@ counters! {
     connections_refused_per_ip,
     /// Connections closed at once because of `mqtt.connect_rate`.
     connections_refused_rate,
-    /// TLS handshakes completed on the MQTT TLS listener.
+    /// TLS handshakes completed (MQTT TLS listener and gRPC with TLS).
     tls_handshakes,
     /// TLS handshakes failed or timed out (`mqtt.tls.handshake_timeout`).
     tls_handshake_failures,
@@ -126,6 +126,10 @@ counters! {
     grpc_requests_invalid,
     /// gRPC requests refused with RESOURCE_EXHAUSTED: budget or WAL volume full.
     grpc_requests_busy,
+    /// gRPC requests refused with UNAUTHENTICATED (unknown token, no credentials).
+    grpc_unauthenticated,
+    /// gRPC requests refused with PERMISSION_DENIED (points of another device).
+    grpc_permission_denied,
     /// gRPC points stored (durable and acknowledged).
     grpc_points,
     /// Payload bytes received.

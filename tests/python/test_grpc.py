@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import ROOT
+from conftest import ROOT, metrics
 
 T0 = 1767225600_000_000_000  # 2026-01-01T00:00:00Z in ns
 
@@ -125,3 +125,86 @@ def test_bad_points_are_refused_whole_with_details_and_nothing_is_stored(daemon_
         f"SELECT DISTINCT device_id FROM read_parquet('{d.lake}/telemetry/**/*.parquet')"
     ).fetchall()
     assert devices == [("after",)]
+
+
+def sha256_line(name, token):
+    import hashlib
+    return f"{name}:sha256:{hashlib.sha256(token.encode()).hexdigest()}\n"
+
+
+def grpc_rows(lake):
+    return sorted(duckdb.sql(
+        f"SELECT device_id, seq FROM read_parquet('{lake}/**/*.parquet', union_by_name = true)"
+    ).fetchall())
+
+
+def test_grpc_over_tls_with_bearer_tokens_and_with_client_certificates(daemon_factory, stubs, tmp_path):
+    from conftest import make_certs
+    pb, rpc = stubs
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs, clients=("svc-a", "dev-9"))
+    ca = (certs / "ca.pem").read_bytes()
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# name:sha256:<hex of the token>\n" + sha256_line("dev-1", "tok-dev-1")
+                      + sha256_line("svc", "tok-svc"))
+    tls = f'[grpc.tls]\ncert = "{certs}/server.pem"\nkey = "{certs}/server.key"\n'
+    d = daemon_factory(tls + f'[grpc.auth]\ntokens_file = "{tokens}"\nservices = ["svc"]\n'
+                       'allow_anonymous = false\n')
+
+    def write(stub, device, seq, token=None):
+        md = [("authorization", f"Bearer {token}")] if token else []
+        return stub.Write(pb.WriteRequest(points=[point(pb, device, seq)]), timeout=20, metadata=md)
+
+    with grpc.secure_channel(d.grpc, grpc.ssl_channel_credentials(root_certificates=ca)) as channel:
+        stub = rpc.IngestStub(channel)
+        for token in (None, "wrong"):
+            with pytest.raises(grpc.RpcError) as e:
+                write(stub, "dev-1", 0, token)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert write(stub, "dev-1", 1, "tok-dev-1").points == 1
+        with pytest.raises(grpc.RpcError) as e:
+            write(stub, "dev-2", 2, "tok-dev-1")
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "dev-2" in e.value.details()
+        assert write(stub, "dev-2", 3, "tok-svc").points == 1, "a service writes any device"
+        replies = list(stub.WriteStream(iter([
+            pb.WriteStreamRequest(id=1, points=[point(pb, "dev-1", 4)]),
+            pb.WriteStreamRequest(id=2, points=[point(pb, "dev-3", 5)]),
+        ]), timeout=20, metadata=[("authorization", "Bearer tok-dev-1")]))
+        assert [(r.id, r.code, r.points) for r in replies] == [
+            (1, 0, 1), (2, grpc.StatusCode.PERMISSION_DENIED.value[0], 0)]
+    with grpc.insecure_channel(d.grpc) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            write(rpc.IngestStub(channel), "dev-1", 6, "tok-dev-1")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, "plain HTTP/2 to the TLS port"
+    m = metrics(d.admin)
+    assert m["fleetlake_grpc_unauthenticated_total"] == 2
+    assert m["fleetlake_grpc_permission_denied_total"] == 2
+    assert not any("tok-dev-1" in line for line in d.lines), "tokens are never logged"
+    d.stop()
+    assert grpc_rows(d.lake) == [("dev-1", 1), ("dev-1", 4), ("dev-2", 3)]
+
+    # Mutual TLS: the certificate CN names the caller.
+    m = daemon_factory(tls + f'client_ca = "{certs}/ca.pem"\n[grpc.auth]\nservices = ["svc-a"]\n')
+
+    def channel_as(name):
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=(certs / f"{name}.key").read_bytes(),
+            certificate_chain=(certs / f"{name}.pem").read_bytes())
+        return grpc.secure_channel(m.grpc, creds)
+
+    with channel_as("dev-9") as channel:
+        stub = rpc.IngestStub(channel)
+        assert write(stub, "dev-9", 7).points == 1
+        with pytest.raises(grpc.RpcError) as e:
+            write(stub, "dev-8", 8)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with channel_as("svc-a") as channel:
+        assert write(rpc.IngestStub(channel), "dev-8", 9).points == 1
+    with grpc.secure_channel(m.grpc, grpc.ssl_channel_credentials(root_certificates=ca)) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            write(rpc.IngestStub(channel), "dev-9", 10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, "no client certificate: no handshake"
+    m.stop()
+    assert grpc_rows(m.lake) == [("dev-8", 9), ("dev-9", 7)]

@@ -1,6 +1,11 @@
 //! TLS with rustls (ring provider): PEM loading shared by the bridge (client side) and the
-//! listeners (server side), and [`ServerTls`], a server config that can be reloaded from its
-//! files (SIGHUP) while connections already open keep the config they were accepted with.
+//! listeners (server side), [`ServerTls`], a server config that can be reloaded from its
+//! files (SIGHUP) while connections already open keep the config they were accepted with, and
+//! [`Stream`], a server-side connection that is plain TCP or TLS.
+
+mod stream;
+
+pub use stream::Stream;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -80,17 +85,27 @@ impl ServerFiles {
 #[derive(Debug)]
 pub struct ServerTls {
     files: ServerFiles,
+    alpn: Vec<Vec<u8>>,
     current: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerTls {
-    /// Loads the files once; fails when they cannot be used.
-    pub fn new(files: ServerFiles) -> io::Result<Self> {
-        let config = Arc::new(files.build()?);
+    /// Loads the files once (fails when they cannot be used); `alpn` lists the application
+    /// protocols offered (`h2` for gRPC; none for MQTT).
+    pub fn new(files: ServerFiles, alpn: &[&[u8]]) -> io::Result<Self> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let config = Arc::new(Self::build(&files, &alpn)?);
         Ok(Self {
             files,
+            alpn,
             current: RwLock::new(config),
         })
+    }
+
+    fn build(files: &ServerFiles, alpn: &[Vec<u8>]) -> io::Result<rustls::ServerConfig> {
+        let mut config = files.build()?;
+        config.alpn_protocols = alpn.to_vec();
+        Ok(config)
     }
 
     /// The config for the next handshake.
@@ -103,11 +118,19 @@ impl ServerTls {
 
     /// Reads the files again; on error the old config stays in use.
     pub fn reload(&self) -> io::Result<()> {
-        let config = Arc::new(self.files.build()?);
+        let config = Arc::new(Self::build(&self.files, &self.alpn)?);
         match self.current.write() {
             Ok(mut c) => *c = config,
             Err(poisoned) => *poisoned.into_inner() = config,
         }
         Ok(())
     }
+}
+
+/// The subject CN of the client certificate a TLS server connection verified.
+pub fn peer_cn(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
+    conn.peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::auth::cert::subject_cn(leaf))
+        .map(Arc::from)
 }
