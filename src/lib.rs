@@ -32,6 +32,7 @@ pub mod buffer;
 pub mod columnar;
 pub mod config;
 pub mod decode;
+pub mod fuzzing;
 pub mod grpc;
 pub mod mqtt;
 pub mod sink;
