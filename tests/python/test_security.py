@@ -255,3 +255,38 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(daemon_fact
     kept.close()
     d.stop()
     assert rows(d.lake) == [("kept-1", 1), ("kept-1", 2)]
+
+
+def closed_by_server(s):
+    """Whether the server closed `s` (EOF) within a few seconds."""
+    s.settimeout(5)
+    try:
+        return s.recv(1) == b""
+    except (ConnectionResetError, socket.timeout):
+        return False
+
+
+def test_per_ip_and_rate_limits_close_extra_connections_at_once(daemon_factory):
+    d = daemon_factory('[mqtt]\nlisten = "127.0.0.1:0"\nmax_connections_per_ip = 3\n')
+    held = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(3)]
+    wait_for("3 open", lambda: metrics(d.admin)["fleetlake_connections_open"] == 3)
+    extra = socket.create_connection(("127.0.0.1", d.port))
+    assert closed_by_server(extra), "the 4th connection from one address is closed"
+    assert metrics(d.admin)["fleetlake_connections_refused_per_ip_total"] == 1
+    held.pop().close()
+    wait_for("2 open", lambda: metrics(d.admin)["fleetlake_connections_open"] == 2)
+    client = Paho(d.port, "after-release")
+    assert client.connack == 0, "a freed place is usable again"
+    client.close()
+    for s in held:
+        s.close()
+    d.stop()
+
+    r = daemon_factory('[mqtt]\nlisten = "127.0.0.1:0"\nconnect_rate = 5\n')
+    burst = [socket.create_connection(("127.0.0.1", r.port)) for _ in range(20)]
+    refused = sum(closed_by_server(s) for s in burst[5:])
+    assert refused >= 10, f"a burst of 20 at 5/s: {refused} of the last 15 closed"
+    assert metrics(r.admin)["fleetlake_connections_refused_rate_total"] == refused
+    for s in burst:
+        s.close()
+    r.stop()
