@@ -69,7 +69,12 @@ impl Listener {
             }
             None => None,
         };
-        let checks_publishes = !auth.publishes_unchecked();
+        // Clients with a verified certificate are authenticated: their device claims are checked.
+        let mtls = cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.files.client_ca.is_some());
+        let checks_publishes = mtls || !auth.publishes_unchecked();
         let ctx = Arc::new(ConnContext {
             router,
             stats,

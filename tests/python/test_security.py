@@ -91,7 +91,7 @@ def test_tls_then_mtls_with_the_certificate_cn_as_device_id(daemon_factory, tmp_
     assert rows(d.lake) == [("tls-1", 1)]
 
     # Mutual TLS, plain listener off, device_id from the certificate.
-    m = daemon_factory('[mqtt]\nlisten = ""\n' + tls_section(certs, client_ca=True)
+    m = daemon_factory(TABLES + '[mqtt]\nlisten = ""\n' + tls_section(certs, client_ca=True)
                        + '[mqtt.auth]\nidentity = "cert_cn"\n')
     assert m.port is None
     cert = ["--cafile", f"{certs}/ca.pem", "--cert", f"{certs}/dev-7.pem", "--key", f"{certs}/dev-7.key"]
@@ -102,11 +102,17 @@ def test_tls_then_mtls_with_the_certificate_cn_as_device_id(daemon_factory, tmp_
     assert r.returncode != 0, "a certificate from another CA is refused"
     r = pub(m.tls_port, "--cafile", f"{certs}/ca.pem", "-i", "no-cert", "-t", "plant/line-1", "-m", '{"seq": 5}')
     assert r.returncode != 0, "no client certificate: refused"
+    tls = {"ca_certs": f"{certs}/ca.pem", "certfile": f"{certs}/dev-7.pem", "keyfile": f"{certs}/dev-7.key"}
+    dev7 = Paho(m.tls_port, "c-7", tls=tls)
+    assert dev7.ack(dev7.publish("sensors/dev-8/telemetry", 6)) == 0x87, "cannot claim dev-8"
+    assert dev7.ack(dev7.publish("sensors/dev-7/telemetry", 7)) == 0
+    dev7.close()
     wait_for("two failed handshakes counted",
              lambda: metrics(m.admin)["fleetlake_tls_handshake_failures_total"] == 2)
-    assert metrics(m.admin)["fleetlake_tls_handshakes_total"] == 1
+    assert metrics(m.admin)["fleetlake_tls_handshakes_total"] == 2
+    assert metrics(m.admin)["fleetlake_publish_denied_device_total"] == 1
     m.stop()
-    assert rows(m.lake) == [("dev-7", 3)]
+    assert rows(m.lake) == [("dev-7", 3), ("dev-7", 7)]
 
 
 def test_mosquitto_passwd_file_and_device_claims(daemon_factory, tmp_path):
