@@ -4,14 +4,14 @@
 # `openssl s_time -new` opens a fresh connection (full handshake, no session resumption) as
 # fast as it can for SECONDS, one at a time, and then with PARALLEL clients at once; prints
 # connections/s, the daemon's CPU seconds per 1,000 handshakes and its peak RSS.
-#   [KEY=ec|rsa:2048] [SECONDS=10] [PARALLEL=4] benches/run_tls.sh
+#   [KEY=ec|rsa:2048] [DURATION=10] [PARALLEL=4] benches/run_tls.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 cargo build --release --quiet --bin fleetlake
 target=${CARGO_TARGET_DIR:-target}
 dir=$(mktemp -d)
-secs=${SECONDS_RUN:-${SECONDS:-10}}
+secs=${DURATION:-10}
 key=${KEY:-ec}
 keyopt=(-newkey rsa:2048)
 [ "$key" = ec ] && keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
