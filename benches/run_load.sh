@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # First rough throughput/latency/RSS figures: starts a release fleetlake in a temp dir, loads
-# it with benches/mqtt_load.rs, stops it with SIGTERM (flushing everything), then prints the
+# it with fleetlake-bench (src/bin/fleetlake-bench), stops it with SIGTERM (flushing everything), then prints the
 # load generator's rate and PUBACK latency percentiles, the daemon's CPU seconds, peak RSS and
 # WAL fsyncs per second, and the rows DuckDB reads back.
-#   [BUDGET=64MiB] [SYNC_INTERVAL=2ms] [RATE=msgs/s] [BURST_US=200] [WINDOW=256] [OUTPUT=url] \
+#   [BUDGET=64MiB] [SYNC_INTERVAL=2ms] [RATE=msgs/s] [BURST_US=200] [WINDOW=256] [OUTPUT=url] [PROTOCOL=3.1.1|5] [PAYLOAD=reading|doc] \
 #     benches/run_load.sh [MESSAGES] [QOS] [CONNS]      e.g. benches/run_load.sh 1000000 0 4
 # OUTPUT=null: discards every batch instead of sorting and encoding it (the ingest path alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 messages=${1:-1000000}; qos=${2:-0}; conns=${3:-4}
-cargo build --release --quiet --bin fleetlake --bench mqtt_load
+cargo build --release --quiet --bin fleetlake --bin fleetlake-bench
 target=${CARGO_TARGET_DIR:-target}
-load=$(ls -t "$target"/release/deps/mqtt_load-* | grep -v '\.d$' | head -1)
+load="$target/release/fleetlake-bench"
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 bench_config "$dir" "$port" "[memory]
@@ -24,8 +24,8 @@ url = \"${OUTPUT:-}\""
 "$target/release/fleetlake" run --config "$dir/bench.toml" 2> "$dir/log" &
 pid=$!
 for _ in $(seq 100); do (: > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-out=$(/usr/bin/time -f "loadgen_cpu_s=%U+%S" "$load" --bench --addr "127.0.0.1:$port" --messages "$messages" --qos "$qos" --conns "$conns" \
-  --rate "${RATE:-0}" --window "${WINDOW:-256}" --burst-us "${BURST_US:-200}" 2>&1)
+out=$(/usr/bin/time -f "loadgen_cpu_s=%U+%S" "$load" mqtt --quiet --addr "127.0.0.1:$port" --messages "$messages" --qos "$qos" --conns "$conns" \
+  --rate "${RATE:-0}" --window "${WINDOW:-256}" --burst-us "${BURST_US:-200}" --protocol "${PROTOCOL:-3.1.1}" --payload "${PAYLOAD:-reading}" 2>&1)
 echo "$out"
 seconds=$(echo "$out" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p')
 kill -TERM $pid; wait $pid || true

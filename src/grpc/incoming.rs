@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
@@ -72,19 +72,19 @@ impl AsyncWrite for Conn {
 }
 
 /// Connections ready for HTTP/2, handshaken in their own tasks when `tls` is set. Accepting
-/// stops at shutdown or when the server drops the stream.
+/// stops when the server drops the stream. (Not at shutdown by itself: a stream that ended
+/// first would make tonic stop accepting without ever running its shutdown signal, and the
+/// service would keep its ingest handle.)
 pub fn incoming(
     listener: TcpListener,
     tls: Option<(Arc<ServerTls>, Duration)>,
     stats: Arc<Stats>,
-    mut shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
-                // Cancel-safe: `accept`, `changed` and `closed` lose nothing.
-                _ = shutdown.changed() => break,
+                // Cancel-safe: `accept` and `closed` lose nothing.
                 () = tx.closed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,

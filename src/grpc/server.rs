@@ -97,8 +97,7 @@ impl GrpcServer {
             .max_decoding_message_size(self.max_message_size)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd);
-        let incoming =
-            super::incoming::incoming(self.listener, self.tls, self.stats, self.shutdown.clone());
+        let incoming = super::incoming::incoming(self.listener, self.tls, self.stats);
         let mut shutdown = self.shutdown;
         let stop = async move {
             let _ = shutdown.wait_for(|closing| *closing).await;
