@@ -126,9 +126,18 @@ def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, bro
     pub.loop_stop()
     pub.disconnect()
     acked = {mids[m] for m in acked_mids}
-    wait_for("every accepted message stored",
-             lambda: metrics(d.admin)["fleetlake_rows_published_total"] >= 1
-             and len({s for _, s in rows(d.lake)} & acked) == len(acked), deadline=90)
+    try:
+        wait_for("every accepted message stored",
+                 lambda: metrics(d.admin)["fleetlake_rows_published_total"] >= 1
+                 and len({s for _, s in rows(d.lake)} & acked) == len(acked), deadline=90)
+    except AssertionError:
+        # Seen once in CI (MQTT 5, not reproduced in 11 local runs): say what is missing.
+        missing = sorted(acked - {s for _, s in rows(d.lake)})
+        m = metrics(d.admin)
+        bridge = {k: v for k, v in m.items() if "bridge" in k or "rows_published" in k}
+        raise AssertionError(
+            f"{len(missing)} accepted messages not stored (first {missing[:10]}, last {missing[-3:]}); "
+            f"metrics {bridge}; daemon log tail:\n" + "".join(d.lines[-30:]))
     skipped += metrics(d.admin)["fleetlake_bridge_redeliveries_skipped_total"]
     d.stop()
     got = [s for _, s in rows(d.lake)]
