@@ -53,14 +53,6 @@ pub struct GrpcPolicy {
 }
 
 impl GrpcPolicy {
-    /// Everyone may write anything.
-    pub fn open() -> Self {
-        Self {
-            allow_anonymous: true,
-            ..Self::default()
-        }
-    }
-
     /// A policy from its parts.
     pub fn new(tokens: Option<Tokens>, services: HashSet<String>, allow_anonymous: bool) -> Self {
         Self {
@@ -142,7 +134,7 @@ mod tests {
             "a wrong token is refused even when anonymous access is on"
         );
         assert_eq!(
-            GrpcPolicy::open().identify(None, None),
+            GrpcPolicy::new(None, HashSet::new(), true).identify(None, None),
             Ok(Caller::Anonymous)
         );
     }

@@ -124,14 +124,6 @@ fn read(path: &Path) -> Result<String, LoadError> {
 }
 
 impl Authenticator {
-    /// Everyone may connect and publish anywhere; device id = client id.
-    pub fn open() -> Self {
-        Self {
-            allow_anonymous: true,
-            ..Self::default()
-        }
-    }
-
     /// A policy from parsed parts.
     pub fn new(
         passwords: Option<PasswordFile>,
@@ -333,7 +325,7 @@ mod tests {
             a.may_publish(&p, "c1", "s/dev-2/t", Some("dev-2")),
             Err(Denied::DeviceClaim)
         );
-        assert!(Authenticator::open().publishes_unchecked());
+        assert!(Authenticator::new(None, None, true, Identity::ClientId).publishes_unchecked());
         assert!(!a.publishes_unchecked());
     }
 
