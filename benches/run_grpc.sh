@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gRPC throughput/latency figures: starts a release fleetlake in a temp dir with gRPC on, loads
-# it with benches/grpc_load.rs (unary Write calls of BATCH points), stops it with SIGTERM, then
+# it with `fleetlake-bench grpc` (unary Write calls of BATCH points), stops it with SIGTERM, then
 # prints the generator's points/s and response latency percentiles, the daemon's CPU seconds
 # and peak RSS, and the rows DuckDB reads back.
 #   [RATE=points/s] [CONNS=4] [INFLIGHT=8] [STREAM=1] [SYNC_INTERVAL=2ms] \
@@ -10,9 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 points=${1:-1000000}; batch=${2:-1000}
-cargo build --release --quiet --bin fleetlake --bench grpc_load
+cargo build --release --quiet --bin fleetlake --bin fleetlake-bench
 target=${CARGO_TARGET_DIR:-target}
-load=$(ls -t "$target"/release/deps/grpc_load-* | grep -v '\.d$' | head -1)
+load="$target/release/fleetlake-bench"
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 gport=$((port + 1))
@@ -21,7 +21,7 @@ sync_interval = \"${SYNC_INTERVAL:-2ms}\""
 "$target/release/fleetlake" run --config "$dir/bench.toml" 2> "$dir/log" &
 pid=$!
 for _ in $(seq 100); do (: > /dev/tcp/127.0.0.1/$gport) 2>/dev/null && break; sleep 0.05; done
-out=$(/usr/bin/time -f "loadgen_cpu_s=%U+%S" "$load" --bench --addr "127.0.0.1:$gport" --points "$points" --batch "$batch" \
+out=$(/usr/bin/time -f "loadgen_cpu_s=%U+%S" "$load" grpc --quiet --addr "127.0.0.1:$gport" --points "$points" --batch "$batch" \
   --conns "${CONNS:-4}" --inflight "${INFLIGHT:-8}" --rate "${RATE:-0}" ${STREAM:+--stream} 2>&1)
 echo "$out"
 kill -TERM $pid; wait $pid || true

@@ -51,3 +51,51 @@ def test_idle_mode_holds_connections(daemon_factory):
     assert summary(out)["connected"] == "300"
     wait_for("all closed", lambda: metrics(d.admin)["fleetlake_connections_open"] == 0)
     d.stop()
+
+
+def test_benchmark_suite_smoke():
+    """benches/suite.py --smoke: every scenario runs against a fresh daemon and Parquet holds every
+    acknowledged message (the suite exits 1 otherwise). Timings are printed, not checked."""
+    suite = Path(__file__).resolve().parents[2] / "benches" / "suite.py"
+    r = subprocess.run(["python3", str(suite), "--smoke", "--bin-dir", str(Path(binary()).parent)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    table = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| scenario")]
+    assert len(table) == 8, r.stdout
+    assert not any("FAILED" in l for l in table)
+    assert re.search(r"start to ready: \d+ ms", r.stdout)
+    grpc = [l for l in table if l.startswith("| gRPC batch 1,000")][0].split("|")
+    assert grpc[4].strip() == "20,000", grpc  # rows in Parquet
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_grpc_load_every_acknowledged_point_is_a_row(daemon_factory, mode):
+    d = daemon_factory()
+    r = subprocess.run([bench(), "grpc", "--addr", d.grpc, "--points", "5001", "--batch", "100", "--conns", "2",
+                        "--inflight", "3", "--devices", "7"] + (["--stream"] if mode == "stream" else []),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(r.stdout)
+    assert (s["kind"], s["mode"], s["messages"], s["acked"], s["errors"]) == ("grpc", mode, "5001", "5001", "0")
+    assert float(s["p99"]) >= float(s["ack_ms_p50"]) > 0
+    d.stop()
+    rows = duckdb.sql(f"SELECT count(*), count(DISTINCT device_id), count(DISTINCT seq) FROM "
+                      f"read_parquet('{d.lake}/**/*.parquet')").fetchall()[0]
+    assert rows == (5001, 7, 5001)
+
+
+def test_grpc_load_token_and_refusals(daemon_factory, tmp_path):
+    """--token sends `authorization: Bearer …`; refused requests are counted as errors and the exit
+    status says so."""
+    import hashlib
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"gateway-svc:sha256:{hashlib.sha256(b'bench-secret').hexdigest()}\n")
+    d = daemon_factory(f'[grpc.auth]\ntokens_file = "{tokens}"\nservices = ["gateway-svc"]\nallow_anonymous = false\n')
+    args = [bench(), "grpc", "--addr", d.grpc, "--points", "10", "--batch", "10", "--quiet"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    s = summary(r.stdout)
+    assert r.returncode == 1 and (s["errors"], s["acked"]) == ("10", "0"), r.stdout
+    assert "no credentials" in r.stdout, r.stdout
+    r = subprocess.run(args + ["--token", "bench-secret"], capture_output=True, text=True, timeout=60)
+    s = summary(r.stdout)
+    assert r.returncode == 0 and (s["errors"], s["acked"]) == ("0", "10"), r.stdout

@@ -376,7 +376,7 @@ impl Conn {
             while let Some(packet) = self.codec.read(&mut buf)? {
                 let finished = match packet {
                     In::PubAck(pkid, ok) | In::PubRec(pkid, ok) if !ok => {
-                        self.totals.error();
+                        self.totals.errors(1);
                         Some(pkid)
                     }
                     In::PubAck(pkid, _) | In::PubComp(pkid) => Some(pkid),

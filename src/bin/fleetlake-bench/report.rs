@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::{MqttArgs, Protocol};
-
 /// What all connections did so far.
 pub(crate) struct Totals {
     conns: u64,
@@ -49,20 +47,31 @@ impl Totals {
 
     /// One ack after `micros`.
     pub(crate) fn acked(&self, micros: u64) {
-        add(&self.acked, 1);
+        self.acked_many(1, micros);
+    }
+
+    /// One ack covering `n` messages (a gRPC batch) after `micros`.
+    pub(crate) fn acked_many(&self, n: u64, micros: u64) {
+        add(&self.acked, n);
         let _ = self.latency.borrow_mut().record(micros.max(1));
     }
 
-    pub(crate) fn error(&self) {
-        add(&self.errors, 1);
+    /// `n` messages refused (a gRPC error, an MQTT 5 error reason).
+    pub(crate) fn errors(&self, n: u64) {
+        add(&self.errors, n);
     }
 
-    pub(crate) fn failed(&self, e: &std::io::Error) {
-        add(&self.failed_conns, 1);
+    /// A failure that is not a connection's end (e.g. a refused gRPC call): kept as the first error.
+    pub(crate) fn note_error(&self, e: impl std::fmt::Display) {
         let mut first = self.first_error.borrow_mut();
         if first.is_none() {
             *first = Some(e.to_string());
         }
+    }
+
+    pub(crate) fn failed(&self, e: impl std::fmt::Display) {
+        add(&self.failed_conns, 1);
+        self.note_error(e);
     }
 
     pub(crate) fn failed_conns(&self) -> u64 {
@@ -73,17 +82,13 @@ impl Totals {
         self.latency.borrow().value_at_quantile(q) as f64 / 1000.0
     }
 
-    /// The final `key=value` line.
-    pub(crate) fn summary(&self, a: &MqttArgs, elapsed: Duration) -> String {
+    /// The final `key=value` line: `head` (the run's settings), then the same keys for every
+    /// kind of run (messages are points for gRPC; latency is per request there).
+    pub(crate) fn summary(&self, head: &str, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(1e-6);
-        let protocol = match a.protocol {
-            Protocol::V4 => "3.1.1",
-            Protocol::V5 => "5",
-        };
         let mut line = format!(
-            "qos={} protocol={protocol} conns={} connected={} messages={} acked={} errors={} failed_conns={} \
+            "{head} conns={} connected={} messages={} acked={} errors={} failed_conns={} \
              seconds={secs:.2} msgs_per_s={:.0} acked_per_s={:.0}",
-            a.qos,
             self.conns,
             self.connected.get(),
             self.sent.get(),
