@@ -7,15 +7,16 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Int64Array};
+use arrow::array::{Array, AsArray, Float64Array, Int64Array};
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::basic::Encoding;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, SortingColumn};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
 use super::Batch;
@@ -90,15 +91,72 @@ pub fn partition(batch: &Batch) -> Result<Vec<Part>, ArrowError> {
     Ok(parts)
 }
 
+/// Values of a column sampled to choose its encoding.
+const SAMPLE: usize = 4096;
+
+/// Whether most sampled values are distinct (a dictionary would hardly repeat an entry).
+fn mostly_distinct<T: Copy>(values: impl Iterator<Item = T>, key: impl Fn(T) -> u64) -> bool {
+    let mut sample: Vec<u64> = values.take(SAMPLE).map(key).collect();
+    let n = sample.len();
+    sample.sort_unstable();
+    sample.dedup();
+    n >= 64 && sample.len() * 4 > n
+}
+
+/// Encodings per column, from the data: integer and timestamp columns whose values are mostly
+/// distinct (times, counters, sequence numbers) skip the dictionary and are delta-encoded
+/// (sorted by device and time, their deltas are small and regular); such float columns are
+/// byte-stream-split, which ZSTD compresses far better than plain doubles. Low-cardinality
+/// columns keep the dictionary (with the delta encoding as its fallback for integers).
+fn encodings(mut b: WriterPropertiesBuilder, records: &RecordBatch) -> WriterPropertiesBuilder {
+    for (field, column) in records.schema().fields().iter().zip(records.columns()) {
+        let path = ColumnPath::from(field.name().as_str());
+        let (distinct, encoding) = match field.data_type() {
+            DataType::Int64 => (
+                mostly_distinct(column.as_primitive::<Int64Type>().iter().flatten(), |v| {
+                    v as u64
+                }),
+                Encoding::DELTA_BINARY_PACKED,
+            ),
+            DataType::Timestamp(_, _) => (
+                mostly_distinct(
+                    column
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .iter()
+                        .flatten(),
+                    |v| v as u64,
+                ),
+                Encoding::DELTA_BINARY_PACKED,
+            ),
+            DataType::Float64 => {
+                let floats = column.as_any().downcast_ref::<Float64Array>();
+                match floats {
+                    Some(f) => (
+                        mostly_distinct(f.iter().flatten(), f64::to_bits),
+                        Encoding::BYTE_STREAM_SPLIT,
+                    ),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        b = b.set_column_encoding(path.clone(), encoding);
+        if distinct {
+            b = b.set_column_dictionary_enabled(path, false);
+        }
+    }
+    b
+}
+
 /// Writer properties for a part.
-fn properties(opts: &ParquetOptions, devices: usize) -> WriterProperties {
+fn properties(opts: &ParquetOptions, records: &RecordBatch, devices: usize) -> WriterProperties {
     let device = ColumnPath::from("device_id");
     let sorted_by = |column_idx| SortingColumn {
         column_idx,
         descending: false,
         nulls_first: false,
     };
-    WriterProperties::builder()
+    let b = WriterProperties::builder()
         .set_compression(opts.compression)
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -109,8 +167,8 @@ fn properties(opts: &ParquetOptions, devices: usize) -> WriterProperties {
         .set_key_value_metadata(Some(vec![KeyValue::new(
             "fleetlake.version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
-        )]))
-        .build()
+        )]));
+    encodings(b, records).build()
 }
 
 /// Writes `part` as a complete Parquet file into `out` and returns `out`.
@@ -119,7 +177,7 @@ pub fn write_parquet<W: Write + Send>(
     opts: &ParquetOptions,
     out: W,
 ) -> Result<W, ParquetError> {
-    let props = properties(opts, part.devices);
+    let props = properties(opts, &part.records, part.devices);
     let mut writer = ArrowWriter::try_new(out, part.records.schema(), Some(props))?;
     writer.write(&part.records)?;
     writer.into_inner()

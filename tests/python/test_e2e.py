@@ -113,3 +113,38 @@ def test_bad_payloads_land_in_rejected_with_reason_and_raw_bytes(daemon_factory)
     assert rows[0][3] == b"{not json"
     assert "expected an object" in rows[1][2]
     assert query(d.lake, "").project("count(*)").fetchall() == [(1,)]
+
+
+def test_delta_and_byte_stream_split_columns_read_back_exactly(daemon_factory):
+    """Mostly-distinct numbers (counters, times, noisy floats) are written without a dictionary
+    (DELTA_BINARY_PACKED, BYTE_STREAM_SPLIT): DuckDB and pyarrow read every value back exactly."""
+    import pyarrow.parquet as pq
+    d = daemon_factory()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="enc-1")
+    c.connect("127.0.0.1", d.port)
+    c.loop_start()
+    sent = []
+    for i in range(600):
+        row = (TS + i * 1000, i * 7919 - 2**40, 21.5 + i / 3.0 + (-1) ** i * 1e-9, i % 3)
+        sent.append(row)
+        info = c.publish("sensors/enc-1/telemetry", json.dumps(
+            {"ts": row[0], "counter": row[1], "temp": row[2], "level": row[3]}), qos=1)
+    info.wait_for_publish(20)
+    c.loop_stop()
+    c.disconnect()
+    d.stop()
+    got = query(d.lake, "ORDER BY time").project("epoch_ms(time), counter, temp, level").fetchall()
+    assert got == sent
+    files = list(d.lake.rglob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("time")
+    assert table.column("counter").to_pylist() == [r[1] for r in sent]
+    assert table.column("temp").to_pylist() == [r[2] for r in sent]
+    encodings = {}
+    for f in files:
+        rg = pq.read_metadata(f).row_group(0)
+        for i in range(rg.num_columns):
+            encodings.setdefault(rg.column(i).path_in_schema, set()).update(rg.column(i).encodings)
+    assert "DELTA_BINARY_PACKED" in encodings["counter"] and "RLE_DICTIONARY" not in encodings["counter"]
+    assert "DELTA_BINARY_PACKED" in encodings["time"]
+    assert "BYTE_STREAM_SPLIT" in encodings["temp"]
+    assert "RLE_DICTIONARY" in encodings["level"]

@@ -121,3 +121,85 @@ fn a_written_file_reads_back_with_its_rows_row_groups_and_metadata() {
         .sum();
     assert_eq!(total, 3);
 }
+
+/// A batch of `n` rows from one device: `counter` distinct and increasing, `level` one of 3
+/// values, `reading` a distinct float.
+fn mixed_batch(n: i64) -> Batch {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    for i in 0..n {
+        let m = Message {
+            table: Arc::from("t"),
+            device_id: Arc::from("d"),
+            received_at: 1_000_000 + i * 7,
+            columns: Vec::new(),
+            rows: vec![Row {
+                time: i * 1000,
+                fields: vec![
+                    ("counter".into(), Scalar::Int(i * 3)),
+                    ("level".into(), Scalar::Int(i % 3)),
+                    ("reading".into(), Scalar::Float(20.0 + i as f64 / 7.0)),
+                ],
+            }],
+            topic: String::new(),
+            payload: Bytes::new(),
+            seq: 0,
+            source: crate::decode::Source::Mqtt,
+            rejected: None,
+        };
+        b.append(&m, i as u64).unwrap_or_else(|e| panic!("{e}"));
+    }
+    b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"))
+}
+
+#[test]
+fn distinct_numbers_are_delta_or_byte_stream_split_encoded_and_read_back_exactly() {
+    use parquet::basic::Encoding;
+    let b = mixed_batch(1000);
+    let parts = partition(&b).unwrap_or_else(|e| panic!("{e}"));
+    let opts = ParquetOptions {
+        row_group_rows: 1 << 20,
+        ..opts()
+    };
+    let bytes = write_parquet(&parts[0], &opts, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let meta = reader.metadata().clone();
+    let rg = meta.row_group(0);
+    let encodings = |name: &str| {
+        let c = (0..rg.num_columns())
+            .find(|&c| rg.column(c).column_path().string() == name)
+            .unwrap_or_else(|| panic!("no column {name}"));
+        rg.column(c).encodings().collect::<Vec<_>>()
+    };
+    for name in ["time", "received_at", "counter"] {
+        let e = encodings(name);
+        assert!(e.contains(&Encoding::DELTA_BINARY_PACKED), "{name}: {e:?}");
+        assert!(!e.contains(&Encoding::RLE_DICTIONARY), "{name}: {e:?}");
+    }
+    assert!(encodings("reading").contains(&Encoding::BYTE_STREAM_SPLIT));
+    assert!(encodings("level").contains(&Encoding::RLE_DICTIONARY));
+    assert!(encodings("device_id").contains(&Encoding::RLE_DICTIONARY));
+    let read: Vec<RecordBatch> = reader
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let read =
+        arrow::compute::concat_batches(&read[0].schema(), &read).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read, parts[0].records);
+}
+
+#[test]
+fn few_rows_keep_the_dictionary() {
+    let b = mixed_batch(10);
+    let parts = partition(&b).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = write_parquet(&parts[0], &opts(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rg = reader.metadata().row_group(0);
+    assert!(
+        rg.column(0)
+            .encodings()
+            .any(|e| e == parquet::basic::Encoding::RLE_DICTIONARY)
+    );
+}

@@ -122,3 +122,11 @@ fn fields_keep_payload_order_and_escaped_strings_decode() {
     assert_eq!(row.fields[1].1, Scalar::Str("line\nbreak".into()));
     assert_eq!(row.fields[2].1, Scalar::Int(-5));
 }
+
+#[test]
+fn floats_parse_to_the_nearest_double() {
+    // Without serde_json's `float_roundtrip`, this came out one unit in the last place off.
+    let row = one(r#"{"v": 90.83333333433333, "w": 2.2250738585072014e-308}"#);
+    assert_eq!(row.fields[0].1, Scalar::Float(90.833_333_334_333_33));
+    assert_eq!(row.fields[1].1, Scalar::Float(f64::MIN_POSITIVE));
+}
