@@ -84,7 +84,11 @@ pub(super) fn connect(config: &BridgeConfig, settings: Settings) -> (Client, Loo
             .set_session_expiry_interval(Some(7 * 24 * 3600))
             .set_manual_acks(true)
             .set_keep_alive(config.keep_alive)
-            .set_max_packet_size(Some(16 << 20));
+            .set_max_packet_size(Some(16 << 20))
+            // Receive Maximum: an MQTT 5 broker (Mosquitto among them) sends at most this many
+            // unacknowledged messages; without it, up to 65,535. It bounds what a crash leaves
+            // for the broker to redeliver to what the redelivery filter remembers.
+            .set_receive_maximum(Some(config.max_inflight.clamp(1, 65_535) as u16));
         if has_credentials {
             o.set_credentials(&config.username, password);
         }

@@ -228,6 +228,8 @@ fn row<'de, A: MapAccess<'de>>(ctx: Ctx<'_>, mut map: A) -> Result<Row, A::Error
         }
         None => ctx.received_at,
     };
+    // Buffered until its batch is published: give back the unused slots (an in-place shrink).
+    fields.shrink_to_fit();
     Ok(Row { time, fields })
 }
 
