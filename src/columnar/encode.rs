@@ -4,11 +4,11 @@
 //! filter on `device_id` sized to the part, sorting-column metadata and the fleetlake version
 //! in the key-value metadata. Pure CPU: the caller runs it off the async workers.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array, Int64Array};
-use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray, UInt32Array};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -41,26 +41,49 @@ pub struct Part {
     pub records: RecordBatch,
 }
 
+/// Row order by (hour, `device_id`, `time`, arrival): device ids are ranked once (a hash per
+/// row, then one sort of the distinct ids), so the row sort compares integers, never strings.
+/// Arrival order breaks ties, so a batch rebuilt from the WAL sorts exactly as before.
+fn sort_order(
+    hours: &Int64Array,
+    device: &StringArray,
+    time: &arrow::array::TimestampMicrosecondArray,
+) -> UInt32Array {
+    let n = device.len();
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let id_of: Vec<u32> = (0..n)
+        .map(|i| {
+            let next = ids.len() as u32;
+            *ids.entry(device.value(i)).or_insert(next)
+        })
+        .collect();
+    let mut names: Vec<(&str, u32)> = ids.into_iter().collect();
+    names.sort_unstable();
+    let mut rank = vec![0u32; names.len()];
+    for (r, (_, id)) in names.iter().enumerate() {
+        rank[*id as usize] = r as u32;
+    }
+    let mut keys: Vec<(i64, u32, i64, u32)> = (0..n)
+        .map(|i| {
+            (
+                hours.value(i),
+                rank[id_of[i] as usize],
+                time.value(i),
+                i as u32,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    UInt32Array::from_iter_values(keys.into_iter().map(|k| k.3))
+}
+
 /// Sorts `batch` and cuts it into hour parts.
 pub fn partition(batch: &Batch) -> Result<Vec<Part>, ArrowError> {
     let records = &batch.records;
     let time = records.column(0).as_primitive::<TimestampMicrosecondType>();
     let hours: Int64Array = time.unary(|t: i64| t.div_euclid(MICROS_PER_HOUR));
-    let sort = [
-        SortColumn {
-            values: Arc::new(hours.clone()),
-            options: None,
-        },
-        SortColumn {
-            values: records.column(2).clone(),
-            options: None,
-        },
-        SortColumn {
-            values: records.column(0).clone(),
-            options: None,
-        },
-    ];
-    let indices = lexsort_to_indices(&sort, None)?;
+    let device = records.column(2).as_string::<i32>();
+    let indices = sort_order(&hours, device, time);
     let sorted = take_record_batch(records, &indices)?;
     let device = sorted.column(2).as_string::<i32>();
     let order = indices.values();

