@@ -165,6 +165,17 @@ def fmt(v):
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
+def stripped_size(binary):
+    """The size of a stripped copy of `binary` (as `cargo deb --strip` ships it)."""
+    strip = shutil.which("strip")
+    if not strip:
+        return f"binary {binary.stat().st_size / 2**20:.1f} MiB (not stripped: no `strip`)"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "fleetlake"
+        subprocess.run([strip, "-o", str(out), str(binary)], check=True)
+        return f"stripped binary {out.stat().st_size / 2**20:.1f} MiB ({out.stat().st_size:,} bytes)"
+
+
 def raise_fd_limit():
     """1,000 publishers need more than the usual 1,024 descriptors (inherited by both processes)."""
     import resource
@@ -196,8 +207,9 @@ def main():
         idle_kib = d.rss_kib()
         d.stop()
     print(f"{'SMOKE RUN (tiny counts; figures mean nothing): ' if a.smoke else ''}"
-          f"start to ready: {d.ready_ms:.0f} ms (process start → 'fleetlake ready' log line); "
-          f"idle RSS {idle_kib / 1024:.1f} MiB; memory budget 64 MiB (default)\n", flush=True)
+          f"start to ready: {d.ready_ms:.0f} ms (process start → 'fleetlake ready' log line, empty WAL); "
+          f"idle RSS {idle_kib / 1024:.1f} MiB; memory budget 64 MiB (default); "
+          f"{stripped_size(bin_dir / 'fleetlake')}\n", flush=True)
 
     results, failed = [], False
     half_qos1 = None

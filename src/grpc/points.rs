@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
+use prost::encoding::{self, WireType};
 
 use super::proto::{Field, Point, PointError, WriteRequest, field};
 use crate::decode::{Message, RejectReason, Row, Scalar, Source};
@@ -85,20 +86,24 @@ pub fn check(points: &[Point]) -> Vec<PointError> {
 /// Turns checked points into messages, in order. `default_table` takes points without a
 /// table; `received_at` (µs) is the row time of points without one.
 pub fn to_messages(points: Vec<Point>, default_table: &Arc<str>, received_at: i64) -> Vec<Message> {
-    let mut buf = BytesMut::with_capacity(
-        points
-            .iter()
-            .map(|p| p.encoded_len() + default_table.len() + 12)
-            .sum(),
-    );
+    // A point without a table is stored with `default_table` appended as a second `table`
+    // field (protobuf keeps the last value of a singular field): no copy of the point needed.
+    let extra = table_field_len(default_table);
+    let lens: Vec<usize> = points
+        .iter()
+        .map(|p| p.encoded_len() + if p.table.is_empty() { extra } else { 0 })
+        .collect();
+    let mut buf = BytesMut::with_capacity(lens.iter().map(|len| len + 6).sum());
     let mut msgs: Vec<Message> = Vec::new();
     let mut table = default_table.clone();
-    for mut point in points {
-        if point.table.is_empty() {
-            point.table = default_table.to_string();
-        }
-        if *table != *point.table {
-            table = Arc::from(point.table.as_str());
+    for (point, len) in points.into_iter().zip(lens) {
+        let point_table: &str = if point.table.is_empty() {
+            default_table
+        } else {
+            &point.table
+        };
+        if *table != *point_table {
+            table = Arc::from(point_table);
         }
         let same = msgs
             .last()
@@ -120,7 +125,12 @@ pub fn to_messages(points: Vec<Point>, default_table: &Arc<str>, received_at: i6
                 rejected: None,
             });
         }
-        prost::encoding::message::encode(1, &point, &mut buf);
+        encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
+        encoding::encode_varint(len as u64, &mut buf);
+        point.encode_raw(&mut buf);
+        if point.table.is_empty() {
+            put_table_field(default_table, &mut buf);
+        }
         let msg = msgs
             .last_mut()
             .unwrap_or_else(|| unreachable!("pushed above"));
@@ -130,6 +140,17 @@ pub fn to_messages(points: Vec<Point>, default_table: &Arc<str>, received_at: i6
         last.payload = buf.split().freeze();
     }
     msgs
+}
+
+/// Bytes of `Point.table` (field 1) holding `table`.
+fn table_field_len(table: &str) -> usize {
+    encoding::key_len(1) + encoding::encoded_len_varint(table.len() as u64) + table.len()
+}
+
+fn put_table_field(table: &str, buf: &mut BytesMut) {
+    encoding::encode_key(1, WireType::LengthDelimited, buf);
+    encoding::encode_varint(table.len() as u64, buf);
+    buf.extend_from_slice(table.as_bytes());
 }
 
 fn row(point: Point, received_at: i64) -> Row {
