@@ -16,9 +16,14 @@ pub fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
     h.finish()
 }
 
-/// How many fingerprints a bridge keeps: far more than can be unacknowledged at once.
+/// How many fingerprints a bridge keeps (8 bytes each, twice, plus the hash table's slack:
+/// about 1.7 MiB at the floor). Far more than `max_inflight`: a broker resuming a session
+/// sends its whole offline queue at once — Mosquitto ignores its in-flight limit for it — and
+/// rumqttc writes at most one queued ack per turn of its event loop while it reads up to ten
+/// incoming publishes, so during such a backlog thousands of stored messages can still be
+/// unacknowledged when the process dies, and all of them come back with DUP set.
 pub fn window(max_inflight: usize) -> usize {
-    (max_inflight * 10).max(1024)
+    (max_inflight * 10).max(65_536)
 }
 
 /// The last `cap` fingerprints stored, oldest first out.
@@ -86,7 +91,7 @@ mod tests {
             "topic and payload are kept apart"
         );
         assert_eq!(fingerprint("t", b"x"), fingerprint("t", b"x"));
-        assert_eq!(window(100), 1024);
-        assert_eq!(window(1000), 10_000);
+        assert_eq!(window(100), 65_536);
+        assert_eq!(window(10_000), 100_000);
     }
 }

@@ -157,6 +157,34 @@ def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, bro
         raise AssertionError(f"{duplicates} rows stored twice, in {files}; log:\n" + "".join(published[-20:]))
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_sigkill_while_draining_an_offline_backlog_stores_nothing_twice(daemon_factory, broker, protocol):
+    """A broker resuming a session sends its whole offline queue at once, past its in-flight
+    limit, and acks leave more slowly than the backlog arrives: a SIGKILL then leaves thousands
+    of stored messages unacknowledged, all redelivered with DUP. None may be stored twice."""
+    config = bridge_config(broker, protocol=protocol)
+    d = daemon_factory(config)
+    subscribed(d)
+    d.stop()  # the persistent session stays in Mosquitto and queues what follows
+    total = 40000
+    publish_lines(broker, "backlog", 0, total)
+    d = daemon_factory(config, dir_name="d0")
+    wait_for("part of the backlog taken in", lambda: metrics(d.admin)["fleetlake_bridge_messages_total"] >= 8000)
+    d.kill()
+    d = daemon_factory(config, dir_name="d0")
+    wait_for("the whole backlog stored",
+             lambda: metrics(d.admin)["fleetlake_bridge_messages_total"] > 0
+             and duckdb.sql(f"SELECT count(DISTINCT seq) FROM read_parquet('{d.lake}/telemetry/**/*.parquet')")
+             .fetchall()[0][0] == total if list(d.lake.rglob("*.parquet")) else False, deadline=90)
+    skipped = metrics(d.admin)["fleetlake_bridge_redeliveries_skipped_total"]
+    d.stop()
+    got = [s for _, s in rows(d.lake)]
+    print(f"\nbacklog crash (MQTT {protocol}): {total} queued, {len(got)} rows, {len(got) - len(set(got))} duplicates, "
+          f"{int(skipped)} redeliveries recognised")
+    assert sorted(set(got)) == list(range(total))
+    assert len(got) == total, f"{len(got) - total} rows stored twice ({int(skipped)} redeliveries recognised)"
+
+
 def test_two_nodes_share_one_subscription(daemon_factory, broker):
     a = daemon_factory(bridge_config(broker, "fleetlake-a", group="lake"))
     b = daemon_factory(bridge_config(broker, "fleetlake-b", group="lake"))
