@@ -6,8 +6,8 @@ loopback listeners on port 0, data in the temp dir and JSON logs), loads it with
 `fleetlake-bench`, stops it with SIGTERM (which flushes every batch to Parquet), and reads:
 the generator's summary (sent and acknowledged messages/s, ack latency p99), the daemon's own
 CPU seconds and peak RSS (its "fleetlake stopped" log line), and the rows and bytes of the
-Parquet files it wrote (pyarrow reads every footer). A first row gives start-to-ready time and
-idle RSS.
+Parquet files it wrote (pyarrow reads every footer). A first line gives start-to-ready time,
+idle RSS and the stripped binary size; a last one RSS per idle connection (10,000 held).
 
     python3 benches/suite.py             # builds release binaries, full run (~2 minutes)
     python3 benches/suite.py --smoke     # tiny counts: checks the suite and nothing lost
@@ -153,6 +153,32 @@ def run_scenario(bin_dir, name, kind, args, output):
         }
 
 
+def idle_connections(bin_dir, conns, hold):
+    """RSS per idle connection: `conns` CONNECTed, silent connections held for `hold` seconds."""
+    with tempfile.TemporaryDirectory(prefix="fleetlake-bench-") as tmp:
+        d = Daemon(bin_dir, Path(tmp), "")
+        before = d.rss_kib()
+        fds = lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        base = fds()
+        gen = subprocess.Popen([str(bin_dir / "fleetlake-bench"), "mqtt", "--quiet", "--addr", d.ready_info["mqtt_listen"],
+                                "--conns", str(conns), "--idle", "--duration", f"{hold}s"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + hold
+        while fds() < base + conns and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a condition with a deadline
+        held = fds() - base
+        during = d.rss_kib()
+        out, err = gen.communicate(timeout=hold + 60)
+        d.stop()
+    ok = gen.returncode == 0 and held >= conns
+    per = (during - before) / max(held, 1)
+    line = (f"{held:,} idle connections (CONNECT sent, then silent): RSS {before / 1024:.1f} → "
+            f"{during / 1024:.1f} MiB, {per:.1f} KiB per connection")
+    if not ok:
+        line += f" — FAILED ({gen.returncode}): {out.strip()} {err.strip()[-300:]}"
+    return ok, line
+
+
 def fmt(v):
     if v is None:
         return "–"
@@ -177,11 +203,13 @@ def stripped_size(binary):
 
 
 def raise_fd_limit():
-    """1,000 publishers need more than the usual 1,024 descriptors (inherited by both processes)."""
+    """1,000 publishers and 10,000 idle connections need more than the usual 1,024 descriptors
+    (inherited by both processes)."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 8192 and hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    want = 10_000 + 1_024  # 10,000 idle connections, plus the daemon's own files
+    if soft < want and hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
 
 
 def main():
@@ -227,10 +255,17 @@ def main():
         results.append(r)
         failed |= not r["ok"]
         print(f"{name}: done", file=sys.stderr)
+    if not a.only:
+        conns, hold = (200, 5) if a.smoke else (10_000, 20)
+        ok, line = idle_connections(bin_dir, conns, hold)
+        failed |= not ok
+        print(f"idle connections: done", file=sys.stderr)
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "|".join("---" if c == "scenario" else "---:" for c in COLUMNS) + "|")
     for r in results:
         print("| " + " | ".join(fmt(r[c]) for c in COLUMNS) + (" |" if r["ok"] else " | FAILED"))
+    if not a.only:
+        print(f"\n{line}")
     sys.exit(1 if failed else 0)
 
 

@@ -64,6 +64,7 @@ def test_benchmark_suite_smoke():
     assert len(table) == 8, r.stdout
     assert not any("FAILED" in l for l in table)
     assert re.search(r"start to ready: \d+ ms", r.stdout)
+    assert re.search(r"^200 idle connections .* KiB per connection$", r.stdout, re.M), r.stdout
     grpc = [l for l in table if l.startswith("| gRPC batch 1,000")][0].split("|")
     assert grpc[4].strip() == "20,000", grpc  # rows in Parquet
 
