@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Load generator for fleetlake (or any MQTT broker).
+/// Load generator for fleetlake (MQTT, gRPC), usable against any MQTT broker.
 #[derive(Debug, Parser)]
 #[command(name = "fleetlake-bench", version)]
 struct Cli {
@@ -96,7 +96,8 @@ pub(crate) struct MqttArgs {
     /// Payload template.
     #[arg(long, value_enum, default_value = "reading")]
     pub(crate) payload: Payload,
-    /// Client ids and device ids are `{prefix}{n}`; topics `sensors/{prefix}{n}/telemetry`.
+    /// Client ids and device ids are this prefix and the connection number (`load-0`, `load-1`,
+    /// …); topics `sensors/<id>/telemetry`.
     #[arg(long, default_value = "load-")]
     pub(crate) prefix: String,
     /// Connect, then hold the connections open without publishing until --duration ends.
@@ -131,7 +132,8 @@ pub(crate) struct GrpcArgs {
     /// Total points per second (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) rate: f64,
-    /// Distinct device ids (`{prefix}{n}`), round robin over the points.
+    /// Distinct device ids (the prefix and a number: `load-0`, `load-1`, …), round robin over
+    /// the points.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) devices: u64,
     /// Device id prefix.
