@@ -199,6 +199,11 @@ pub async fn run(config: Config) -> Result<Exit> {
         out: batch_tx,
         sync_interval: config.wal.sync_interval,
         low_water: low_water.clone(),
+        release_grace: if config.bridges.is_empty() {
+            Duration::ZERO
+        } else {
+            crate::bridge::SEGMENT_GRACE
+        },
         budget: budget.clone(),
         stats: stats.clone(),
         heartbeats: heartbeats.clone(),

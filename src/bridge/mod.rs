@@ -41,6 +41,12 @@ use crate::telemetry::Stats;
 const CHANNEL: usize = 64;
 /// Capacity of rumqttc's request queue: every packet id, plus subscribes and a disconnect.
 const REQUEST_QUEUE: usize = 65_536 + 64;
+/// How long a published WAL segment is kept when bridges run. Its bridge records seed the
+/// redelivery filter after a crash; an ack for one of them can still be queued in rumqttc
+/// (which writes one queued request per turn of its event loop while reading up to ten
+/// publishes), so a segment deleted at once could let a crash soon after store the broker's
+/// redelivery twice. Costs disk: what the WAL takes in during this time, kept a little longer.
+pub const SEGMENT_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait at shutdown for stored messages to be acknowledged to the broker.
 const ACK_DRAIN: Duration = Duration::from_secs(3);
 

@@ -274,6 +274,7 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         out: out_tx,
         sync_interval: Duration::from_millis(1),
         low_water: Arc::new(AtomicU64::new(0)),
+        release_grace: Duration::ZERO,
         budget: budget.clone(),
         stats: stats.clone(),
         heartbeats: crate::telemetry::Heartbeats::new(),

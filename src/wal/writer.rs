@@ -16,6 +16,7 @@
 //! and every fsync error end the thread with the error: the daemon exits and a restart replays
 //! the log. An fsync is never retried.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +78,10 @@ pub struct WriterParts {
     pub sync_interval: Duration,
     /// Set by the publisher: segments wholly below it may be deleted.
     pub low_water: Arc<AtomicU64>,
+    /// A low water takes effect only this long after it was first seen (0: at once). With a
+    /// bridge, a published segment is kept a while: its records seed the redelivery filter
+    /// after a crash, and acks for them may still be queued in the MQTT client.
+    pub release_grace: Duration,
     /// Refused groups give their bytes back here.
     pub budget: Budget,
     /// Counters.
@@ -94,6 +99,7 @@ pub fn spawn<F: WalFs>(
         out,
         sync_interval,
         low_water,
+        release_grace,
         budget,
         stats,
         heartbeats,
@@ -109,6 +115,7 @@ pub fn spawn<F: WalFs>(
         out,
         sync_interval,
         low_water,
+        delay: ReleaseDelay::new(release_grace),
         released: 0,
         stats,
         waiting: Vec::new(),
@@ -127,12 +134,50 @@ pub fn spawn<F: WalFs>(
     Ok((WalHandle { tx }, end_rx))
 }
 
+/// Holds segment deletion back by a grace period (sans-IO: it is given the time): a low water
+/// takes effect once it is `grace` old.
+#[derive(Debug)]
+struct ReleaseDelay {
+    grace: Duration,
+    /// Low waters seen, increasing, with when they were first seen.
+    seen: VecDeque<(Instant, u64)>,
+}
+
+impl ReleaseDelay {
+    fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// The newest low water that is at least `grace` old at `now`, if one became so.
+    fn effective(&mut self, low_water: u64, now: Instant) -> Option<u64> {
+        if self.grace.is_zero() {
+            return Some(low_water);
+        }
+        if self.seen.back().is_none_or(|&(_, l)| l < low_water) {
+            self.seen.push_back((now, low_water));
+        }
+        let mut ready = None;
+        while let Some(&(at, l)) = self.seen.front() {
+            if now.saturating_duration_since(at) < self.grace {
+                break;
+            }
+            ready = Some(l);
+            self.seen.pop_front();
+        }
+        ready
+    }
+}
+
 struct Writer<F: WalFs> {
     log: Log<F>,
     rx: std_mpsc::Receiver<Append>,
     out: mpsc::Sender<Admitted>,
     sync_interval: Duration,
     low_water: Arc<AtomicU64>,
+    delay: ReleaseDelay,
     released: u64,
     stats: Arc<Stats>,
     waiting: Vec<(Admitted, Option<Done>)>,
@@ -312,7 +357,10 @@ impl<F: WalFs> Writer<F> {
     /// Deletes segments the checkpoint no longer needs. A failed delete is retried with
     /// the next release (the records in it are skipped on replay anyway).
     fn release(&mut self) {
-        let lw = self.low_water.load(Ordering::Acquire);
+        let seen = self.low_water.load(Ordering::Acquire);
+        let Some(lw) = self.delay.effective(seen, Instant::now()) else {
+            return;
+        };
         if lw > self.released {
             match self.log.release(lw, false) {
                 Ok(n) => {
@@ -322,5 +370,33 @@ impl<F: WalFs> Writer<F> {
                 Err(e) => tracing::warn!(error = %e, "cannot delete a released WAL segment"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+
+    #[test]
+    fn a_low_water_takes_effect_only_after_the_grace() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut d = ReleaseDelay::new(10 * s);
+        assert_eq!(d.effective(5, t0), None);
+        assert_eq!(d.effective(9, t0 + 4 * s), None);
+        assert_eq!(
+            d.effective(9, t0 + 10 * s),
+            Some(5),
+            "5 is 10 s old, 9 is not"
+        );
+        assert_eq!(
+            d.effective(9, t0 + 11 * s),
+            None,
+            "nothing new became old enough"
+        );
+        assert_eq!(d.effective(12, t0 + 14 * s), Some(9));
+        assert_eq!(d.effective(12, t0 + 30 * s), Some(12));
+        let mut now = ReleaseDelay::new(Duration::ZERO);
+        assert_eq!(now.effective(7, t0), Some(7), "no grace: at once");
     }
 }
