@@ -127,8 +127,9 @@ def test_sigkill_mid_stream_loses_nothing_mosquitto_accepted(daemon_factory, bro
     pub.disconnect()
     acked = {mids[m] for m in acked_mids}
     try:
+        # (The last process may have nothing left to publish: earlier ones stored it all.)
         wait_for("every accepted message stored",
-                 lambda: metrics(d.admin)["fleetlake_rows_published_total"] >= 1
+                 lambda: any(d.lake.rglob("*.parquet"))
                  and len({s for _, s in rows(d.lake)} & acked) == len(acked), deadline=90)
     except AssertionError:
         # Seen once in CI (MQTT 5, not reproduced in 11 local runs): say what is missing.
