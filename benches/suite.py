@@ -69,7 +69,8 @@ class Daemon:
         self.started = time.monotonic()
         self.proc = subprocess.Popen([str(bin_dir / "fleetlake"), "run", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         if not self.ready.wait(30):
             self.proc.kill()
             raise RuntimeError("fleetlake did not get ready:\n" + "\n".join(self.lines[-20:]))
@@ -95,7 +96,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise RuntimeError("fleetlake did not stop within 120 s")
-        time.sleep(0.05)  # let the reader thread take the last line (the pipe is closed)
+        self.reader.join(timeout=10)  # the pipe is closed: the reader ends after the last line
         for line in reversed(self.lines):
             if "fleetlake stopped" in line:
                 return json.loads(line)
