@@ -17,7 +17,7 @@ pub fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
 }
 
 /// How many fingerprints a bridge keeps (8 bytes each, twice, plus the hash table's slack:
-/// about 1.7 MiB at the floor). Far more than `max_inflight`: a broker resuming a session
+/// an estimated 1.7 MiB at the floor, not measured). Far more than `max_inflight`: a broker resuming a session
 /// sends its whole offline queue at once — Mosquitto ignores its in-flight limit for it — and
 /// rumqttc writes at most one queued ack per turn of its event loop while it reads up to ten
 /// incoming publishes, so during such a backlog thousands of stored messages can still be
