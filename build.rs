@@ -28,15 +28,32 @@ fn compile_protos() {
         compiler.encode_file_descriptor_set(),
     )
     .expect("writing the descriptor set");
+    // The messages (prost) for `decode::proto`: decoding points is a payload format like JSON,
+    // and the WAL replay decodes stored gRPC records without the gRPC server.
+    let messages = out.join("messages");
+    let services = out.join("services");
+    for dir in [&messages, &services] {
+        std::fs::create_dir_all(dir).expect("creating an OUT_DIR folder");
+    }
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        // Bytes fields share the request buffer instead of copying into a Vec.
+        .bytes(".")
+        .out_dir(&messages)
+        .compile_fds(compiler.file_descriptor_set())
+        .expect("generating Rust messages from proto/");
+    // The service stubs (tonic) for `grpc::proto`, over the messages above.
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Bytes fields share the request buffer instead of copying into a Vec.
         .bytes(".")
+        .extern_path(".fleetlake.v1", "crate::decode::proto")
         // Our codec: a request that is not valid protobuf is INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::grpc::codec::Codec")
+        .out_dir(&services)
         .compile_fds(compiler.file_descriptor_set())
-        .expect("generating Rust code from proto/");
+        .expect("generating Rust services from proto/");
 }
 
 fn record_commit() {

@@ -14,11 +14,12 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use fleetlake::columnar::TableBuilder;
 use fleetlake::columnar::encode::{partition, write_parquet};
 use fleetlake::config::Config;
+use fleetlake::decode::Source;
 use fleetlake::decode::{Message, decode_publish};
 use fleetlake::grpc::points;
 use fleetlake::grpc::proto::{Field, Point, WriteRequest, field::Value};
 use fleetlake::mqtt::codec::Codec;
-use fleetlake::wal::record::{self, Kind};
+use fleetlake::wal::record;
 use prost::Message as _;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
@@ -137,7 +138,7 @@ fn hot_paths(c: &mut Criterion) {
                 record::encode(
                     &mut out,
                     m.seq,
-                    Kind::Mqtt,
+                    Source::Mqtt,
                     0,
                     "bench",
                     &m.topic,

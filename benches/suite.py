@@ -12,6 +12,7 @@ idle RSS and the stripped binary size; a last one RSS per idle connection (10,00
     python3 benches/suite.py             # builds release binaries, full run (~2 minutes)
     python3 benches/suite.py --smoke     # tiny counts: checks the suite and nothing lost
     python3 benches/suite.py --bin-dir target/debug --smoke
+    python3 benches/suite.py --write benches/RESULTS.md   # also rewrites the file's suite part
 
 Exit status 1 when a scenario failed or Parquet holds fewer rows than were acknowledged.
 Timings are printed, never asserted. Needs pyarrow (`pip install pyarrow`).
@@ -218,6 +219,8 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny counts (CI): checks the suite, not speed")
     p.add_argument("--bin-dir", help="where fleetlake and fleetlake-bench are (default: build release)")
     p.add_argument("--only", help="run only scenarios whose name contains this")
+    p.add_argument("--write", metavar="RESULTS_MD",
+                   help="also write the results between the `suite` markers of this file")
     a = p.parse_args()
     if a.bin_dir:
         bin_dir = Path(a.bin_dir).resolve()
@@ -235,10 +238,11 @@ def main():
         time.sleep(0.5)  # settle: idle RSS after start-up work is done (not a synchronisation)
         idle_kib = d.rss_kib()
         d.stop()
-    print(f"{'SMOKE RUN (tiny counts; figures mean nothing): ' if a.smoke else ''}"
-          f"start to ready: {d.ready_ms:.0f} ms (process start → 'fleetlake ready' log line, empty WAL); "
-          f"idle RSS {idle_kib / 1024:.1f} MiB; memory budget 64 MiB (default); "
-          f"{stripped_size(bin_dir / 'fleetlake')}\n", flush=True)
+    header = (f"{'SMOKE RUN (tiny counts; figures mean nothing): ' if a.smoke else ''}"
+              f"start to ready: {d.ready_ms:.0f} ms (process start → 'fleetlake ready' log line, empty WAL); "
+              f"idle RSS {idle_kib / 1024:.1f} MiB; memory budget 64 MiB (default); "
+              f"{stripped_size(bin_dir / 'fleetlake')}")
+    print(header + "\n", flush=True)
 
     results, failed = [], False
     half_qos1 = None
@@ -261,13 +265,32 @@ def main():
         ok, line = idle_connections(bin_dir, conns, hold)
         failed |= not ok
         print(f"idle connections: done", file=sys.stderr)
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "|".join("---" if c == "scenario" else "---:" for c in COLUMNS) + "|")
+    table = ["| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---" if c == "scenario" else "---:" for c in COLUMNS) + "|"]
     for r in results:
-        print("| " + " | ".join(fmt(r[c]) for c in COLUMNS) + (" |" if r["ok"] else " | FAILED"))
+        table.append("| " + " | ".join(fmt(r[c]) for c in COLUMNS) + (" |" if r["ok"] else " | FAILED"))
     if not a.only:
-        print(f"\n{line}")
+        table.append(f"\n{line}")
+    print("\n".join(table))
+    if a.write:
+        write_results(Path(a.write), header, table)
     sys.exit(1 if failed else 0)
+
+
+def write_results(path, header, table):
+    """Replaces what lies between `<!-- suite:begin -->` and `<!-- suite:end -->` in `path`
+    with this run: its date, command, machine, header line and table."""
+    begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
+    text = path.read_text() if path.exists() else f"# Benchmark results\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        sys.exit(f"{path}: no {begin} … {end} markers to write between")
+    machine = f"{os.cpu_count()} cores, {os.uname().machine}, Linux {os.uname().release}"
+    body = (f"\n## benches/suite.py\n\nMeasured {time.strftime('%Y-%m-%d')} on {machine} "
+            f"(`python3 benches/suite.py {' '.join(sys.argv[1:])}`).\n\n> {header}\n\n"
+            + "\n".join(table) + "\n\n")
+    head, rest = text.split(begin, 1)
+    path.write_text(head + begin + body + end + rest.split(end, 1)[1])
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

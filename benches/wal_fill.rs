@@ -48,7 +48,7 @@ fn main() -> std::io::Result<()> {
                 30 + seq % 40
             );
             log.stage(
-                fleetlake::wal::record::Kind::Mqtt,
+                fleetlake::decode::Source::Mqtt,
                 now,
                 &clients[d],
                 &topics[d],

@@ -139,20 +139,14 @@ pub fn wal_segment(data: &[u8]) {
     for _ in 0..64 {
         match reader.next_record() {
             Ok(Next::Record(entry)) => {
-                let _ = match entry.kind {
-                    crate::wal::record::Kind::Grpc => crate::grpc::points::from_record(
-                        entry.payload,
-                        &entry.client,
-                        entry.received_at,
-                    ),
-                    _ => decode_publish(
-                        &router,
-                        entry.topic,
-                        entry.payload,
-                        &entry.client,
-                        entry.received_at,
-                    ),
-                };
+                let _ = crate::decode::decode_record(
+                    &router,
+                    entry.source,
+                    entry.topic,
+                    entry.payload,
+                    &entry.client,
+                    entry.received_at,
+                );
             }
             _ => return,
         }

@@ -4,7 +4,7 @@
 //! Hive-partitioned dataset.
 //!
 //! ```text
-//! devices ──MQTT──▶ mqtt::listener ─▶ mqtt::connection (session, decode) ─▶ buffer::Ingest (budget)
+//! devices ──MQTT──▶ mqtt::listener ─▶ mqtt::connection (session, decode) ─▶ admit::Ingest (budget)
 //! brokers ◀─MQTT── bridge (rumqttc subscriber, manual acks) ───────────────────▶      │
 //! services ──gRPC──▶ grpc::service (check points, group into messages) ───────▶      │
 //!                                                                              ▼
@@ -21,20 +21,24 @@
 //!                    sink::uploader: spool → object store (create-only PUT / multipart), in order
 //! ```
 //!
-//! At start, `app` replays the WAL records the checkpoint does not cover before the listener,
-//! the gRPC server and the bridges start.
+//! `pipeline` starts these stages in order and stops them in reverse; at start, `recovery`
+//! replays the WAL records the checkpoint does not cover before any source starts.
+//! ARCHITECTURE.md has the module map and the design.
 
+pub mod admit;
 pub mod app;
 pub mod auth;
 pub mod batch;
 pub mod bridge;
-pub mod buffer;
+pub mod budget;
 pub mod columnar;
 pub mod config;
 pub mod decode;
 pub mod fuzzing;
 pub mod grpc;
 pub mod mqtt;
+pub mod pipeline;
+pub mod recovery;
 pub mod sink;
 pub mod telemetry;
 pub mod tls;

@@ -17,8 +17,10 @@ pub use grpc::{Caller, GrpcPolicy, GrpcRefused};
 pub use passwd::PasswordFile;
 pub use tokens::Tokens;
 
-/// What becomes a connection's `device_id` (when its topic names none).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What becomes a connection's `device_id` (when its topic names none); the config value
+/// `mqtt.auth.identity` is its snake_case name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Identity {
     /// The MQTT client id.
     #[default]
@@ -27,18 +29,6 @@ pub enum Identity {
     Username,
     /// The CN of the verified client certificate (mTLS).
     CertCn,
-}
-
-impl Identity {
-    /// Parses the config value.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "client_id" => Some(Self::ClientId),
-            "username" => Some(Self::Username),
-            "cert_cn" => Some(Self::CertCn),
-            _ => None,
-        }
-    }
 }
 
 /// Why CONNECT was refused (each is counted).

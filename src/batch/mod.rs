@@ -5,9 +5,10 @@
 //! largest table is flushed so admission can go on).
 //!
 //! Budget accounting: a message is admitted holding its [`Message::cost`] (decoded form, with
-//! its network buffer). Once its rows are in the builders it holds three times their columnar
-//! size instead (builder capacity slack up to 2x, plus the sorted copy made while encoding);
-//! the difference is handed back at once through [`Batches::take_freed`].
+//! its network buffer). Once its rows are in the builders its table keeps three times their
+//! columnar size of that holding (builder capacity slack up to 2x, plus the sorted copy made
+//! while encoding); what the group holds beyond that is given back when the group's holding
+//! is dropped, once per group. A flushed batch carries its table's holding ([`Ready::held`]).
 //! [`Batcher`] is the task around it: it feeds durable messages in (in WAL sequence order)
 //! and hands finished batches to the publisher. When its input closes it flushes every partial
 //! batch.
@@ -22,11 +23,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::buffer::{Admitted, Budget};
+use crate::budget::Held;
 use crate::columnar::{Batch, TableBuilder};
-use crate::config::{BatchLimits, REJECTED_TABLE};
-use crate::decode::{Message, RejectReason};
+use crate::config::BatchLimits;
+use crate::decode::{Message, REJECTED_TABLE, RejectReason};
 use crate::telemetry::{Heartbeats, Stage, Stats};
+use crate::wal::Admitted;
 
 /// Budget held per columnar byte of buffered rows (see the module docs).
 const KEPT_FACTOR: usize = 3;
@@ -48,13 +50,13 @@ pub enum FlushReason {
     Replay,
 }
 
-/// A finished batch and the budget bytes it holds.
+/// A finished batch and the budget it holds.
 #[derive(Debug)]
 pub struct Ready {
     /// The rows.
     pub batch: Batch,
-    /// Budget bytes to release once published.
-    pub cost: usize,
+    /// The budget its rows hold, given back when the `Ready` is dropped (once published).
+    pub held: Held,
     /// Why it was flushed.
     pub reason: FlushReason,
     /// Every message below this sequence number is in this batch or an earlier one.
@@ -74,8 +76,8 @@ struct Pending {
     builder: TableBuilder,
     /// Columnar bytes of the buffered rows.
     bytes: usize,
-    /// Budget bytes held by the buffered rows.
-    cost: usize,
+    /// The budget held by the buffered rows.
+    held: Held,
     first_at: Option<Instant>,
     /// Sequence number of the first buffered message.
     first_seq: Option<u64>,
@@ -88,12 +90,11 @@ pub struct Batches {
     limits: BatchLimits,
     buffered: usize,
     pressure: usize,
-    freed: usize,
     stats: Arc<Stats>,
     /// One past the last sequence number pushed.
     next_seq: u64,
     /// A table rebuilding a batch up to this sequence number (see [`Batches::hold`]).
-    held: Option<(usize, u64)>,
+    rebuilding: Option<(usize, u64)>,
 }
 
 impl Batches {
@@ -104,10 +105,9 @@ impl Batches {
             limits,
             buffered: 0,
             pressure,
-            freed: 0,
             stats,
             next_seq: 0,
-            held: None,
+            rebuilding: None,
         }
     }
 
@@ -116,17 +116,12 @@ impl Batches {
     /// [`FlushReason::Replay`]) right after `last_seq`.
     pub fn hold(&mut self, table: &Arc<str>, last_seq: u64) {
         if let Ok(t) = self.index_of(table) {
-            self.held = Some((t, last_seq));
+            self.rebuilding = Some((t, last_seq));
         }
     }
 
     fn is_held(&self, t: usize) -> bool {
-        self.held.is_some_and(|(h, _)| h == t)
-    }
-
-    /// Budget bytes no longer needed since the last call (to give back to the budget).
-    pub fn take_freed(&mut self) -> usize {
-        std::mem::take(&mut self.freed)
+        self.rebuilding.is_some_and(|(h, _)| h == t)
     }
 
     /// Bytes held by buffered messages.
@@ -134,16 +129,24 @@ impl Batches {
         self.buffered
     }
 
-    /// Adds a message (sequence `seq`) holding `cost` budget bytes; batches that became ready
-    /// are pushed to `out`.
-    pub fn push(&mut self, msg: Message, cost: usize, now: Instant, out: &mut Vec<Ready>) {
+    /// Adds a message (sequence `seq`) whose share of `group`'s holding is `cost` bytes: its
+    /// table keeps what its rows need of that share, the rest stays in `group` (given back when
+    /// the caller drops it). Batches that became ready are pushed to `out`.
+    pub fn push(
+        &mut self,
+        msg: Message,
+        cost: usize,
+        group: &mut Held,
+        now: Instant,
+        out: &mut Vec<Ready>,
+    ) {
         let seq = msg.seq;
         self.next_seq = self.next_seq.max(seq + 1);
-        if let Some((h, last)) = self.held
+        if let Some((h, last)) = self.rebuilding
             && seq > last
         {
             // The held batch's last message never came (it was rejected or lost): close it.
-            self.held = None;
+            self.rebuilding = None;
             self.flush(h, FlushReason::Replay, out);
         }
         let appended = match self.index_of(&msg.table) {
@@ -178,18 +181,16 @@ impl Batches {
                 )
             }
         };
-        let kept = (KEPT_FACTOR * bytes).min(cost);
-        self.freed += cost - kept;
-        self.buffered += kept;
         let limits = self.limits;
         let pending = &mut self.tables[t];
-        pending.cost += kept;
+        let kept = group.move_to(&mut pending.held, (KEPT_FACTOR * bytes).min(cost));
+        self.buffered += kept;
         pending.bytes += bytes;
         pending.first_at.get_or_insert(now);
         pending.first_seq.get_or_insert(seq);
-        if let Some((h, last)) = self.held {
+        if let Some((h, last)) = self.rebuilding {
             if h == t && seq >= last {
-                self.held = None;
+                self.rebuilding = None;
                 self.flush(t, FlushReason::Replay, out);
             }
         } else if pending.builder.rows() >= limits.max_rows {
@@ -200,7 +201,7 @@ impl Batches {
         if self.buffered >= self.pressure {
             let largest = (0..self.tables.len())
                 .filter(|&i| !self.is_held(i))
-                .max_by_key(|&i| self.tables[i].cost);
+                .max_by_key(|&i| self.tables[i].held.bytes());
             if let Some(i) = largest {
                 self.flush(i, FlushReason::Budget, out);
             }
@@ -234,7 +235,7 @@ impl Batches {
             table: table.clone(),
             builder: TableBuilder::new(table.clone()),
             bytes: 0,
-            cost: 0,
+            held: Held::default(),
             first_at: None,
             first_seq: None,
         });
@@ -243,11 +244,11 @@ impl Batches {
 
     fn flush(&mut self, t: usize, reason: FlushReason, out: &mut Vec<Ready>) {
         let pending = &mut self.tables[t];
-        let cost = std::mem::take(&mut pending.cost);
+        let held = std::mem::take(&mut pending.held);
         pending.bytes = 0;
         pending.first_at = None;
         pending.first_seq = None;
-        self.buffered -= cost;
+        self.buffered -= held.bytes();
         let finished = pending.builder.finish();
         let low_water = self
             .tables
@@ -262,13 +263,15 @@ impl Batches {
                 );
                 out.push(Ready {
                     batch,
-                    cost,
+                    held,
                     reason,
                     low_water,
                 });
             }
+            // No rows: nothing to publish; `held` (nothing, or a rounding rest) goes back.
             Ok(None) => {}
-            // Arrays built by our own builders always agree with their schema.
+            // Arrays built by our own builders always agree with their schema, so this is not
+            // expected; if it happens, the error is logged and `held` still goes back.
             Err(e) => {
                 tracing::error!(table = %self.tables[t].table, error = %e, "cannot finish a batch")
             }
@@ -299,7 +302,7 @@ impl Batches {
 
     /// Flushes everything (shutdown).
     pub fn flush_all(&mut self, out: &mut Vec<Ready>) {
-        self.held = None;
+        self.rebuilding = None;
         for t in 0..self.tables.len() {
             self.flush(t, FlushReason::Shutdown, out);
         }
@@ -312,7 +315,6 @@ pub struct Batcher {
     rx: mpsc::Receiver<Admitted>,
     out: mpsc::Sender<Ready>,
     batches: Batches,
-    budget: Budget,
     heartbeats: Arc<Heartbeats>,
 }
 
@@ -325,14 +327,12 @@ impl Batcher {
         rx: mpsc::Receiver<Admitted>,
         out: mpsc::Sender<Ready>,
         batches: Batches,
-        budget: Budget,
         heartbeats: Arc<Heartbeats>,
     ) -> Self {
         Self {
             rx,
             out,
             batches,
-            budget,
             heartbeats,
         }
     }
@@ -363,22 +363,10 @@ impl Batcher {
         tracing::debug!("batcher finished");
     }
 
-    /// Buffers each message of a group, sharing out the group's budget bytes so that what the
-    /// batches give back adds up to exactly what was taken.
+    /// Buffers each message of a group, sharing out the group's holding by message cost; what
+    /// the tables do not keep goes back to the budget when the group's holding is dropped.
     fn push(&mut self, admitted: Admitted, ready: &mut Vec<Ready>) {
-        let now = Instant::now();
-        let mut remaining = admitted.cost;
-        let last = admitted.msgs.len().saturating_sub(1);
-        for (i, msg) in admitted.msgs.into_iter().enumerate() {
-            let cost = if i == last {
-                remaining
-            } else {
-                msg.cost().min(remaining)
-            };
-            remaining -= cost;
-            self.batches.push(msg, cost, now, ready);
-        }
-        self.budget.release(self.batches.take_freed());
+        push_group(&mut self.batches, admitted, Instant::now(), ready);
     }
 
     /// Hands finished batches to the publisher, beating while it waits for room.
@@ -400,6 +388,23 @@ impl Batcher {
             }
         }
         true
+    }
+}
+
+/// Buffers each message of `admitted` in `batches` (see [`Batcher`]); the group's holding,
+/// with whatever the tables did not keep, is dropped at the end.
+pub fn push_group(batches: &mut Batches, admitted: Admitted, now: Instant, ready: &mut Vec<Ready>) {
+    let Admitted { msgs, mut held } = admitted;
+    let mut remaining = held.bytes();
+    let last = msgs.len().saturating_sub(1);
+    for (i, msg) in msgs.into_iter().enumerate() {
+        let cost = if i == last {
+            remaining
+        } else {
+            msg.cost().min(remaining)
+        };
+        remaining -= cost;
+        batches.push(msg, cost, &mut held, now, ready);
     }
 }
 

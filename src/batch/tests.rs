@@ -32,6 +32,19 @@ fn admitted(table: &str, value: Scalar, seq: u64) -> Message {
     }
 }
 
+/// One budget for every test (holdings only move within one budget).
+static BUDGET: std::sync::LazyLock<crate::budget::Budget> =
+    std::sync::LazyLock::new(|| crate::budget::Budget::new(1 << 30));
+
+/// Pushes `msg` holding `cost` bytes of [`BUDGET`]; returns what the table did not keep
+/// (given back when the group's holding drops).
+fn push(b: &mut Batches, msg: Message, cost: usize, now: Instant, out: &mut Vec<Ready>) -> usize {
+    let budget = &*BUDGET;
+    let mut group = budget.try_acquire(cost).unwrap_or_default();
+    b.push(msg, cost, &mut group, now, out);
+    group.bytes()
+}
+
 fn batches() -> Batches {
     Batches::new(limits(), 1_000_000, Arc::new(Stats::default()))
 }
@@ -42,11 +55,21 @@ fn a_table_is_flushed_when_it_reaches_max_rows() {
     let now = Instant::now();
     let mut out = Vec::new();
     for seq in 0..3 {
-        b.push(admitted("t", Scalar::Int(1), seq), 10, now, &mut out);
+        push(
+            &mut b,
+            admitted("t", Scalar::Int(1), seq),
+            10,
+            now,
+            &mut out,
+        );
     }
     assert_eq!(out.len(), 1);
     assert_eq!(
-        (out[0].reason, out[0].cost, out[0].batch.records.num_rows()),
+        (
+            out[0].reason,
+            out[0].held.bytes(),
+            out[0].batch.records.num_rows()
+        ),
         (FlushReason::Rows, 30, 3)
     );
     assert_eq!(b.buffered(), 0);
@@ -61,14 +84,16 @@ fn a_table_is_flushed_when_its_columnar_bytes_reach_max_bytes() {
     let mut b = Batches::new(limits, 1_000_000, Arc::new(Stats::default()));
     let mut out = Vec::new();
     // One row takes 37 bytes (time, received_at, seq, device id "d", one Int64).
-    b.push(
+    push(
+        &mut b,
         admitted("t", Scalar::Int(1), 0),
         10_000,
         Instant::now(),
         &mut out,
     );
     assert!(out.is_empty());
-    b.push(
+    push(
+        &mut b,
         admitted("t", Scalar::Int(1), 1),
         10_000,
         Instant::now(),
@@ -81,19 +106,18 @@ fn a_table_is_flushed_when_its_columnar_bytes_reach_max_bytes() {
 fn budget_beyond_three_times_the_columnar_size_is_freed_on_append() {
     let mut b = batches();
     let mut out = Vec::new();
-    b.push(
+    let freed = push(
+        &mut b,
         admitted("t", Scalar::Int(1), 0),
         1_000,
         Instant::now(),
         &mut out,
     );
-    assert_eq!(
-        (b.take_freed(), b.buffered(), b.take_freed()),
-        (1_000 - 111, 111, 0)
-    );
+    assert_eq!((freed, b.buffered()), (1_000 - 111, 111));
     b.flush_all(&mut out);
     assert_eq!(
-        out[0].cost, 111,
+        out[0].held.bytes(),
+        111,
         "the batch gives back what it still holds when published"
     );
 }
@@ -104,9 +128,10 @@ async fn the_age_timer_starts_at_the_first_row_of_a_batch() {
     let mut out = Vec::new();
     assert_eq!(b.next_deadline(), None);
     let t0 = Instant::now();
-    b.push(admitted("t", Scalar::Int(1), 0), 10, t0, &mut out);
+    push(&mut b, admitted("t", Scalar::Int(1), 0), 10, t0, &mut out);
     tokio::time::advance(Duration::from_secs(3)).await;
-    b.push(
+    push(
+        &mut b,
         admitted("t", Scalar::Int(1), 1),
         10,
         Instant::now(),
@@ -126,8 +151,14 @@ fn a_type_conflict_sends_the_message_to_rejected_with_the_reason() {
     let mut b = batches();
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("t", Scalar::Int(1), 0), 10, now, &mut out);
-    b.push(admitted("t", Scalar::Str("x".into()), 1), 10, now, &mut out);
+    push(&mut b, admitted("t", Scalar::Int(1), 0), 10, now, &mut out);
+    push(
+        &mut b,
+        admitted("t", Scalar::Str("x".into()), 1),
+        10,
+        now,
+        &mut out,
+    );
     b.flush_all(&mut out);
     let mut tables: Vec<(String, usize)> = out
         .iter()
@@ -142,19 +173,27 @@ fn budget_pressure_flushes_the_largest_table() {
     let mut b = Batches::new(limits(), 80, Arc::new(Stats::default()));
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("small", Scalar::Int(1), 0), 10, now, &mut out);
-    b.push(admitted("big", Scalar::Int(1), 1), 95, now, &mut out);
+    push(
+        &mut b,
+        admitted("small", Scalar::Int(1), 0),
+        10,
+        now,
+        &mut out,
+    );
+    let freed = push(
+        &mut b,
+        admitted("big", Scalar::Int(1), 1),
+        95,
+        now,
+        &mut out,
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(
         (&*out[0].batch.table, out[0].reason),
         ("big", FlushReason::Budget)
     );
     assert_eq!(b.buffered(), 10);
-    assert_eq!(
-        b.take_freed(),
-        0,
-        "rows worth more than their cost keep all of it"
-    );
+    assert_eq!(freed, 0, "rows worth more than their cost keep all of it");
 }
 
 #[test]
@@ -163,7 +202,8 @@ fn tables_past_max_tables_go_to_rejected_with_the_reason() {
     let mut out = Vec::new();
     let now = Instant::now();
     for (seq, table) in ["a", "b", "c"].into_iter().enumerate() {
-        b.push(
+        push(
+            &mut b,
             admitted(table, Scalar::Int(1), seq as u64),
             10,
             now,
@@ -198,9 +238,15 @@ fn low_water_is_the_oldest_message_still_buffered() {
     let mut b = batches();
     let mut out = Vec::new();
     let now = Instant::now();
-    b.push(admitted("b", Scalar::Int(1), 0), 10, now, &mut out);
+    push(&mut b, admitted("b", Scalar::Int(1), 0), 10, now, &mut out);
     for seq in 1..=3 {
-        b.push(admitted("a", Scalar::Int(1), seq), 10, now, &mut out);
+        push(
+            &mut b,
+            admitted("a", Scalar::Int(1), seq),
+            10,
+            now,
+            &mut out,
+        );
     }
     assert_eq!(out.len(), 1, "a reached max_rows");
     assert_eq!(
@@ -223,7 +269,7 @@ async fn a_held_table_ignores_every_flush_rule_until_its_last_seq() {
     b.hold(&Arc::from("a"), 5);
     // Five rows: past max_rows (3) and the pressure mark (40), and older than max_age.
     for seq in 1..=4 {
-        b.push(admitted("a", Scalar::Int(1), seq), 10, t0, &mut out);
+        push(&mut b, admitted("a", Scalar::Int(1), seq), 10, t0, &mut out);
     }
     tokio::time::advance(Duration::from_secs(10)).await;
     b.flush_due(Instant::now(), &mut out);
@@ -232,7 +278,7 @@ async fn a_held_table_ignores_every_flush_rule_until_its_last_seq() {
         "held: {:?}",
         out.iter().map(|r| r.reason).collect::<Vec<_>>()
     );
-    b.push(admitted("a", Scalar::Int(1), 5), 10, t0, &mut out);
+    push(&mut b, admitted("a", Scalar::Int(1), 5), 10, t0, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (
@@ -242,7 +288,7 @@ async fn a_held_table_ignores_every_flush_rule_until_its_last_seq() {
         ),
         (FlushReason::Replay, 5, 5)
     );
-    b.push(admitted("a", Scalar::Int(1), 6), 10, t0, &mut out);
+    push(&mut b, admitted("a", Scalar::Int(1), 6), 10, t0, &mut out);
     assert_eq!(out.len(), 1, "the hold is over: normal rules again");
 }
 
@@ -252,8 +298,8 @@ fn a_hold_whose_last_message_never_comes_ends_at_the_first_later_message() {
     let mut out = Vec::new();
     let now = Instant::now();
     b.hold(&Arc::from("a"), 2);
-    b.push(admitted("a", Scalar::Int(1), 1), 10, now, &mut out);
-    b.push(admitted("b", Scalar::Int(1), 7), 10, now, &mut out);
+    push(&mut b, admitted("a", Scalar::Int(1), 1), 10, now, &mut out);
+    push(&mut b, admitted("b", Scalar::Int(1), 7), 10, now, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (&*out[0].batch.table, out[0].reason),

@@ -31,11 +31,12 @@ pub use backoff::Backoff;
 pub use redelivery::Redelivery;
 use session::{Client, Delivery, Loop, Polled, Settings};
 
-use crate::buffer::{Durable, Ingest};
+use crate::admit::{Ingest, Submit};
 use crate::config::{BridgeConfig, BridgeTls, Password};
 use crate::decode::topic::Router;
 use crate::decode::{Source, decode_publish};
 use crate::telemetry::Stats;
+use crate::wal::Durable;
 
 /// Publishes handed from the poller to the consumer at once.
 const CHANNEL: usize = 64;
@@ -123,7 +124,7 @@ fn tls_client(tls: &BridgeTls) -> std::io::Result<rustls::ClientConfig> {
             roots
         }
     };
-    crate::sink::store::install_tls_provider();
+    crate::tls::install_provider();
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     match &tls.client {
         Some((cert, key)) => builder
@@ -214,11 +215,14 @@ impl Bridge {
                         }
                     }
                     let (group, acks, cost) = self.decode(batch, &name, &mut epoch);
-                    let qos0_only = acks.is_empty();
+                    let how = Submit {
+                        unacknowledged: acks.is_empty(),
+                        refuse_when_full: false,
+                    };
                     let durable = tokio::select! {
                         biased;
                         _ = self.shutdown.wait_for(|s| *s) => break,
-                        d = self.ingest.submit(&name, group, cost, qos0_only, false) => d,
+                        d = self.ingest.submit(&name, group, cost, how) => d,
                     };
                     match durable {
                         Ok(d) => {

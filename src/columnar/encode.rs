@@ -20,7 +20,6 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPrope
 use parquet::schema::types::ColumnPath;
 
 use super::Batch;
-use crate::config::ParquetOptions;
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
@@ -172,6 +171,15 @@ fn encodings(mut b: WriterPropertiesBuilder, records: &RecordBatch) -> WriterPro
 }
 
 /// Writer properties for a part.
+/// How files are written (validated `[parquet]`).
+#[derive(Clone, Copy, Debug)]
+pub struct ParquetOptions {
+    /// Codec with level.
+    pub compression: parquet::basic::Compression,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+}
+
 fn properties(opts: &ParquetOptions, records: &RecordBatch, devices: usize) -> WriterProperties {
     let device = ColumnPath::from("device_id");
     let sorted_by = |column_idx| SortingColumn {

@@ -9,3 +9,4 @@ pub mod builder;
 pub mod encode;
 
 pub use builder::{Batch, Conflict, TableBuilder};
+pub use encode::ParquetOptions;

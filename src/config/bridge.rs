@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, HumanDuration, invalid, validate_name};
+use super::{ConfigError, HumanDuration, choice, invalid, validate_name};
 
 /// One `[[bridge]]` entry as written.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -171,16 +171,7 @@ pub(super) fn validate_bridges(
             }
             None
         };
-        let mqtt5 = match b.protocol.as_str() {
-            "3.1.1" | "3" | "4" => false,
-            "5" | "5.0" => true,
-            other => {
-                return Err(invalid(
-                    key("protocol"),
-                    format!("`{other}`: use \"3.1.1\" or \"5\""),
-                ));
-            }
-        };
+        let mqtt5 = choice::<Protocol>(&key("protocol"), &b.protocol)? == Protocol::V5;
         let client_id = if b.client_id.is_empty() {
             format!("fleetlake-{node}-{}", b.name)
         } else {
@@ -298,6 +289,15 @@ fn check_filter(filter: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `[[bridge]] protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+enum Protocol {
+    #[serde(rename = "3.1.1", alias = "3", alias = "4")]
+    V311,
+    #[serde(rename = "5", alias = "5.0")]
+    V5,
 }
 
 #[cfg(test)]

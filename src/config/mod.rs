@@ -6,6 +6,7 @@
 mod bridge;
 mod grpc;
 mod mqtt;
+mod output;
 mod units;
 
 use std::net::SocketAddr;
@@ -19,10 +20,11 @@ use crate::decode::topic::{Router, TableRule};
 pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
+pub use output::{OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
-/// Name of the table that keeps undecodable payloads and schema conflicts.
-pub const REJECTED_TABLE: &str = "_rejected";
+pub use crate::columnar::ParquetOptions;
+pub use crate::decode::REJECTED_TABLE;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -112,63 +114,6 @@ impl Default for RawNode {
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
         }
     }
-}
-
-/// `[output]`: where Parquet files go.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawOutput {
-    /// A directory path or `file://` URL; empty means `{data_dir}/lake`; `s3://bucket/prefix`,
-    /// `gs://bucket/prefix` or `az://container/prefix` spool files locally and upload them;
-    /// `null:` discards every row (a benchmarking aid).
-    pub url: String,
-    /// Most bytes of finished files waiting in `{data_dir}/spool` for upload.
-    pub spool_max_bytes: ByteSize,
-    /// What happens when the spool is full: `pause` (stop taking data) or `drop_oldest`.
-    pub spool_full: String,
-    /// Files up to this size are sent with one PUT; larger ones as a multipart upload.
-    pub multipart_threshold: ByteSize,
-    /// Deadline of one request to the object store.
-    pub request_timeout: HumanDuration,
-    /// Longest wait between upload retries while the store is unreachable.
-    pub retry_max_backoff: HumanDuration,
-    /// `[output.s3]`: S3 and S3-compatible servers.
-    pub s3: RawS3,
-}
-
-impl Default for RawOutput {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            spool_max_bytes: ByteSize(4 << 30),
-            spool_full: "pause".into(),
-            multipart_threshold: ByteSize(16 << 20),
-            request_timeout: HumanDuration(Duration::from_secs(30)),
-            retry_max_backoff: HumanDuration(Duration::from_secs(60)),
-            s3: RawS3::default(),
-        }
-    }
-}
-
-/// `[output.s3]`: S3 options. Credentials never come from here: they come from the
-/// environment (`AWS_ACCESS_KEY_ID`, …), systemd credentials or instance metadata.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawS3 {
-    /// Endpoint URL of an S3-compatible server (MinIO, Ceph, moto); empty: AWS.
-    pub endpoint: String,
-    /// Region; empty: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
-    pub region: String,
-    /// Allow `http://` endpoints (plain text; for servers on a trusted network).
-    pub allow_http: bool,
-    /// Address buckets as `bucket.endpoint` (virtual-hosted style) instead of `endpoint/bucket`.
-    pub virtual_hosted_style: bool,
-    /// Refused: credentials do not belong in the file (accepted by the parser only to say so).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_key_id: Option<String>,
-    /// Refused, as `access_key_id`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret_access_key: Option<String>,
 }
 
 /// `[batch]`: when a table's buffered rows become a file.
@@ -350,8 +295,37 @@ impl RawConfig {
     }
 }
 
+/// `log.format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `parquet.compression`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Codec {
+    Zstd,
+    Snappy,
+    Lz4,
+    Gzip,
+    None,
+}
+
+/// Reads a string setting into its enum (the serde names of its variants), naming `key` and
+/// the accepted values when it is none of them.
+fn choice<T: serde::de::DeserializeOwned>(key: &str, text: &str) -> Result<T, ConfigError> {
+    use serde::de::IntoDeserializer;
+    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        text.into_deserializer();
+    T::deserialize(de).map_err(|e| invalid(key, e.to_string()))
+}
+
 /// What QoS 0 messages do when the memory budget is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Qos0WhenFull {
     /// Stop reading the socket like for QoS 1/2 (nothing is lost).
     Backpressure,
@@ -398,81 +372,6 @@ pub struct Config {
     pub raw: RawConfig,
 }
 
-/// Validated `[output]`: where finished files go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OutputTarget {
-    /// Files appear under a local directory.
-    Local(PathBuf),
-    /// Files are spooled locally, then uploaded to an object store.
-    Remote(RemoteOutput),
-    /// `null:`: rows are counted and discarded (a benchmarking aid).
-    Discard,
-}
-
-impl OutputTarget {
-    /// The URL or path, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Local(root) => root.display().to_string(),
-            Self::Remote(r) => r.url.clone(),
-            Self::Discard => "null:".into(),
-        }
-    }
-}
-
-/// Which object store a remote output uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreKind {
-    /// Amazon S3 or an S3-compatible server (`s3://`).
-    S3,
-    /// Google Cloud Storage (`gs://`).
-    Gcs,
-    /// Azure Blob Storage (`az://`).
-    Azure,
-}
-
-/// What to do when the spool reaches `output.spool_max_bytes`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpoolFull {
-    /// Stop publishing new files: buffers fill and sources stop being acknowledged.
-    Pause,
-    /// Delete the oldest spooled file (counted, logged at warn level).
-    DropOldest,
-}
-
-/// Validated object-store output.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteOutput {
-    /// The URL as configured.
-    pub url: String,
-    /// The backend.
-    pub kind: StoreKind,
-    /// Bucket (or container).
-    pub bucket: String,
-    /// Key prefix without leading or trailing `/` (may be empty).
-    pub prefix: String,
-    /// Local spool directory (`{data_dir}/spool`).
-    pub spool_dir: PathBuf,
-    /// Spool quota in bytes.
-    pub spool_max_bytes: u64,
-    /// Policy at the quota.
-    pub spool_full: SpoolFull,
-    /// Single PUT up to this size, multipart above.
-    pub multipart_threshold: u64,
-    /// Deadline of one request.
-    pub request_timeout: Duration,
-    /// Cap of the retry backoff.
-    pub retry_max_backoff: Duration,
-    /// S3 endpoint (`None`: AWS).
-    pub endpoint: Option<String>,
-    /// S3 region (`None`: from the environment).
-    pub region: Option<String>,
-    /// Plain-HTTP endpoints allowed.
-    pub allow_http: bool,
-    /// Virtual-hosted-style bucket addressing.
-    pub virtual_hosted_style: bool,
-}
-
 /// Validated `[wal]`.
 #[derive(Clone, Copy, Debug)]
 pub struct WalConfig {
@@ -493,15 +392,6 @@ pub struct BatchLimits {
     pub max_age: Duration,
     /// Most tables besides `_rejected`.
     pub max_tables: usize,
-}
-
-/// Validated `[parquet]`.
-#[derive(Clone, Copy, Debug)]
-pub struct ParquetOptions {
-    /// Codec with level.
-    pub compression: Compression,
-    /// Rows per row group.
-    pub row_group_rows: usize,
 }
 
 impl Config {
@@ -533,7 +423,7 @@ impl Config {
             ));
         }
         let grpc = raw.grpc.validate()?;
-        let output = output_target(&raw)?;
+        let output = output::output_target(&raw)?;
         let tables = validate_tables(&raw.tables)?;
         let batch = BatchLimits {
             max_rows: positive("batch.max_rows", raw.batch.max_rows)?,
@@ -564,16 +454,7 @@ impl Config {
                 ),
             ));
         }
-        let qos0_when_full = match raw.memory.qos0_when_full.as_str() {
-            "backpressure" => Qos0WhenFull::Backpressure,
-            "shed" => Qos0WhenFull::Shed,
-            other => {
-                return Err(invalid(
-                    "memory.qos0_when_full",
-                    format!("`{other}`: use \"backpressure\" or \"shed\""),
-                ));
-            }
-        };
+        let qos0_when_full = choice("memory.qos0_when_full", &raw.memory.qos0_when_full)?;
         let wal = WalConfig {
             sync_interval: raw.wal.sync_interval.0,
             segment_size: raw.wal.segment_size.0,
@@ -588,16 +469,7 @@ impl Config {
             return Err(invalid("wal.segment_size", "must be at least 1MiB"));
         }
         let admin_listen = optional_addr("admin.listen", &raw.admin.listen, "127.0.0.1:9464")?;
-        let log_json = match raw.log.format.as_str() {
-            "text" => false,
-            "json" => true,
-            other => {
-                return Err(invalid(
-                    "log.format",
-                    format!("`{other}`: use \"text\" or \"json\""),
-                ));
-            }
-        };
+        let log_json = choice::<LogFormat>("log.format", &raw.log.format)? == LogFormat::Json;
         Ok(Self {
             node_id: raw.node.id.clone(),
             data_dir: raw.node.data_dir.clone(),
@@ -686,123 +558,6 @@ fn default_node_id() -> String {
     if id.is_empty() { "node".into() } else { id }
 }
 
-/// Where files go: a local directory, an object store (through the spool), or nowhere.
-fn output_target(raw: &RawConfig) -> Result<OutputTarget, ConfigError> {
-    let url = raw.output.url.trim();
-    if url.is_empty() {
-        return Ok(OutputTarget::Local(raw.node.data_dir.join("lake")));
-    }
-    if url == "null:" {
-        return Ok(OutputTarget::Discard);
-    }
-    if let Some(path) = url.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(invalid(
-                "output.url",
-                "a file:// URL needs an absolute path (file:///var/lib/...)",
-            ));
-        }
-        return Ok(OutputTarget::Local(PathBuf::from(path)));
-    }
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Ok(OutputTarget::Local(PathBuf::from(url)));
-    };
-    let kind = match scheme {
-        "s3" | "s3a" => StoreKind::S3,
-        "gs" => StoreKind::Gcs,
-        "az" | "azure" => StoreKind::Azure,
-        other => {
-            return Err(invalid(
-                "output.url",
-                format!(
-                    "scheme `{other}://` is not supported: use a local path, file://, s3://, gs:// or az://"
-                ),
-            ));
-        }
-    };
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let prefix = prefix.trim_matches('/');
-    if bucket.is_empty() || bucket.contains(['?', '#', '@', ':']) {
-        return Err(invalid(
-            "output.url",
-            format!("`{url}` has no usable bucket name: write {scheme}://bucket/optional/prefix"),
-        ));
-    }
-    if !prefix.is_empty()
-        && prefix
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        return Err(invalid(
-            "output.url",
-            format!("the prefix `{prefix}` has an empty, `.` or `..` segment"),
-        ));
-    }
-    let out = &raw.output;
-    let spool_full = match out.spool_full.as_str() {
-        "pause" => SpoolFull::Pause,
-        "drop_oldest" => SpoolFull::DropOldest,
-        other => {
-            return Err(invalid(
-                "output.spool_full",
-                format!("`{other}`: use \"pause\" or \"drop_oldest\""),
-            ));
-        }
-    };
-    if out.spool_max_bytes.0 == 0 {
-        return Err(invalid("output.spool_max_bytes", "must be greater than 0"));
-    }
-    if out.multipart_threshold.0 < 5 << 20 || out.multipart_threshold.0 > 1 << 30 {
-        return Err(invalid(
-            "output.multipart_threshold",
-            "must be between 5MiB (the smallest S3 part) and 1GiB",
-        ));
-    }
-    for (key, value) in [
-        ("output.s3.access_key_id", &out.s3.access_key_id),
-        ("output.s3.secret_access_key", &out.s3.secret_access_key),
-    ] {
-        if value.is_some() {
-            return Err(invalid(
-                key,
-                "credentials are never read from the config file: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (/etc/fleetlake/fleetlake.env), or systemd credentials aws_access_key_id and aws_secret_access_key (LoadCredential=), or use instance metadata",
-            ));
-        }
-    }
-    let non_empty = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
-    let endpoint = non_empty(&out.s3.endpoint);
-    if let Some(e) = &endpoint {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(invalid(
-                "output.s3.endpoint",
-                format!("`{e}` is not an http:// or https:// URL"),
-            ));
-        }
-        if e.starts_with("http://") && !out.s3.allow_http {
-            return Err(invalid(
-                "output.s3.endpoint",
-                "is plain http://: set output.s3.allow_http = true to allow it, or use https://",
-            ));
-        }
-    }
-    Ok(OutputTarget::Remote(RemoteOutput {
-        url: url.to_string(),
-        kind,
-        bucket: bucket.to_string(),
-        prefix: prefix.to_string(),
-        spool_dir: raw.node.data_dir.join("spool"),
-        spool_max_bytes: out.spool_max_bytes.0,
-        spool_full,
-        multipart_threshold: out.multipart_threshold.0,
-        request_timeout: nonzero("output.request_timeout", out.request_timeout)?,
-        retry_max_backoff: nonzero("output.retry_max_backoff", out.retry_max_backoff)?,
-        endpoint,
-        region: non_empty(&out.s3.region),
-        allow_http: out.s3.allow_http,
-        virtual_hosted_style: out.s3.virtual_hosted_style,
-    }))
-}
-
 fn validate_tables(raw: &[RawTable]) -> Result<Vec<TableRule>, ConfigError> {
     let mut rules = Vec::new();
     for (i, table) in raw.iter().enumerate() {
@@ -838,24 +593,18 @@ fn validate_tables(raw: &[RawTable]) -> Result<Vec<TableRule>, ConfigError> {
 fn compression(raw: &RawParquet) -> Result<Compression, ConfigError> {
     let level = raw.compression_level;
     let bad_level = |m: String| invalid("parquet.compression_level", m);
-    Ok(match raw.compression.as_str() {
-        "zstd" => Compression::ZSTD(
+    Ok(match choice("parquet.compression", &raw.compression)? {
+        Codec::Zstd => Compression::ZSTD(
             ZstdLevel::try_new(if level == 0 { 3 } else { level })
                 .map_err(|e| bad_level(e.to_string()))?,
         ),
-        "gzip" => Compression::GZIP(
+        Codec::Gzip => Compression::GZIP(
             GzipLevel::try_new(if level == 0 { 6 } else { level as u32 })
                 .map_err(|e| bad_level(e.to_string()))?,
         ),
-        "snappy" => Compression::SNAPPY,
-        "lz4" => Compression::LZ4_RAW,
-        "none" => Compression::UNCOMPRESSED,
-        other => {
-            return Err(invalid(
-                "parquet.compression",
-                format!("`{other}`: use zstd, snappy, lz4, gzip or none"),
-            ));
-        }
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Lz4 => Compression::LZ4_RAW,
+        Codec::None => Compression::UNCOMPRESSED,
     })
 }
 

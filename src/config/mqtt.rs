@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, ConfigError, HumanDuration, invalid, nonzero, optional_addr, positive};
+use super::{
+    ByteSize, ConfigError, HumanDuration, choice, invalid, nonzero, optional_addr, positive,
+};
 use crate::auth::Identity;
 use crate::tls::ServerFiles;
 
@@ -200,12 +202,7 @@ impl RawMqtt {
         let a = &self.auth;
         let identity = match a.identity.trim() {
             "" => Identity::ClientId,
-            s => Identity::parse(s).ok_or_else(|| {
-                invalid(
-                    "mqtt.auth.identity",
-                    format!("`{s}`: expected \"client_id\", \"username\" or \"cert_cn\""),
-                )
-            })?,
+            s => choice("mqtt.auth.identity", s)?,
         };
         let password_file = path(&a.password_file);
         let mtls = tls.is_some_and(|t| t.files.client_ca.is_some());

@@ -20,9 +20,10 @@ use super::proto::ingest_server::Ingest as IngestApi;
 use super::proto::{
     Point, PointError, WriteRequest, WriteResponse, WriteStreamRequest, WriteStreamResponse,
 };
+use crate::admit::{Ingest, Submit};
 use crate::auth::{Caller, GrpcPolicy, GrpcRefused};
-use crate::buffer::{Durable, Ingest, NotStored};
 use crate::telemetry::Stats;
+use crate::wal::{Durable, NotStored};
 
 /// How long a request waits for memory budget before RESOURCE_EXHAUSTED.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(2);
@@ -170,7 +171,15 @@ impl Shared {
             .ok_or(Refused::Unavailable)?;
         let msgs = points::to_messages(points, &self.default_table, crate::decode::now_micros());
         let cost = msgs.iter().map(crate::decode::Message::cost).sum();
-        let submit = ingest.submit(client, msgs, cost, false, true);
+        let submit = ingest.submit(
+            client,
+            msgs,
+            cost,
+            Submit {
+                unacknowledged: false,
+                refuse_when_full: true,
+            },
+        );
         // Cancel-safe: a submit cancelled while waiting for budget holds nothing.
         match tokio::time::timeout(BUDGET_WAIT, submit).await {
             Ok(Ok(durable)) => Ok((n, durable)),

@@ -23,11 +23,12 @@ use tracing::Instrument;
 
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
 use super::session::{Session, Step};
-use super::sessions::SessionStore;
-use crate::buffer::{Durable, Ingest, NotStored};
+use super::session_store::SessionStore;
+use crate::admit::{Ingest, Submit};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
 use crate::tls::Stream;
+use crate::wal::{Durable, NotStored};
 
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -458,12 +459,15 @@ impl Connection {
             let cost = std::mem::take(&mut self.group_cost);
             let qos0_only = std::mem::replace(&mut self.group_qos0_only, true);
             // MQTT 5 can say "not stored" (0x97); 3.1.1 can only withhold the ack.
-            let refuse_when_full = self.codec.protocol() == Some(Protocol::V5);
+            let how = Submit {
+                unacknowledged: qos0_only,
+                refuse_when_full: self.codec.protocol() == Some(Protocol::V5),
+            };
             tokio::select! {
                 biased;
                 // Cancel-safe: a cancelled submit holds no budget and nothing was acked.
                 () = shutdown_signalled(&mut self.shutdown) => Err(End::Shutdown),
-                admitted = self.ingest.submit(&self.client_id, group, cost, qos0_only, refuse_when_full) => {
+                admitted = self.ingest.submit(&self.client_id, group, cost, how) => {
                     admitted.map_err(|_| End::PipelineClosed)
                 }
             }

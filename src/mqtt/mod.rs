@@ -1,4 +1,4 @@
-//! The device-facing MQTT listener (see ARCHITECTURE.md "Why our own MQTT listener"):
+//! The device-facing MQTT listener (see ARCHITECTURE.md, "Decisions"):
 //! [`listener`] accepts TCP connections under a connection limit; each runs in its own task
 //! ([`connection`]) that frames packets with [`codec`] and follows the sans-IO [`session`]
 //! state machine. Acks are sent only after the message was admitted into the pipeline.
@@ -8,6 +8,6 @@ pub mod connection;
 pub mod gate;
 pub mod listener;
 pub mod session;
-pub mod sessions;
+pub mod session_store;
 
 pub use listener::Listener;

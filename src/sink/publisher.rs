@@ -1,6 +1,6 @@
 //! The publisher task: takes finished batches from the batcher, encodes and publishes them on
-//! the blocking pool (never on the async workers), logs one line per file, and gives the
-//! batch's memory budget back. A failed publish (disk full, permissions) is retried with a
+//! the blocking pool (never on the async workers), logs one line per file, and drops the
+//! batch (and with it the memory budget it holds). A failed publish (disk full, permissions) is retried with a
 //! capped backoff while the batch keeps its budget, so sources slow down instead of data
 //! being dropped.
 //!
@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 
 use super::{Output, Published, SinkError};
 use crate::batch::Ready;
-use crate::buffer::Budget;
 use crate::columnar::encode;
 use crate::telemetry::Stats;
 use crate::wal::{Checkpoint, CheckpointFile, Cut};
@@ -26,7 +25,6 @@ use crate::wal::{Checkpoint, CheckpointFile, Cut};
 pub struct Publisher {
     rx: mpsc::Receiver<Ready>,
     sink: Arc<Output>,
-    budget: Budget,
     stats: Arc<Stats>,
     checkpoint: Arc<(CheckpointFile, std::sync::Mutex<Checkpoint>)>,
     low_water: Arc<AtomicU64>,
@@ -60,14 +58,12 @@ impl Publisher {
     pub fn new(
         rx: mpsc::Receiver<Ready>,
         sink: Arc<Output>,
-        budget: Budget,
         stats: Arc<Stats>,
         progress: Progress,
     ) -> Self {
         Self {
             rx,
             sink,
-            budget,
             stats,
             checkpoint: Arc::new((progress.file, std::sync::Mutex::new(progress.checkpoint))),
             low_water: progress.low_water,
@@ -93,7 +89,7 @@ impl Publisher {
                 }
             }
             self.low_water.fetch_max(ready.low_water, Ordering::AcqRel);
-            self.budget.release(ready.cost);
+            // Dropping `ready` gives its budget back.
         }
         tracing::debug!("publisher finished");
     }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use tokio::sync::Notify;
 
@@ -137,13 +137,6 @@ pub struct Spool {
     stats: Arc<Stats>,
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Spool {
     /// A spool over `root` holding the files already there (oldest first by their WAL
     /// sequence numbers, which every file name ends with).
@@ -206,7 +199,7 @@ impl Spool {
         let dropped = self.lock().push(Spooled {
             rel,
             bytes,
-            since: unix_now(),
+            since: crate::telemetry::unix_now(),
         });
         self.update_gauges();
         self.changed.notify_waiters();

@@ -32,12 +32,6 @@ pub struct BuildError {
     source: object_store::Error,
 }
 
-/// Uses rustls with the ring provider for HTTPS and MQTT over TLS (once per process).
-pub fn install_tls_provider() {
-    // Fails only when a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// A systemd credential's content, trimmed, when `$CREDENTIALS_DIRECTORY/name` exists.
 fn credential(name: &str) -> Option<String> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
@@ -71,7 +65,7 @@ pub fn credential_source(remote: &RemoteOutput) -> &'static str {
 
 /// The object store of `remote` (no network IO happens here).
 pub fn build(remote: &RemoteOutput) -> Result<Arc<dyn ObjectStore>, BuildError> {
-    install_tls_provider();
+    crate::tls::install_provider();
     let client = ClientOptions::new()
         .with_timeout(remote.request_timeout)
         .with_connect_timeout(remote.request_timeout.min(Duration::from_secs(5)))

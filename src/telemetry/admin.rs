@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{Histogram, Stats, TableCounts};
-use crate::buffer::Budget;
+use crate::budget::Budget;
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -336,7 +336,7 @@ pub fn render_metrics(state: &AdminState) -> String {
         if oldest == 0 {
             0.0
         } else {
-            crate::sink::spool::unix_now().saturating_sub(oldest) as f64
+            super::unix_now().saturating_sub(oldest) as f64
         },
     );
     gauge(

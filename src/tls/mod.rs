@@ -61,7 +61,7 @@ pub struct ServerFiles {
 impl ServerFiles {
     /// Reads the files and builds a rustls server config.
     pub fn build(&self) -> io::Result<rustls::ServerConfig> {
-        crate::sink::store::install_tls_provider();
+        install_provider();
         let chain = load_certs(&self.cert)?;
         let key = load_key(&self.key)?;
         let builder = rustls::ServerConfig::builder();
@@ -133,4 +133,11 @@ pub fn peer_cn(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
         .and_then(|chain| chain.first())
         .and_then(|leaf| crate::auth::cert::subject_cn(leaf))
         .map(Arc::from)
+}
+
+/// Uses rustls with the ring provider for every TLS in the process (MQTT and gRPC listeners,
+/// bridges, HTTPS to object stores); once per process, later calls do nothing.
+pub fn install_provider() {
+    // Fails only when a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

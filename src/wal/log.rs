@@ -161,7 +161,7 @@ impl<F: WalFs> Log<F> {
     /// a [`write`](Self::write) and a [`sync`](Self::sync) that both succeed.
     pub fn stage(
         &mut self,
-        kind: record::Kind,
+        source: crate::decode::Source,
         received_at: i64,
         client: &str,
         topic: &str,
@@ -172,7 +172,7 @@ impl<F: WalFs> Log<F> {
         record::encode(
             &mut self.staged,
             seq,
-            kind,
+            source,
             received_at,
             client,
             topic,

@@ -24,6 +24,7 @@
 //! into the pipeline before any listener accepts a connection.
 
 pub mod checkpoint;
+mod durable;
 pub mod fs;
 pub mod log;
 pub mod record;
@@ -33,6 +34,7 @@ pub mod writer;
 mod tests;
 
 pub use checkpoint::{Checkpoint, CheckpointFile, Cut};
+pub use durable::{Admitted, Done, Durable, NotStored};
 pub use fs::{DiskFs, WalFs};
 pub use log::{Log, Recovery, replay};
 pub use writer::{Append, WalHandle};

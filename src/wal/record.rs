@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! len u32 LE | crc u32 LE | seq u64 LE | body (len bytes)
-//! body = kind u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic | payload
+//! body = source u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic | payload
 //! ```
 //!
 //! `crc` is CRC32C over `len`, `seq` and `body`, so a torn length, a torn body and a record
@@ -19,19 +19,18 @@ pub const MAGIC: &[u8; 8] = b"FLWAL\x00\x00\x01";
 pub const HEADER: usize = 16;
 /// Largest body a reader accepts (an MQTT packet is at most 256 MiB).
 const MAX_BODY: usize = (256 << 20) + 4096;
-/// Body bytes before the topic: kind, received_at, client length.
+/// Body bytes before the topic: source, received_at, client length.
 const FIXED: usize = 1 + 8 + 2;
 
-/// Where a record came from (its first body byte).
-pub use crate::decode::Source as Kind;
+use crate::decode::Source;
 
 /// One record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Sequence number.
     pub seq: u64,
-    /// Source.
-    pub kind: Kind,
+    /// Where it came from (its first body byte): says how to decode the payload.
+    pub source: Source,
     /// Receive time, µs since the epoch.
     pub received_at: i64,
     /// MQTT client id of the sender.
@@ -47,7 +46,7 @@ pub struct Entry {
 pub fn encode(
     out: &mut Vec<u8>,
     seq: u64,
-    kind: Kind,
+    source: Source,
     received_at: i64,
     client: &str,
     topic: &str,
@@ -61,7 +60,7 @@ pub fn encode(
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.push(kind as u8);
+    out.push(source as u8);
     out.extend_from_slice(&received_at.to_le_bytes());
     out.extend_from_slice(&(client.len() as u16).to_le_bytes());
     out.extend_from_slice(client);
@@ -197,10 +196,10 @@ impl<R: Read> SegmentReader<R> {
     }
 
     fn parse(&mut self, seq: u64, body: Vec<u8>) -> Option<Entry> {
-        let kind = match body[0] {
-            1 => Kind::Mqtt,
-            2 => Kind::Grpc,
-            3 => Kind::Bridge,
+        let source = match body[0] {
+            1 => Source::Mqtt,
+            2 => Source::Grpc,
+            3 => Source::Bridge,
             _ => return None,
         };
         let received_at = i64::from_le_bytes(body[1..9].try_into().ok()?);
@@ -223,7 +222,7 @@ impl<R: Read> SegmentReader<R> {
         let payload = Bytes::from(body).slice(payload_at..);
         Some(Entry {
             seq,
-            kind,
+            source,
             received_at,
             client,
             topic,
@@ -256,7 +255,7 @@ mod tests {
             encode(
                 &mut out,
                 *seq,
-                Kind::Mqtt,
+                Source::Mqtt,
                 1_700_000_000_000_000,
                 "dev-1",
                 topic,

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
+use super::Admitted;
 use super::fs::mem::MemFs;
-use super::record::Kind;
 use super::*;
-use crate::buffer::{Admitted, Budget};
+use crate::budget::{Budget, Held};
 use crate::decode::Message;
+use crate::decode::Source;
 use crate::telemetry::Stats;
 
 /// Tiny segments so rotation and release happen often.
@@ -93,7 +94,7 @@ impl Model {
                     self.counters[s as usize] += 1;
                     let payload = format!("{s}:{c}");
                     let seq = self.log.stage(
-                        Kind::Mqtt,
+                        Source::Mqtt,
                         7,
                         &format!("client-{s}"),
                         "t",
@@ -189,7 +190,7 @@ fn a_clean_release_deletes_every_segment_and_the_next_start_continues_the_number
     let fs = MemFs::default();
     let mut log = Log::start(fs.clone(), Vec::new(), 0, SEGMENT)?;
     for i in 0..50 {
-        log.stage(Kind::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(Source::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -212,7 +213,7 @@ fn damage_in_one_segment_stops_only_that_segment_and_is_counted() -> io::Result<
     let dir = tempfile::tempdir()?;
     let mut log = Log::start(DiskFs::open(dir.path())?, Vec::new(), 0, SEGMENT)?;
     for i in 0..12 {
-        log.stage(Kind::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(Source::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -275,7 +276,6 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         sync_interval: Duration::from_millis(1),
         low_water: Arc::new(AtomicU64::new(0)),
         release_grace: Duration::ZERO,
-        budget: budget.clone(),
         stats: stats.clone(),
         heartbeats: crate::telemetry::Heartbeats::new(),
     };
@@ -286,7 +286,10 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         let msgs = topics.iter().map(|t| message(t)).collect();
         let ok = wal.append(Append {
             client: client.clone(),
-            group: Admitted { msgs, cost: 0 },
+            group: Admitted {
+                msgs,
+                held: Held::default(),
+            },
             done: Some(tx),
             refuse_when_full,
         });
@@ -315,19 +318,20 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         "nothing passed on while the disk is full"
     );
     // A sender that can say "not stored" (MQTT 5) is told at once, and its budget comes back.
-    assert_eq!(budget.acquire(300).await, 300);
+    let held = budget.acquire(300).await;
+    assert_eq!(budget.in_use(), 300);
     let (tx, rx) = oneshot::channel();
     let refused = wal.append(Append {
         client: client.clone(),
         group: Admitted {
             msgs: vec![message("refused")],
-            cost: 300,
+            held,
         },
         done: Some(tx),
         refuse_when_full: true,
     });
     assert!(refused.is_ok());
-    assert_eq!(rx.await.ok(), Some(Err(crate::buffer::NotStored::Full)));
+    assert_eq!(rx.await.ok(), Some(Err(crate::wal::NotStored::Full)));
     assert_eq!(budget.in_use(), 0);
     fs.set_full(false);
     tokio::time::timeout(Duration::from_secs(10), pending)

@@ -25,18 +25,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::durable::{Admitted, Done, NotStored};
 use super::fs::WalFs;
 use super::log::Log;
-use crate::buffer::{Admitted, Budget, NotStored};
 use crate::telemetry::{Heartbeats, Stage, Stats};
 
 /// Most bytes written per round, so one round's latency stays bounded under a flood.
 const ROUND_BYTES: usize = 8 << 20;
 /// How often a full disk is retried, and the idle wake-up for releasing segments.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// Tells a sender its group is durable, or why it was not stored.
-pub type Done = oneshot::Sender<Result<(), NotStored>>;
 
 /// A group of messages from one client to make durable.
 #[derive(Debug)]
@@ -46,7 +43,8 @@ pub struct Append {
     /// The messages and the budget they hold.
     pub group: Admitted,
     /// Told once the group is durable and passed on, or that it was refused (see
-    /// `refuse_when_full`; its budget is then given back). `None` when nobody waits (QoS 0).
+    /// `refuse_when_full`; the group, and its budget, are then dropped). `None` when nobody
+    /// waits (QoS 0).
     pub done: Option<Done>,
     /// While the volume is full, hand the group back instead of holding it.
     pub refuse_when_full: bool,
@@ -82,8 +80,6 @@ pub struct WriterParts {
     /// bridge, a published segment is kept a while: its records seed the redelivery filter
     /// after a crash, and acks for them may still be queued in the MQTT client.
     pub release_grace: Duration,
-    /// Refused groups give their bytes back here.
-    pub budget: Budget,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The writer beats here at least once a second while alive (watchdog).
@@ -100,13 +96,9 @@ pub fn spawn<F: WalFs>(
         sync_interval,
         low_water,
         release_grace,
-        budget,
         stats,
         heartbeats,
     } = parts;
-    // Test hook (integration tests of the watchdog): a record on this topic hangs the writer
-    // like a disk that never returns from fsync.
-    let stall_topic = std::env::var("FLEETLAKE_TEST_STALL_TOPIC").ok();
     let (tx, rx) = std_mpsc::channel();
     let (end_tx, end_rx) = oneshot::channel();
     let writer = Writer {
@@ -120,11 +112,11 @@ pub fn spawn<F: WalFs>(
         stats,
         waiting: Vec::new(),
         dones: Vec::new(),
-        budget,
         closed: false,
         full: false,
         heartbeats,
-        stall_topic,
+        #[cfg(debug_assertions)]
+        stall: StallHook::from_env(),
     };
     std::thread::Builder::new()
         .name("fleetlake-wal".into())
@@ -183,12 +175,36 @@ struct Writer<F: WalFs> {
     waiting: Vec<(Admitted, Option<Done>)>,
     /// Reused list of senders to tell after a sync.
     dones: Vec<Done>,
-    budget: Budget,
     closed: bool,
     /// The last write failed for lack of space.
     full: bool,
     heartbeats: Arc<Heartbeats>,
-    stall_topic: Option<String>,
+    #[cfg(debug_assertions)]
+    stall: StallHook,
+}
+
+/// Test hook of debug builds only (the integration tests of the watchdog and of a full budget
+/// run the debug binary): a record on the topic in `FLEETLAKE_TEST_STALL_TOPIC` hangs the
+/// writer like a disk that never returns from fsync. Release builds have no such check.
+#[cfg(debug_assertions)]
+#[derive(Debug)]
+struct StallHook(Option<String>);
+
+#[cfg(debug_assertions)]
+impl StallHook {
+    fn from_env() -> Self {
+        Self(std::env::var("FLEETLAKE_TEST_STALL_TOPIC").ok())
+    }
+
+    fn check(&self, group: &Admitted) {
+        let Some(topic) = &self.0 else { return };
+        if group.msgs.iter().any(|m| m.topic == *topic) {
+            tracing::warn!("test hook: the WAL writer hangs now");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
 }
 
 impl<F: WalFs> Writer<F> {
@@ -256,7 +272,7 @@ impl<F: WalFs> Writer<F> {
                     None => merged = Some(group),
                     Some(m) => {
                         m.msgs.append(&mut group.msgs);
-                        m.cost += group.cost;
+                        m.held.merge(group.held);
                     }
                 }
                 dones.extend(done);
@@ -286,17 +302,13 @@ impl<F: WalFs> Writer<F> {
             && refuse_when_full
             && let Some(done) = done
         {
-            self.budget.release(group.cost);
+            drop(group); // and with it, its budget
             let _ = done.send(Err(NotStored::Full));
             return;
         }
+        #[cfg(debug_assertions)]
+        self.stall.check(&group);
         for msg in &mut group.msgs {
-            if self.stall_topic.as_deref() == Some(msg.topic.as_str()) {
-                tracing::warn!("test hook: the WAL writer hangs now");
-                loop {
-                    std::thread::park();
-                }
-            }
             msg.seq = self.log.stage(
                 msg.source,
                 msg.received_at,

@@ -1,4 +1,4 @@
-//! Points → pipeline messages (sans-IO): checking a request's points, grouping them into
+//! gRPC points → pipeline messages (sans-IO): checking a request's points, grouping them into
 //! [`Message`]s, and turning a WAL record of a gRPC group back into the same message.
 //!
 //! Consecutive points of one table and one device form one message (one WAL record, one

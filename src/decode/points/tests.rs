@@ -1,7 +1,7 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::grpc::proto::field::Value;
+use crate::decode::proto::field::Value;
 
 fn field(name: &str, value: Value) -> Field {
     Field {

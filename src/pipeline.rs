@@ -1,0 +1,422 @@
+//! The pipeline's frame: builds every stage from the [`Config`] and owns their order.
+//!
+//! [`Pipeline::start`] starts the stages downstream first, so each finds its consumer
+//! running: the output (and its uploader), the publisher, the batcher, the WAL replay into
+//! the batcher ([`recovery`](crate::recovery)), the WAL writer on a new segment, then the
+//! sources: the gRPC server, the bridges, the MQTT listener. [`Pipeline::stop`] goes the other
+//! way: the sources stop (the listener and each connection; the gRPC server answers what it
+//! has read); once the last source's handle is gone the WAL writer writes what it holds and
+//! ends; the batcher sees its input close and flushes every partial batch; the publisher ends
+//! after the last file; the uploader gets a few seconds; then the WAL segments the checkpoint
+//! covers are deleted. A WAL write or fsync error, or a stage ending on its own, is a
+//! [`Failure`]: the daemon exits non-zero and the restart replays the log.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::admit::Ingest;
+use crate::auth::{Authenticator, GrpcPolicy};
+use crate::batch::{Batcher, Batches};
+use crate::bridge::{Bridge, Redelivery, redelivery};
+use crate::budget::Budget;
+use crate::config::{Config, OutputTarget};
+use crate::grpc::server::GrpcServer;
+use crate::mqtt::Listener;
+use crate::recovery::{Recovered, Replay};
+use crate::sink::publisher::{Progress, Publisher};
+use crate::sink::spool::{Spool, SpoolQueue};
+use crate::sink::uploader::{self, Uploader, UploaderConfig};
+use crate::sink::{LocalSink, Output, store};
+use crate::telemetry::{Heartbeats, Notifier, Stats};
+use crate::tls::ServerTls;
+use crate::wal::writer::{WriterParts, WriterResult};
+use crate::wal::{self, CheckpointFile, DiskFs, Log};
+
+/// Messages queued between the WAL writer (and the replay) and the batcher; their bytes are
+/// bounded by the budget.
+const INGEST_QUEUE: usize = 4096;
+/// Finished batches waiting for the publisher.
+const READY_QUEUE: usize = 2;
+/// Longest wait at shutdown for the uploader to send what the last batches spooled.
+const UPLOAD_DRAIN: Duration = Duration::from_secs(5);
+
+/// What the stages share: the budget, the counters, the watchdog's heartbeats.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The memory budget.
+    pub budget: Budget,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Stages beat here (watchdog).
+    pub heartbeats: Arc<Heartbeats>,
+    /// systemd notifications (the replay's progress).
+    pub notifier: Arc<Notifier>,
+}
+
+/// The security a source needs, read before start (see `app::load_security`).
+#[derive(Debug)]
+pub struct Security {
+    /// MQTT clients.
+    pub mqtt: Authenticator,
+    /// gRPC callers.
+    pub grpc: GrpcPolicy,
+}
+
+/// Where the sources listen (`None`: off).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// Plain MQTT.
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub mqtt_tls: Option<SocketAddr>,
+    /// gRPC.
+    pub grpc: Option<SocketAddr>,
+}
+
+/// Why the pipeline stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// A WAL write or fsync failed.
+    #[error("WAL write or fsync failed: {0}")]
+    Wal(std::io::Error),
+    /// The WAL writer or the batcher ended without being asked to.
+    #[error("the {0} stopped on its own")]
+    Stage(&'static str),
+}
+
+/// The running stages, in start order.
+#[derive(Debug)]
+pub struct Pipeline {
+    uploads: Option<Uploads>,
+    publisher: JoinHandle<()>,
+    batcher: JoinHandle<()>,
+    wal_end: oneshot::Receiver<WriterResult<DiskFs>>,
+    low_water: Arc<AtomicU64>,
+    shutdown: watch::Sender<bool>,
+    /// Where the sources listen.
+    pub addrs: Addrs,
+    /// WAL records found at start.
+    pub recovered_records: u64,
+    /// TLS configs that SIGHUP reloads.
+    pub tls: Vec<Arc<ServerTls>>,
+    stats: Arc<Stats>,
+}
+
+impl Pipeline {
+    /// Starts every stage in order (see the module docs); returns once the sources accept.
+    pub async fn start(config: &Config, shared: Shared, security: Security) -> Result<Self> {
+        let Shared {
+            budget,
+            stats,
+            heartbeats,
+            notifier,
+        } = shared;
+        let (sink, uploads) = output(config, &stats)?;
+        let wal_dir = config.data_dir.join("wal");
+        let fs = DiskFs::open(&wal_dir)
+            .with_context(|| format!("opening the WAL directory {}", wal_dir.display()))?;
+        let checkpoint_file = CheckpointFile::new(&wal_dir);
+        let checkpoint = checkpoint_file
+            .load()
+            .context("reading the WAL checkpoint")?;
+        let low_water = Arc::new(AtomicU64::new(checkpoint.low_water));
+
+        let (ready_tx, ready_rx) = mpsc::channel(READY_QUEUE);
+        let progress = Progress {
+            file: checkpoint_file,
+            checkpoint: checkpoint.clone(),
+            low_water: low_water.clone(),
+        };
+        let publisher =
+            tokio::spawn(Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress).run());
+
+        let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
+        let mut batches = Batches::new(config.batch, budget.total() / 2, stats.clone());
+        if let Some(cut) = &checkpoint.in_progress {
+            batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);
+        }
+        let batcher = Batcher::new(batch_rx, ready_tx, batches, heartbeats.clone());
+        let batcher = tokio::spawn(batcher.run());
+
+        let replay = Replay {
+            bridges: config
+                .bridges
+                .iter()
+                .map(|b| (b.name.clone(), redelivery::window(b.max_inflight)))
+                .collect(),
+            checkpoint: checkpoint.clone(),
+            router: config.router(),
+            out: batch_tx.clone(),
+            budget: budget.clone(),
+            stats: stats.clone(),
+        };
+        let report = tokio::spawn(report_replay(notifier, stats.clone()));
+        let replayed = replay.run(fs).await.context("replaying the WAL");
+        report.abort();
+        let Recovered {
+            fs,
+            log: found,
+            mut redelivery,
+        } = replayed?;
+
+        let next_seq = found.next_seq().max(checkpoint.next_seq_floor());
+        let log = Log::start(fs, found.segments, next_seq, config.wal.segment_size)
+            .with_context(|| format!("starting a WAL segment in {}", wal_dir.display()))?;
+        let parts = WriterParts {
+            out: batch_tx,
+            sync_interval: config.wal.sync_interval,
+            low_water: low_water.clone(),
+            release_grace: if config.bridges.is_empty() {
+                Duration::ZERO
+            } else {
+                crate::bridge::SEGMENT_GRACE
+            },
+            stats: stats.clone(),
+            heartbeats,
+        };
+        let (wal, wal_end) =
+            wal::writer::spawn(log, parts).context("starting the WAL writer thread")?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ingest = Ingest::new(wal, budget, stats.clone(), config.qos0_when_full);
+        let mut tls = Vec::new();
+        let grpc = match config.grpc.listen {
+            Some(listen) => {
+                let server = GrpcServer::bind(
+                    listen,
+                    &config.grpc,
+                    security.grpc,
+                    ingest.clone(),
+                    stats.clone(),
+                    shutdown_rx.clone(),
+                )
+                .await
+                .with_context(|| format!("binding grpc.listen {listen}"))?;
+                let addr = server.local_addr()?;
+                tls.extend(server.tls_config());
+                tokio::spawn(async move {
+                    if let Err(e) = server.run().await {
+                        tracing::error!(error = %e, "the gRPC server failed");
+                    }
+                });
+                Some(addr)
+            }
+            None => None,
+        };
+        for b in &config.bridges {
+            let seen = redelivery
+                .remove(&b.name)
+                .unwrap_or_else(|| Redelivery::new(redelivery::window(b.max_inflight)));
+            let bridge = Bridge::new(
+                b.clone(),
+                seen,
+                config.router(),
+                ingest.clone(),
+                stats.clone(),
+                shutdown_rx.clone(),
+            )
+            .with_context(|| format!("starting bridge `{}`", b.name))?;
+            tokio::spawn(bridge.run());
+        }
+        let listener = Listener::bind(
+            &config.mqtt,
+            &config.node_id,
+            config.router(),
+            security.mqtt,
+            ingest,
+            stats.clone(),
+            shutdown_rx,
+        )
+        .await
+        .context("binding the MQTT listeners (mqtt.listen, mqtt.tls.listen)")?;
+        let addrs = Addrs {
+            mqtt: listener.plain_addr(),
+            mqtt_tls: listener.tls_addr(),
+            grpc,
+        };
+        tls.extend(listener.tls_config());
+        listener.spawn();
+        Ok(Self {
+            uploads,
+            publisher,
+            batcher,
+            wal_end,
+            low_water,
+            shutdown,
+            addrs,
+            recovered_records: found.records,
+            tls,
+            stats,
+        })
+    }
+
+    /// Resolves if the batcher or the WAL writer ends on its own (cancel-safe: the stages
+    /// keep running when this future is dropped).
+    pub async fn failed(&mut self) -> Failure {
+        tokio::select! {
+            _ = &mut self.batcher => Failure::Stage("batcher"),
+            end = &mut self.wal_end => match end {
+                Ok(Err(e)) => Failure::Wal(e),
+                _ => Failure::Stage("WAL writer"),
+            },
+        }
+    }
+
+    /// Tells every source to stop, and lets the rest of the pipeline go (after a
+    /// [`Failure`]: nothing more can be made durable, so nothing is flushed).
+    pub fn abandon(self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Stops the stages in reverse order (see the module docs) within `grace`. `interrupt`
+    /// resolving (a second signal) forces the stop. Returns whether everything was flushed.
+    pub async fn stop(self, grace: Duration, interrupt: impl Future<Output = ()>) -> bool {
+        let Self {
+            uploads,
+            publisher,
+            batcher,
+            mut wal_end,
+            low_water,
+            shutdown,
+            stats,
+            ..
+        } = self;
+        let _ = shutdown.send(true);
+        let mut wal_log = None;
+        let drained = async {
+            match (&mut wal_end).await {
+                Ok(Ok(log)) => wal_log = Some(log),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "WAL write or fsync failed during shutdown")
+                }
+                Err(_) => {}
+            }
+            let _ = batcher.await;
+            let _ = publisher.await;
+        };
+        let started = Instant::now();
+        let clean = tokio::select! {
+            () = drained => true,
+            () = tokio::time::sleep(grace) => {
+                tracing::error!(?grace, "shutdown grace period over; unflushed data is lost");
+                false
+            }
+            () = interrupt => false,
+        };
+        if let Some(uploads) = uploads {
+            let left = grace.saturating_sub(started.elapsed());
+            uploads.finish(left.min(UPLOAD_DRAIN)).await;
+        }
+        if let Some(mut log) = wal_log.filter(|_| clean) {
+            match log.release(low_water.load(Ordering::Acquire), true) {
+                Ok(n) => Stats::add(&stats.wal_segments_released, n as u64),
+                Err(e) => tracing::warn!(error = %e, "cannot delete published WAL segments"),
+            }
+        }
+        clean
+    }
+}
+
+/// The running uploader of an object-store output.
+#[derive(Debug)]
+struct Uploads {
+    finish: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    spool: Arc<Spool>,
+}
+
+impl Uploads {
+    /// Lets the uploader send what is spooled for up to `wait`; what is left stays spooled
+    /// (durable) for the next start.
+    async fn finish(mut self, wait: Duration) {
+        let _ = self.finish.send(true);
+        if tokio::time::timeout(wait, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+        if !self.spool.is_empty() {
+            tracing::info!(
+                spool = %self.spool.root().display(),
+                "files stay in the spool; they are uploaded after the next start"
+            );
+        }
+    }
+}
+
+/// Builds the output: a local directory, the spool and its uploader, or the discarding sink.
+fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads>)> {
+    let local = |root: &std::path::Path| -> Result<LocalSink> {
+        let sink = LocalSink::new(root.to_path_buf(), config.node_id.clone(), config.parquet);
+        let removed = sink
+            .prepare()
+            .with_context(|| format!("preparing output {}", root.display()))?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed unfinished temp files left by an earlier crash"
+            );
+        }
+        Ok(sink)
+    };
+    match &config.output {
+        OutputTarget::Local(root) => Ok((Output::Local(local(root)?), None)),
+        OutputTarget::Remote(remote) => {
+            let store = store::build(remote)?;
+            let sink = local(&remote.spool_dir)?;
+            let queue = SpoolQueue::new(remote.spool_max_bytes, remote.spool_full);
+            let spool = Spool::open(remote.spool_dir.clone(), queue, stats.clone());
+            tracing::info!(
+                url = %remote.url,
+                spool = %remote.spool_dir.display(),
+                spooled_files = stats.spool_files.load(Ordering::Relaxed),
+                spooled_bytes = stats.spool_bytes.load(Ordering::Relaxed),
+                credentials = store::credential_source(remote),
+                "object-store output: files are spooled, then uploaded"
+            );
+            let (finish, finish_rx) = watch::channel(false);
+            let uploader = Uploader::new(
+                store,
+                spool.clone(),
+                UploaderConfig {
+                    prefix: remote.prefix.clone(),
+                    conflicts: remote.spool_dir.with_file_name("spool-conflicts"),
+                    multipart_threshold: remote.multipart_threshold,
+                    first_backoff: uploader::FIRST_BACKOFF,
+                    max_backoff: remote.retry_max_backoff,
+                },
+                stats.clone(),
+                finish_rx,
+            );
+            let task = tokio::spawn(uploader.run());
+            let uploads = Uploads {
+                finish,
+                task,
+                spool: spool.clone(),
+            };
+            Ok((Output::Spool(sink, spool), Some(uploads)))
+        }
+        OutputTarget::Discard => {
+            tracing::warn!(
+                "output.url = \"null:\": every row is counted and discarded (a benchmarking aid)"
+            );
+            Ok((Output::Discard, None))
+        }
+    }
+}
+
+/// While the WAL replays: a status line and more start time for systemd every few seconds.
+async fn report_replay(notifier: Arc<Notifier>, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let done = stats.wal_replayed.load(Ordering::Relaxed);
+        notifier.extend_timeout(Duration::from_secs(30));
+        notifier.status(&format!("replaying the WAL: {done} records so far"));
+    }
+}
