@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     if let Some(failure) = failure {
         tracing::error!(error = %failure, "the pipeline failed: exiting so that a restart replays the log");
         pipeline.abandon();
-        log_stopped(&shared.stats);
+        log_stopped(&shared);
         anyhow::bail!(
             "the pipeline failed; unacknowledged messages were not stored, acknowledged ones are in the WAL"
         );
@@ -125,7 +125,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     let clean = pipeline
         .stop(config.shutdown_grace, second_signal(&mut term, &mut int))
         .await;
-    log_stopped(&shared.stats);
+    log_stopped(&shared);
     Ok(if clean { Exit::Clean } else { Exit::Forced })
 }
 
@@ -137,9 +137,17 @@ async fn second_signal(term: &mut Signal, int: &mut Signal) {
     }
 }
 
-fn log_stopped(stats: &Stats) {
+/// The last log line: counters, CPU, peak RSS, and the budget still held (0 after a clean
+/// stop: every holding was given back).
+fn log_stopped(shared: &Shared) {
     let (cpu_seconds, peak_rss_kib) = crate::telemetry::process_usage().unwrap_or_default();
-    tracing::info!(stats = ?stats, cpu_seconds, peak_rss_kib, "fleetlake stopped");
+    tracing::info!(
+        stats = ?shared.stats,
+        cpu_seconds,
+        peak_rss_kib,
+        budget_used_bytes = shared.budget.in_use(),
+        "fleetlake stopped"
+    );
 }
 
 /// The admin endpoint, if configured, and the state it reports.

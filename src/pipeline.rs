@@ -11,6 +11,7 @@
 //! covers are deleted. A WAL write or fsync error, or a stage ending on its own, is a
 //! [`Failure`]: the daemon exits non-zero and the restart replays the log.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use crate::sink::{LocalSink, Output, store};
 use crate::telemetry::{Heartbeats, Notifier, Stats};
 use crate::tls::ServerTls;
 use crate::wal::writer::{WriterParts, WriterResult};
-use crate::wal::{self, CheckpointFile, DiskFs, Log};
+use crate::wal::{self, Admitted, Checkpoint, CheckpointFile, DiskFs, Log};
 
 /// Messages queued between the WAL writer (and the replay) and the batcher; their bytes are
 /// bounded by the budget.
@@ -112,12 +113,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts every stage in order (see the module docs); returns once the sources accept.
     pub async fn start(config: &Config, shared: Shared, security: Security) -> Result<Self> {
-        let Shared {
-            budget,
-            stats,
-            heartbeats,
-            notifier,
-        } = shared;
+        let stats = shared.stats.clone();
+        // 1. The output (and, for an object store, its uploader).
         let (sink, uploads) = output(config, &stats)?;
         let wal_dir = config.data_dir.join("wal");
         let fs = DiskFs::open(&wal_dir)
@@ -127,7 +124,7 @@ impl Pipeline {
             .load()
             .context("reading the WAL checkpoint")?;
         let low_water = Arc::new(AtomicU64::new(checkpoint.low_water));
-
+        // 2. The publisher.
         let (ready_tx, ready_rx) = mpsc::channel(READY_QUEUE);
         let progress = Progress {
             file: checkpoint_file,
@@ -136,36 +133,21 @@ impl Pipeline {
         };
         let publisher =
             tokio::spawn(Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress).run());
-
+        // 3. The batcher, holding back the batch a crash may have cut.
         let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
-        let mut batches = Batches::new(config.batch, budget.total() / 2, stats.clone());
+        let mut batches = Batches::new(config.batch, shared.budget.total() / 2, stats.clone());
         if let Some(cut) = &checkpoint.in_progress {
             batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);
         }
-        let batcher = Batcher::new(batch_rx, ready_tx, batches, heartbeats.clone());
+        let batcher = Batcher::new(batch_rx, ready_tx, batches, shared.heartbeats.clone());
         let batcher = tokio::spawn(batcher.run());
-
-        let replay = Replay {
-            bridges: config
-                .bridges
-                .iter()
-                .map(|b| (b.name.clone(), redelivery::window(b.max_inflight)))
-                .collect(),
-            checkpoint: checkpoint.clone(),
-            router: config.router(),
-            out: batch_tx.clone(),
-            budget: budget.clone(),
-            stats: stats.clone(),
-        };
-        let report = tokio::spawn(report_replay(notifier, stats.clone()));
-        let replayed = replay.run(fs).await.context("replaying the WAL");
-        report.abort();
+        // 4. Recovery: the WAL replayed into the batcher.
         let Recovered {
             fs,
             log: found,
-            mut redelivery,
-        } = replayed?;
-
+            redelivery,
+        } = recover(config, &shared, &checkpoint, fs, batch_tx.clone()).await?;
+        // 5. The WAL writer, on a new segment after everything found.
         let next_seq = found.next_seq().max(checkpoint.next_seq_floor());
         let log = Log::start(fs, found.segments, next_seq, config.wal.segment_size)
             .with_context(|| format!("starting a WAL segment in {}", wal_dir.display()))?;
@@ -179,70 +161,19 @@ impl Pipeline {
                 crate::bridge::SEGMENT_GRACE
             },
             stats: stats.clone(),
-            heartbeats,
+            heartbeats: shared.heartbeats.clone(),
         };
         let (wal, wal_end) =
             wal::writer::spawn(log, parts).context("starting the WAL writer thread")?;
-
+        // 6. The sources, last.
+        let ingest = Ingest::new(wal, shared.budget, stats.clone(), config.qos0_when_full);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let ingest = Ingest::new(wal, budget, stats.clone(), config.qos0_when_full);
-        let mut tls = Vec::new();
-        let grpc = match config.grpc.listen {
-            Some(listen) => {
-                let server = GrpcServer::bind(
-                    listen,
-                    &config.grpc,
-                    security.grpc,
-                    ingest.clone(),
-                    stats.clone(),
-                    shutdown_rx.clone(),
-                )
-                .await
-                .with_context(|| format!("binding grpc.listen {listen}"))?;
-                let addr = server.local_addr()?;
-                tls.extend(server.tls_config());
-                tokio::spawn(async move {
-                    if let Err(e) = server.run().await {
-                        tracing::error!(error = %e, "the gRPC server failed");
-                    }
-                });
-                Some(addr)
-            }
-            None => None,
-        };
-        for b in &config.bridges {
-            let seen = redelivery
-                .remove(&b.name)
-                .unwrap_or_else(|| Redelivery::new(redelivery::window(b.max_inflight)));
-            let bridge = Bridge::new(
-                b.clone(),
-                seen,
-                config.router(),
-                ingest.clone(),
-                stats.clone(),
-                shutdown_rx.clone(),
-            )
-            .with_context(|| format!("starting bridge `{}`", b.name))?;
-            tokio::spawn(bridge.run());
-        }
-        let listener = Listener::bind(
-            &config.mqtt,
-            &config.node_id,
-            config.router(),
-            security.mqtt,
+        let sources = Sources {
             ingest,
-            stats.clone(),
-            shutdown_rx,
-        )
-        .await
-        .context("binding the MQTT listeners (mqtt.listen, mqtt.tls.listen)")?;
-        let addrs = Addrs {
-            mqtt: listener.plain_addr(),
-            mqtt_tls: listener.tls_addr(),
-            grpc,
+            stats: stats.clone(),
+            shutdown: shutdown_rx,
         };
-        tls.extend(listener.tls_config());
-        listener.spawn();
+        let (addrs, tls) = sources.start(config, security, redelivery).await?;
         Ok(Self {
             uploads,
             publisher,
@@ -321,6 +252,83 @@ impl Pipeline {
             }
         }
         clean
+    }
+}
+
+/// What every source gets: the front door, the counters, the shutdown signal.
+struct Sources {
+    ingest: Ingest,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Sources {
+    /// Starts the gRPC server, the bridges and the MQTT listener; returns where they listen
+    /// and the TLS configs SIGHUP reloads.
+    async fn start(
+        self,
+        config: &Config,
+        security: Security,
+        mut redelivery: HashMap<String, Redelivery>,
+    ) -> Result<(Addrs, Vec<Arc<ServerTls>>)> {
+        let mut tls = Vec::new();
+        let grpc = match config.grpc.listen {
+            Some(listen) => {
+                let server = GrpcServer::bind(
+                    listen,
+                    &config.grpc,
+                    security.grpc,
+                    self.ingest.clone(),
+                    self.stats.clone(),
+                    self.shutdown.clone(),
+                )
+                .await
+                .with_context(|| format!("binding grpc.listen {listen}"))?;
+                let addr = server.local_addr()?;
+                tls.extend(server.tls_config());
+                tokio::spawn(async move {
+                    if let Err(e) = server.run().await {
+                        tracing::error!(error = %e, "the gRPC server failed");
+                    }
+                });
+                Some(addr)
+            }
+            None => None,
+        };
+        for b in &config.bridges {
+            let seen = redelivery
+                .remove(&b.name)
+                .unwrap_or_else(|| Redelivery::new(redelivery::window(b.max_inflight)));
+            let bridge = Bridge::new(
+                b.clone(),
+                seen,
+                config.router(),
+                self.ingest.clone(),
+                self.stats.clone(),
+                self.shutdown.clone(),
+            )
+            .with_context(|| format!("starting bridge `{}`", b.name))?;
+            tokio::spawn(bridge.run());
+        }
+        let listener = Listener::bind(
+            &config.mqtt,
+            &config.node_id,
+            config.router(),
+            security.mqtt,
+            self.ingest,
+            self.stats,
+            self.shutdown,
+        )
+        .await
+        .context("binding the MQTT listeners (mqtt.listen, mqtt.tls.listen)")?;
+        let addrs = Addrs {
+            mqtt: listener.plain_addr(),
+            mqtt_tls: listener.tls_addr(),
+            grpc,
+        };
+        tls.extend(listener.tls_config());
+        listener.spawn();
+        Ok((addrs, tls))
     }
 }
 
@@ -408,6 +416,32 @@ fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads
             Ok((Output::Discard, None))
         }
     }
+}
+
+/// Replays the WAL into the batcher (`out`), reporting progress to systemd meanwhile.
+async fn recover(
+    config: &Config,
+    shared: &Shared,
+    checkpoint: &Checkpoint,
+    fs: DiskFs,
+    out: mpsc::Sender<Admitted>,
+) -> Result<Recovered> {
+    let replay = Replay {
+        bridges: config
+            .bridges
+            .iter()
+            .map(|b| (b.name.clone(), redelivery::window(b.max_inflight)))
+            .collect(),
+        checkpoint: checkpoint.clone(),
+        router: config.router(),
+        out,
+        budget: shared.budget.clone(),
+        stats: shared.stats.clone(),
+    };
+    let report = tokio::spawn(report_replay(shared.notifier.clone(), shared.stats.clone()));
+    let replayed = replay.run(fs).await.context("replaying the WAL");
+    report.abort();
+    replayed
 }
 
 /// While the WAL replays: a status line and more start time for systemd every few seconds.

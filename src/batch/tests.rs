@@ -306,3 +306,40 @@ fn a_hold_whose_last_message_never_comes_ends_at_the_first_later_message() {
         ("a", FlushReason::Replay)
     );
 }
+
+#[test]
+fn the_budget_returns_to_zero_whether_a_batch_is_published_rejected_or_dropped_unpublished() {
+    let budget = crate::budget::Budget::new(1 << 20);
+    let mut b = batches();
+    let mut out = Vec::new();
+    let msgs = vec![
+        admitted("t", Scalar::Int(1), 0),
+        admitted("t", Scalar::Int(2), 1),
+        // A type conflict: stored in `_rejected`, holding its share there.
+        admitted("t", Scalar::Str("x".into()), 2),
+    ];
+    let cost: usize = msgs.iter().map(Message::cost).sum();
+    let held = budget.try_acquire(cost).unwrap_or_default();
+    push_group(&mut b, Admitted { msgs, held }, Instant::now(), &mut out);
+    let buffered = budget.in_use();
+    assert!(
+        buffered > 0 && buffered < cost,
+        "the tables keep part of the group's {cost} bytes, the rest went back: {buffered}"
+    );
+    assert_eq!(buffered, b.buffered());
+    b.flush_all(&mut out);
+    assert_eq!(out.len(), 2, "`t` and `_rejected`");
+    assert_eq!(out.iter().map(|r| r.held.bytes()).sum::<usize>(), buffered);
+    // Published: the publisher drops the batch after its last file.
+    let published = out.remove(0);
+    drop(published);
+    assert!(budget.in_use() > 0);
+    // Never published (shutdown past the grace, a failed pipeline): dropped all the same.
+    drop(out);
+    assert_eq!(budget.in_use(), 0);
+    // A flush of a table with no rows hands nothing on and holds nothing.
+    let mut none = Vec::new();
+    b.flush_all(&mut none);
+    assert!(none.is_empty());
+    assert_eq!(budget.in_use(), 0);
+}

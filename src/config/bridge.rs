@@ -1,4 +1,4 @@
-//! `[[bridge]]`: subscriptions to external MQTT brokers. Parsed here, run by `crate::bridge`.
+//! `[[bridge]]`: subscriptions to external MQTT brokers. Parsed here, run by the bridge source.
 
 use std::path::PathBuf;
 use std::time::Duration;
