@@ -64,7 +64,9 @@ def port_free(port: int) -> bool:
 
 def copy_project(dest: Path):
     ignore = shutil.ignore_patterns("target", ".git", "fuzz", "fleetlake-data", "__pycache__", ".pytest_cache")
-    shutil.copytree(ROOT, dest, ignore=ignore)
+    # Fresh modification times (shutil.copy, not copy2): cargo then rebuilds the crate from this
+    # copy rather than trusting artifacts of another tree in the shared target dir.
+    shutil.copytree(ROOT, dest, ignore=ignore, copy_function=shutil.copy)
 
 
 def test_the_readme_quick_start_runs_as_written(tmp_path):
@@ -101,7 +103,9 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
 
     threading.Thread(target=read_log, daemon=True).start()
     try:
-        assert ready.wait(BUILD_DEADLINE), "the daemon did not get ready:\n" + "".join(log[-50:])
+        wait_for("the daemon to get ready (or to exit)",
+                 lambda: ready.is_set() or daemon.poll() is not None, BUILD_DEADLINE)
+        assert ready.is_set(), f"the daemon exited ({daemon.poll()}) before it was ready:\n" + "".join(log[-50:])
         for cmd in commands(publish_block):
             done = subprocess.run(["bash", "-c", cmd], cwd=work, capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"{cmd}\n{done.stderr}"
