@@ -255,26 +255,11 @@ impl Batches {
             .iter()
             .filter_map(|p| p.first_seq)
             .fold(self.next_seq, u64::min);
-        match finished {
-            Ok(Some(batch)) => {
-                Stats::add(
-                    &self.stats.buffer_rows_popped,
-                    batch.records.num_rows() as u64,
-                );
-                out.push(Ready {
-                    batch,
-                    held,
-                    reason,
-                    low_water,
-                });
-            }
-            // No rows: nothing to publish; `held` (nothing, or a rounding rest) goes back.
-            Ok(None) => {}
-            // Arrays built by our own builders always agree with their schema, so this is not
-            // expected; if it happens, the error is logged and `held` still goes back.
-            Err(e) => {
-                tracing::error!(table = %self.tables[t].table, error = %e, "cannot finish a batch")
-            }
+        let table = self.tables[t].table.clone();
+        if let Some(ready) = ready(&table, finished, held, reason, low_water) {
+            let rows = ready.batch.records.num_rows() as u64;
+            Stats::add(&self.stats.buffer_rows_popped, rows);
+            out.push(ready);
         }
     }
 
@@ -305,6 +290,33 @@ impl Batches {
         self.rebuilding = None;
         for t in 0..self.tables.len() {
             self.flush(t, FlushReason::Shutdown, out);
+        }
+    }
+}
+
+/// A table's finished rows with the budget they hold, ready to publish; `None` when there are
+/// no rows or they could not be finished, and then `held` is dropped here (given back).
+fn ready(
+    table: &str,
+    finished: Result<Option<Batch>, arrow::error::ArrowError>,
+    held: Held,
+    reason: FlushReason,
+    low_water: u64,
+) -> Option<Ready> {
+    match finished {
+        Ok(Some(batch)) => Some(Ready {
+            batch,
+            held,
+            reason,
+            low_water,
+        }),
+        // No rows: nothing to publish; `held` (nothing, or a rounding rest) goes back.
+        Ok(None) => None,
+        // Arrays built by our own builders always agree with their schema, so this is not
+        // expected; if it happens, the error is logged and `held` still goes back.
+        Err(e) => {
+            tracing::error!(table, error = %e, "cannot finish a batch");
+            None
         }
     }
 }

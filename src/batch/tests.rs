@@ -343,3 +343,12 @@ fn the_budget_returns_to_zero_whether_a_batch_is_published_rejected_or_dropped_u
     assert!(none.is_empty());
     assert_eq!(budget.in_use(), 0);
 }
+
+#[test]
+fn a_batch_that_cannot_be_finished_gives_its_budget_back() {
+    let budget = crate::budget::Budget::new(1_000);
+    let held = budget.try_acquire(400).unwrap_or_default();
+    let failed = Err(arrow::error::ArrowError::ComputeError("test".into()));
+    assert!(ready("t", failed, held, FlushReason::Age, 0).is_none());
+    assert_eq!(budget.in_use(), 0);
+}

@@ -7,6 +7,7 @@ mod bridge;
 mod grpc;
 mod mqtt;
 mod output;
+mod tables;
 mod units;
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
 pub use output::{OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
+pub use tables::RawTable;
+use tables::{default_time_fields, validate_tables};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
 pub use crate::columnar::ParquetOptions;
@@ -236,23 +239,6 @@ impl Default for RawLog {
             level: "info".into(),
         }
     }
-}
-
-/// `[[tables]]`: a named output dataset and the topics that feed it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTable {
-    /// Table name (folder name in the output).
-    pub name: String,
-    /// MQTT filters, with named levels `{device_id}`, `{table}` or `{any_column}`.
-    pub topics: Vec<String>,
-    /// Payload fields tried, in order, for the row time.
-    #[serde(default = "default_time_fields")]
-    pub time_fields: Vec<String>,
-}
-
-fn default_time_fields() -> Vec<String> {
-    vec!["ts".into(), "time".into(), "timestamp".into()]
 }
 
 impl RawConfig {
@@ -556,38 +542,6 @@ fn default_node_id() -> String {
         .collect();
     let id = id.trim_start_matches(['-', '.']).to_string();
     if id.is_empty() { "node".into() } else { id }
-}
-
-fn validate_tables(raw: &[RawTable]) -> Result<Vec<TableRule>, ConfigError> {
-    let mut rules = Vec::new();
-    for (i, table) in raw.iter().enumerate() {
-        let key = format!("tables[{i}]");
-        validate_name(&format!("{key}.name"), &table.name, 64)?;
-        if raw[..i].iter().any(|t| t.name == table.name) {
-            return Err(invalid(
-                format!("{key}.name"),
-                format!("`{}` is defined twice", table.name),
-            ));
-        }
-        if table.topics.is_empty() {
-            return Err(invalid(
-                format!("{key}.topics"),
-                "needs at least one MQTT filter",
-            ));
-        }
-        if table.time_fields.iter().any(|f| f.is_empty()) {
-            return Err(invalid(
-                format!("{key}.time_fields"),
-                "names must not be empty",
-            ));
-        }
-        for (j, filter) in table.topics.iter().enumerate() {
-            let rule = TableRule::compile(&table.name, filter, &table.time_fields)
-                .map_err(|m| invalid(format!("{key}.topics[{j}]"), m))?;
-            rules.push(rule);
-        }
-    }
-    Ok(rules)
 }
 
 fn compression(raw: &RawParquet) -> Result<Compression, ConfigError> {
