@@ -25,6 +25,47 @@ pub enum Exit {
     Forced,
 }
 
+/// Checks, before anything starts, everything the config names that is not in the config
+/// itself: creates `node.data_dir`, reads the security files and the bridges' files. A failure
+/// here is the config's fault (a path, a credential that was not loaded): `fleetlake run` exits
+/// 78 with [`explain`]'s message, which the unit does not restart.
+pub fn prepare(config: &Config) -> Result<Security> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "node.data_dir: cannot create {} (a relative path is taken from the working directory)",
+            config.data_dir.display()
+        )
+    })?;
+    let (mqtt, grpc) = load_security(config)?;
+    for b in &config.bridges {
+        crate::bridge::check_files(b).with_context(|| format!("bridge `{}`", b.name))?;
+    }
+    Ok(Security { mqtt, grpc })
+}
+
+/// The error's whole chain on one line, with what to do when the cause is a systemd credential
+/// that was never loaded (its directory under `/run/credentials` is then missing or mode 000,
+/// so the read fails with "No such file" or "Permission denied").
+pub fn explain(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    match credential_name(&text) {
+        Some(name) => format!(
+            "{text} — this is a systemd credential that was not loaded: add              `LoadCredential={name}:/etc/fleetlake/credentials/{name}` to the unit (`systemctl              edit fleetlake`; the unit has the line commented out) after creating that file,              or point the config key at a file the service can read"
+        ),
+        None => text,
+    }
+}
+
+/// `name` of the first `/run/credentials/{unit}/{name}` in `text`.
+fn credential_name(text: &str) -> Option<&str> {
+    let rest = &text[text.find("/run/credentials/")? + "/run/credentials/".len()..];
+    let (_unit, rest) = rest.split_once('/')?;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == ':' || c == ',' || c == ')')
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|n| !n.is_empty())
+}
+
 /// Reads the security files of `[mqtt.auth]`, `[mqtt.tls]`, `[grpc.auth]` and `[grpc.tls]`
 /// (a bad file stops the start, naming it).
 pub fn load_security(config: &Config) -> Result<(Authenticator, GrpcPolicy)> {
@@ -87,12 +128,9 @@ fn reload_on_sighup(
 
 /// Runs the daemon until SIGTERM/SIGINT (or a pipeline failure: an error, so the process
 /// exits non-zero and a supervisor restarts it; the restart replays the WAL).
-pub async fn run(config: Config) -> Result<Exit> {
+pub async fn run(config: Config, security: Security) -> Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating node.data_dir {}", config.data_dir.display()))?;
-    let (mqtt, grpc) = load_security(&config)?;
     let shared = Shared {
         budget: Budget::new(config.memory_budget),
         stats: Arc::new(Stats::default()),
@@ -101,7 +139,7 @@ pub async fn run(config: Config) -> Result<Exit> {
     };
     // Up before the WAL replay: /healthz answers and /readyz says 503 until ready.
     let admin = start_admin(&config, &shared).await?;
-    let mut pipeline = Pipeline::start(&config, shared.clone(), Security { mqtt, grpc }).await?;
+    let mut pipeline = Pipeline::start(&config, shared.clone(), security).await?;
     tokio::spawn(reload_on_sighup(pipeline.tls.clone())?);
     let stopping = Arc::new(AtomicBool::new(false));
     announce_ready(&config, &pipeline, &shared, &admin, &stopping);
@@ -126,6 +164,8 @@ pub async fn run(config: Config) -> Result<Exit> {
         .stop(config.shutdown_grace, second_signal(&mut term, &mut int))
         .await;
     log_stopped(&shared);
+    // Stopped: `systemctl status` shows no stale "stopping" line.
+    shared.notifier.status("");
     Ok(if clean { Exit::Clean } else { Exit::Forced })
 }
 
@@ -200,21 +240,18 @@ fn announce_ready(
         move || status_line(&stats, &budget)
     };
     let notifier = shared.notifier.clone();
-    match notifier.watchdog_timeout() {
-        Some(timeout) => {
-            let beats = shared.heartbeats.clone();
-            tokio::spawn(feed_watchdog(
-                notifier,
-                beats,
-                timeout,
-                stopping.clone(),
-                summary,
-            ));
-        }
-        None => {
-            tokio::spawn(refresh_status(notifier, stopping.clone(), summary));
-        }
+    if let Some(timeout) = notifier.watchdog_timeout() {
+        let beats = shared.heartbeats.clone();
+        let summary = summary.clone();
+        tokio::spawn(feed_watchdog(
+            notifier.clone(),
+            beats,
+            timeout,
+            stopping.clone(),
+            summary,
+        ));
     }
+    tokio::spawn(refresh_status(notifier, stopping.clone(), summary));
     tracing::info!(
         mqtt_listen = %mqtt,
         mqtt_tls_listen = %tls,
@@ -226,24 +263,30 @@ fn announce_ready(
     );
 }
 
-/// Without a watchdog: refreshes `STATUS=` every [`STATUS_EVERY`] until shutdown starts.
+/// Sends `STATUS=` within [`STATUS_EVERY`] of a change (only when the line changed) until
+/// shutdown starts.
 async fn refresh_status(
     notifier: Arc<Notifier>,
     stopping: Arc<AtomicBool>,
     summary: impl Fn() -> String,
 ) {
     let mut tick = tokio::time::interval(STATUS_EVERY);
-    tick.tick().await;
+    let mut last = String::new();
     loop {
         tick.tick().await;
-        if !stopping.load(Ordering::Relaxed) {
-            notifier.status(&summary());
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let line = summary();
+        if line != last {
+            notifier.status(&line);
+            last = line;
         }
     }
 }
 
-/// How often `STATUS=` is refreshed when no watchdog ping carries it.
-const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often the `STATUS=` line is checked for a change.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// The `STATUS=` line after startup: a summary for `systemctl status`.
 fn status_line(stats: &Stats, budget: &Budget) -> String {

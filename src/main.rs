@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default when no subcommand is given).
     Run(RunArgs),
-    /// Validate a config file and print the effective config; exit 0, or 78 naming the bad key.
+    /// Validate a config file and the files it names; exit 0, or 78 naming what is wrong.
     CheckConfig(CheckArgs),
     /// Print the built-in default config as TOML.
     PrintDefaultConfig,
@@ -58,6 +58,9 @@ struct CheckArgs {
     /// prefix, to prove the bucket exists and the credentials may write (exit 69 if not).
     #[arg(long)]
     probe: bool,
+    /// Also print the effective config (every key, defaults filled in) as TOML.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, Args)]
@@ -89,9 +92,11 @@ fn check_config(args: &CheckArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    print!("{}", config.raw.to_toml());
+    if args.print {
+        print!("{}", config.raw.to_toml());
+    }
     if let Err(e) = fleetlake::app::load_security(&config) {
-        eprintln!("fleetlake: {e:#}");
+        eprintln!("fleetlake: {}", fleetlake::app::explain(&e));
         return ExitCode::from(EX_CONFIG);
     }
     for b in &config.bridges {
@@ -164,11 +169,21 @@ fn run(args: RunArgs) -> ExitCode {
         .as_deref()
         .map_or(config.log_json, |f| f == "json");
     fleetlake::telemetry::init_logging(json, &config.log_level);
+    // Whatever the config names (data dir, security files) is checked before start: a problem
+    // there exits 78 like a bad key, so systemd does not restart it in a loop.
+    let security = match fleetlake::app::prepare(&config) {
+        Ok(security) => security,
+        Err(e) => {
+            let error = fleetlake::app::explain(&e);
+            tracing::error!(error, "fleetlake cannot start: fix the config");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let result = runtime.block_on(fleetlake::app::run(config));
+    let result = runtime.block_on(fleetlake::app::run(config, security));
     // After a forced stop, do not wait long for blocking work still running (an encode).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

@@ -74,10 +74,18 @@ fn production_config(
 }
 
 #[test]
-fn check_config_prints_the_effective_config_of_a_good_file() -> TestResult {
+fn check_config_prints_the_effective_config_of_a_good_file_only_when_asked() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = production_config(dir.path())?;
-    let out = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+    let quiet = fleetlake(&["check-config", "--config", &path.to_string_lossy()])?;
+    assert_eq!(quiet.status.code(), Some(0));
+    assert!(quiet.stdout.is_empty(), "no config dump unless --print");
+    let out = fleetlake(&[
+        "check-config",
+        "--print",
+        "--config",
+        &path.to_string_lossy(),
+    ])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let printed = String::from_utf8(out.stdout)?;
@@ -209,5 +217,57 @@ fn check_config_reads_the_bridge_files() -> TestResult {
         stderr.contains("bridge `plant`") && stderr.contains("/nonexistent/ca.pem"),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[test]
+fn run_exits_78_on_a_credential_that_was_never_loaded_and_says_which_line_to_add() -> TestResult {
+    // The shipped example names /run/credentials/fleetlake.service/mqtt.passwd: without
+    // `LoadCredential=` that file does not exist.
+    let dir = tempfile::tempdir()?;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/fleetlake.toml"
+    ))?;
+    let data = dir.path().join("data");
+    let text = example.replace(
+        "data_dir = \"/var/lib/fleetlake\"",
+        &format!("data_dir = \"{}\"", data.display()),
+    );
+    let path = dir.path().join("fleetlake.toml");
+    std::fs::write(&path, text)?;
+    for command in ["run", "check-config"] {
+        let out = fleetlake(&[command, "--config", &path.to_string_lossy()])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{command}: {stderr}");
+        assert!(
+            stderr.contains("LoadCredential=mqtt.passwd:/etc/fleetlake/credentials/mqtt.passwd"),
+            "{command}: {stderr}"
+        );
+        assert!(
+            stderr.lines().count() <= 3,
+            "{command}: one message, not a dump: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn run_exits_78_when_node_data_dir_cannot_be_created() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "")?;
+    let path = dir.path().join("fleetlake.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[node]\ndata_dir = \"{}/data\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[grpc]\nlisten = \"\"\n[admin]\nlisten = \"\"\n",
+            blocker.display()
+        ),
+    )?;
+    let out = fleetlake(&["run", "--config", &path.to_string_lossy()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("node.data_dir"), "{stderr}");
     Ok(())
 }

@@ -78,3 +78,36 @@ fn ready_after_listening_watchdog_from_live_stages_and_stopping_on_sigterm() -> 
     wait_for_message(&sock, "STOPPING=1", common::DEADLINE).ok_or("no STOPPING=1")?;
     Ok(())
 }
+
+#[test]
+fn status_follows_the_counters_without_a_watchdog_and_is_cleared_after_stop() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path)?;
+    let envs = [("NOTIFY_SOCKET", sock_path.display().to_string())];
+    let daemon = Daemon::start_in_env(dir, "2s", "", "", &envs)?;
+    wait_for_message(&sock, "READY=1", common::DEADLINE).ok_or("no READY=1")?;
+    let mut c = Client::connect(daemon.addr, "dev")?;
+    c.publish1("sensors/dev/t", r#"{"v": 1}"#, 1)?;
+    // Checked every second and sent when it changed (no watchdog ping carries it here).
+    let status = wait_for_message(&sock, "1 MQTT messages", Duration::from_secs(5))
+        .ok_or("STATUS= did not follow the published message")?;
+    assert!(status.starts_with("STATUS=ready;"), "{status}");
+    drop(c);
+    daemon.signal("TERM")?;
+    wait_for_message(&sock, "STOPPING=1", common::DEADLINE).ok_or("no STOPPING=1")?;
+    let deadline = Instant::now() + common::DEADLINE;
+    let mut buf = [0u8; 1024];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "STATUS= was not cleared after the stop"
+        );
+        let _ = sock.set_read_timeout(Some(deadline - Instant::now()));
+        let n = sock.recv(&mut buf)?;
+        if &buf[..n] == b"STATUS=" {
+            break;
+        }
+    }
+    Ok(())
+}
