@@ -50,7 +50,11 @@ pub fn explain(e: &anyhow::Error) -> String {
     let text = format!("{e:#}");
     match credential_name(&text) {
         Some(name) => format!(
-            "{text} — this is a systemd credential that was not loaded: add              `LoadCredential={name}:/etc/fleetlake/credentials/{name}` to the unit (`systemctl              edit fleetlake`; the unit has the line commented out) after creating that file,              or point the config key at a file the service can read"
+            "{text} — this is a systemd credential that was not loaded: create \
+             /etc/fleetlake/credentials/{name}, then add \
+             `LoadCredential={name}:/etc/fleetlake/credentials/{name}` to the unit \
+             (`systemctl edit fleetlake`; the unit has the line commented out), or point the \
+             config key at a file the service can read"
         ),
         None => text,
     }

@@ -27,7 +27,7 @@ use crate::auth::{Authenticator, GrpcPolicy};
 use crate::batch::{Batcher, Batches};
 use crate::bridge::{Bridge, Redelivery, redelivery};
 use crate::budget::Budget;
-use crate::config::{Config, OutputTarget};
+use crate::config::{Config, FileModes, OutputTarget};
 use crate::grpc::server::GrpcServer;
 use crate::mqtt::Listener;
 use crate::recovery::{Recovered, Replay};
@@ -359,8 +359,13 @@ impl Uploads {
 
 /// Builds the output: a local directory, the spool and its uploader, or the discarding sink.
 fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads>)> {
-    let local = |root: &std::path::Path| -> Result<LocalSink> {
-        let sink = LocalSink::new(root.to_path_buf(), config.node_id.clone(), config.parquet);
+    let local = |root: &std::path::Path, modes: FileModes| -> Result<LocalSink> {
+        let sink = LocalSink::new(
+            root.to_path_buf(),
+            config.node_id.clone(),
+            config.parquet,
+            modes,
+        );
         let removed = sink
             .prepare()
             .with_context(|| format!("preparing output {}", root.display()))?;
@@ -373,10 +378,10 @@ fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads
         Ok(sink)
     };
     match &config.output {
-        OutputTarget::Local(root) => Ok((Output::Local(local(root)?), None)),
+        OutputTarget::Local(root) => Ok((Output::Local(local(root, config.lake_modes)?), None)),
         OutputTarget::Remote(remote) => {
             let store = store::build(remote)?;
-            let sink = local(&remote.spool_dir)?;
+            let sink = local(&remote.spool_dir, FileModes::PRIVATE)?;
             let queue = SpoolQueue::new(remote.spool_max_bytes, remote.spool_full);
             let spool = Spool::open(remote.spool_dir.clone(), queue, stats.clone());
             tracing::info!(

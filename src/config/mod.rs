@@ -21,7 +21,7 @@ use crate::decode::topic::{Router, TableRule};
 pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
-pub use output::{OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
+pub use output::{FileModes, OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
 pub use tables::RawTable;
 use tables::{default_time_fields, validate_tables};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
@@ -342,6 +342,8 @@ pub struct Config {
     pub batch: BatchLimits,
     /// Parquet encoding options.
     pub parquet: ParquetOptions,
+    /// Permission bits of a local output's files and folders.
+    pub lake_modes: FileModes,
     /// Memory budget in bytes.
     pub memory_budget: usize,
     /// QoS 0 policy when the budget is full.
@@ -410,6 +412,7 @@ impl Config {
         }
         let grpc = raw.grpc.validate()?;
         let output = output::output_target(&raw)?;
+        let lake_modes = output::file_modes(&raw.output)?;
         let tables = validate_tables(&raw.tables)?;
         let batch = BatchLimits {
             max_rows: positive("batch.max_rows", raw.batch.max_rows)?,
@@ -467,6 +470,7 @@ impl Config {
             tables,
             batch,
             parquet,
+            lake_modes,
             memory_budget,
             qos0_when_full,
             wal,

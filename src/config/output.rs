@@ -29,6 +29,10 @@ pub struct RawOutput {
     pub retry_max_backoff: HumanDuration,
     /// `[output.s3]`: S3 and S3-compatible servers.
     pub s3: RawS3,
+    /// Octal permission bits of each Parquet file in a local output (the spool stays 0600).
+    pub file_mode: String,
+    /// Octal permission bits of each folder a local output creates (the spool stays 0700).
+    pub dir_mode: String,
 }
 
 impl Default for RawOutput {
@@ -41,6 +45,8 @@ impl Default for RawOutput {
             request_timeout: HumanDuration(Duration::from_secs(30)),
             retry_max_backoff: HumanDuration(Duration::from_secs(60)),
             s3: RawS3::default(),
+            file_mode: "0640".into(),
+            dir_mode: "0750".into(),
         }
     }
 }
@@ -86,6 +92,47 @@ impl OutputTarget {
             Self::Discard => "null:".into(),
         }
     }
+}
+
+/// Permission bits of what a local output creates, set exactly whatever the umask: by default
+/// files 0640 and folders 0750, so a group (the service's, `fleetlake` under the unit) can read
+/// the lake while others cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileModes {
+    /// Files (`output.file_mode`).
+    pub file: u32,
+    /// Folders (`output.dir_mode`).
+    pub dir: u32,
+}
+
+impl FileModes {
+    /// Only the service's own user: the spool, which nobody else should read.
+    pub const PRIVATE: Self = Self {
+        file: 0o600,
+        dir: 0o700,
+    };
+}
+
+/// `output.file_mode` and `output.dir_mode`: octal, the owner keeps what it needs (read and
+/// write; and enter for folders).
+pub(super) fn file_modes(out: &RawOutput) -> Result<FileModes, ConfigError> {
+    let parse = |key: &str, text: &str, owner: u32| {
+        let mode = u32::from_str_radix(text.trim().trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid(key, format!("`{text}` is not an octal mode like \"0640\"")))?;
+        if mode & owner != owner {
+            return Err(invalid(
+                key,
+                format!("`{text}` takes away the service's own access (needs {owner:o})"),
+            ));
+        }
+        Ok(mode)
+    };
+    Ok(FileModes {
+        file: parse("output.file_mode", &out.file_mode, 0o600)?,
+        dir: parse("output.dir_mode", &out.dir_mode, 0o700)?,
+    })
 }
 
 /// Which object store a remote output uses.

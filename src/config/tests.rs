@@ -184,3 +184,23 @@ fn object_store_urls() {
         "output.s3.secret_access_key"
     );
 }
+
+#[test]
+fn lake_modes_are_octal_and_keep_the_services_own_access() {
+    let config = Config::builtin();
+    assert_eq!(
+        (config.lake_modes.file, config.lake_modes.dir),
+        (0o640, 0o750)
+    );
+    let ok = "[output]\nfile_mode = \"0644\"\ndir_mode = \"755\"";
+    assert_eq!(err_key(ok), "ok");
+    assert_eq!(
+        err_key("[output]\nfile_mode = \"rw-r-----\""),
+        "output.file_mode"
+    );
+    assert_eq!(
+        err_key("[output]\nfile_mode = \"0440\""),
+        "output.file_mode"
+    );
+    assert_eq!(err_key("[output]\ndir_mode = \"0640\""), "output.dir_mode");
+}

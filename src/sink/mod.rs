@@ -10,12 +10,13 @@ pub mod spool;
 pub mod store;
 pub mod uploader;
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::BufWriter;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::columnar::encode::{Part, write_parquet};
-use crate::config::ParquetOptions;
+use crate::config::{FileModes, ParquetOptions};
 
 /// Why a file could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,11 @@ pub struct LocalSink {
     root: PathBuf,
     node: String,
     opts: ParquetOptions,
+    modes: FileModes,
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), SinkError> {
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
@@ -104,14 +110,24 @@ fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
 }
 
 impl LocalSink {
-    /// A sink writing under `root` with file names for `node`.
-    pub fn new(root: PathBuf, node: String, opts: ParquetOptions) -> Self {
-        Self { root, node, opts }
+    /// A sink writing under `root` with file names for `node`, creating files and folders
+    /// with exactly `modes` (whatever the umask).
+    pub fn new(root: PathBuf, node: String, opts: ParquetOptions, modes: FileModes) -> Self {
+        Self {
+            root,
+            node,
+            opts,
+            modes,
+        }
     }
 
-    /// Creates the root and removes temp files a crash left behind; returns how many.
+    /// Creates the root (with the folder mode, when it is new) and removes temp files a crash
+    /// left behind; returns how many.
     pub fn prepare(&self) -> Result<usize, SinkError> {
-        fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        if !self.root.is_dir() {
+            fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+            set_mode(&self.root, self.modes.dir)?;
+        }
         Ok(remove_temp_files(&self.root))
     }
 
@@ -122,7 +138,15 @@ impl LocalSink {
         self.create_dirs(&dir)?;
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(self.modes.file)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        // Exactly the configured mode: the umask may have taken bits away.
+        set_mode(&tmp, self.modes.file)?;
         let writer = write_parquet(part, &self.opts, BufWriter::with_capacity(256 * 1024, file))
             .map_err(|source| SinkError::Encode {
                 path: tmp.clone(),
@@ -163,7 +187,7 @@ impl LocalSink {
         }
         for d in missing.iter().rev() {
             match fs::create_dir(d) {
-                Ok(()) => {}
+                Ok(()) => set_mode(d, self.modes.dir)?,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io("create", d)(e)),
             }

@@ -52,7 +52,11 @@ fn publish_leaves_only_the_final_file_and_prepare_removes_crash_leftovers()
         compression: Compression::SNAPPY,
         row_group_rows: 100,
     };
-    let sink = LocalSink::new(dir.path().join("lake"), "gw".into(), opts);
+    let modes = crate::config::FileModes {
+        file: 0o640,
+        dir: 0o750,
+    };
+    let sink = LocalSink::new(dir.path().join("lake"), "gw".into(), opts, modes);
     assert_eq!(sink.prepare()?, 0);
     let published = sink.publish("telemetry", &part())?;
     assert!(published.path.is_file());
@@ -69,5 +73,37 @@ fn publish_leaves_only_the_final_file_and_prepare_removes_crash_leftovers()
     assert_eq!(names.len(), 1, "no temp file left: {names:?}");
     fs::write(folder.join(".x.parquet.tmp"), b"half")?;
     assert_eq!(sink.prepare()?, 1);
+    Ok(())
+}
+
+#[test]
+fn files_and_folders_get_exactly_the_configured_modes_whatever_the_umask()
+-> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let opts = ParquetOptions {
+        compression: Compression::SNAPPY,
+        row_group_rows: 100,
+    };
+    let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    for modes in [
+        crate::config::FileModes {
+            file: 0o644,
+            dir: 0o755,
+        },
+        crate::config::FileModes::PRIVATE,
+    ] {
+        let root = dir.path().join(format!("lake-{:o}", modes.file));
+        let sink = LocalSink::new(root.clone(), "gw".into(), opts, modes);
+        sink.prepare()?;
+        let published = sink.publish("telemetry", &part())?;
+        assert_eq!(mode(&published.path)?, modes.file);
+        assert_eq!(mode(&root)?, modes.dir);
+        let mut folder = published.path.parent();
+        while let Some(f) = folder.filter(|f| f.starts_with(&root)) {
+            assert_eq!(mode(f)?, modes.dir, "{}", f.display());
+            folder = f.parent();
+        }
+    }
     Ok(())
 }

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -104,7 +105,12 @@ impl CheckpointFile {
     /// Replaces it atomically and durably.
     pub fn store(&self, cp: &Checkpoint) -> io::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let mut file = File::create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(&serde_json::to_vec(cp).map_err(io::Error::other)?)?;
         file.sync_all()?;
         drop(file);

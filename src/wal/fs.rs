@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Directory of segment files, named by the first sequence number they may hold.
@@ -37,9 +38,11 @@ pub struct DiskFs {
 }
 
 impl DiskFs {
-    /// Uses (and creates) `dir`.
+    /// Uses (and creates) `dir`, readable by the service's user only (mode 0700; segments
+    /// 0600): the log holds raw payloads and client ids, whoever may read the lake.
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })
@@ -70,6 +73,7 @@ impl WalFs for DiskFs {
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o600)
             .open(self.path(first))?;
         File::open(&self.dir)?.sync_all()?;
         Ok(file)
