@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::budget::Held;
-use crate::columnar::{Batch, TableBuilder};
+use crate::columnar::{Batch, Refused, TableBuilder};
 use crate::config::BatchLimits;
 use crate::decode::{Message, REJECTED_TABLE, RejectReason};
 use crate::telemetry::{Heartbeats, Stage, Stats};
@@ -81,6 +81,22 @@ struct Pending {
     first_at: Option<Instant>,
     /// Sequence number of the first buffered message.
     first_seq: Option<u64>,
+    /// Whether the table's column bound was reported (once per table and run).
+    full_reported: bool,
+}
+
+impl Pending {
+    /// Logs, once, that the table's schema is full.
+    fn warn_full(&mut self, refused: &Refused) {
+        if !std::mem::replace(&mut self.full_reported, true) {
+            tracing::warn!(
+                table = %self.table,
+                columns = self.builder.columns(),
+                first = %refused,
+                "table has batch.max_columns columns: messages with new fields go to _rejected (logged once)"
+            );
+        }
+    }
 }
 
 /// Per-table buffers and the flush rules.
@@ -150,11 +166,15 @@ impl Batches {
             self.flush(h, FlushReason::Replay, out);
         }
         let appended = match self.index_of(&msg.table) {
-            Ok(t) => self.tables[t]
-                .builder
-                .append(&msg, seq)
-                .map(|bytes| (t, bytes))
-                .map_err(|c| (RejectReason::TypeConflict, c.to_string())),
+            Ok(t) => {
+                let appended = self.tables[t].builder.append(&msg, seq);
+                if let Err(refused @ Refused::TooManyColumns { .. }) = &appended {
+                    self.tables[t].warn_full(refused);
+                }
+                appended
+                    .map(|bytes| (t, bytes))
+                    .map_err(|refused| (refused.reason(), refused.to_string()))
+            }
             Err(reason) => Err((RejectReason::TooManyTables, reason)),
         };
         let (t, bytes) = match appended {
@@ -233,11 +253,12 @@ impl Batches {
         }
         self.tables.push(Pending {
             table: table.clone(),
-            builder: TableBuilder::new(table.clone()),
+            builder: TableBuilder::new(table.clone()).with_max_columns(self.limits.max_columns),
             bytes: 0,
             held: Held::default(),
             first_at: None,
             first_seq: None,
+            full_reported: false,
         });
         Ok(self.tables.len() - 1)
     }

@@ -9,6 +9,7 @@ fn limits() -> BatchLimits {
     BatchLimits {
         max_rows: 3,
         max_tables: 2,
+        max_columns: 4,
         max_bytes: 1_000,
         max_age: Duration::from_secs(5),
     }
@@ -351,4 +352,36 @@ fn a_batch_that_cannot_be_finished_gives_its_budget_back() {
     let failed = Err(arrow::error::ArrowError::ComputeError("test".into()));
     assert!(ready("t", failed, held, FlushReason::Age, 0).is_none());
     assert_eq!(budget.in_use(), 0);
+}
+
+#[test]
+fn messages_past_max_columns_go_to_rejected_with_the_reason_and_are_counted() {
+    let stats = Arc::new(Stats::default());
+    let mut b = Batches::new(limits(), 1_000_000, stats.clone());
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for seq in 0..6 {
+        let mut msg = admitted("t", Scalar::Int(1), seq);
+        msg.rows[0].fields = vec![(format!("k{seq}"), Scalar::Float(1.0))];
+        push(&mut b, msg, 10, now, &mut out);
+    }
+    b.flush_all(&mut out);
+    let rows = |table: &str| {
+        out.iter()
+            .filter(|r| &*r.batch.table == table)
+            .map(|r| r.batch.records.num_rows())
+            .sum::<usize>()
+    };
+    assert_eq!((rows("t"), rows("_rejected")), (4, 2), "max_columns is 4");
+    let widest = out
+        .iter()
+        .filter(|r| &*r.batch.table == "t")
+        .map(|r| r.batch.records.num_columns())
+        .max();
+    assert_eq!(widest, Some(3 + 4));
+    let counted = stats
+        .rejected_by_reason()
+        .into_iter()
+        .find(|(why, _)| *why == RejectReason::TooManyColumns);
+    assert_eq!(counted, Some((RejectReason::TooManyColumns, 2)));
 }

@@ -1,5 +1,10 @@
 //! One table's schema and Arrow builders. The schema only grows: a column once seen stays in
 //! every later file of this run (all-null where absent), so readers see stable types.
+//!
+//! Bounded: at most `max_columns` payload columns (`batch.max_columns`) and field names of at
+//! most [`MAX_FIELD_NAME`] bytes; a message past either is refused whole (it goes to
+//! `_rejected`). The bytes [`TableBuilder::append`] reports include the columns a row leaves
+//! absent (each still takes a null slot), so a wide table is charged what it really holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use crate::decode::{Message, Scalar};
+use crate::decode::{MAX_FIELD_NAME, Message, RejectReason, Scalar};
 
 /// Column kind of a payload field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,44 @@ impl Kind {
                 (self, value),
                 (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int)
             )
+    }
+}
+
+/// Why a message cannot be appended (it goes to `_rejected`, whole).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A value's type clashes with its column's.
+    #[error(transparent)]
+    Type(#[from] Conflict),
+    /// The message would add columns past the table's bound.
+    #[error(
+        "field `{field}` would be column {} of the table, past batch.max_columns ({max})",
+        max + 1
+    )]
+    TooManyColumns {
+        /// The first field that would not fit.
+        field: String,
+        /// `batch.max_columns`.
+        max: usize,
+    },
+    /// A field name that cannot be a column name.
+    #[error("a field name of {len} bytes (empty, or longer than {MAX_FIELD_NAME}): `{start}`")]
+    FieldName {
+        /// Its length in bytes.
+        len: usize,
+        /// Its first characters.
+        start: String,
+    },
+}
+
+impl Refused {
+    /// The `_rejected` reason.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Self::Type(_) => RejectReason::TypeConflict,
+            Self::TooManyColumns { .. } => RejectReason::TooManyColumns,
+            Self::FieldName { .. } => RejectReason::FieldName,
+        }
     }
 }
 
@@ -188,16 +231,32 @@ pub struct TableBuilder {
     hint: Vec<usize>,
     seqs: Vec<u64>,
     rows: usize,
+    /// Most payload columns.
+    max_columns: usize,
+    /// Fixed bytes one row takes in every payload column, present or null.
+    row_width: usize,
 }
 
-fn scalar_bytes(v: &Scalar) -> usize {
-    match v {
-        Scalar::Int(_) | Scalar::Float(_) => 8,
-        Scalar::Bool(_) => 1,
-        Scalar::Str(s) => s.len() + 4,
-        Scalar::Bytes(b) => b.len() + 4,
+/// Fixed bytes of one slot of a column (a value or a null): the value width, or an offset.
+fn slot_bytes(kind: Kind) -> usize {
+    match kind {
+        Kind::Int | Kind::Float => 8,
+        Kind::Bool => 1,
+        Kind::Str | Kind::Bytes => 4,
     }
 }
+
+/// Variable bytes of a value beyond its slot.
+fn value_bytes(v: &Scalar) -> usize {
+    match v {
+        Scalar::Str(s) => s.len(),
+        Scalar::Bytes(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// `batch.max_columns` when a builder is not told otherwise.
+pub const DEFAULT_MAX_COLUMNS: usize = 1000;
 
 fn timestamp_builder() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone("UTC")
@@ -216,7 +275,20 @@ impl TableBuilder {
             hint: Vec::new(),
             seqs: Vec::new(),
             rows: 0,
+            max_columns: DEFAULT_MAX_COLUMNS,
+            row_width: 0,
         }
+    }
+
+    /// Bounds the payload columns at `max` (`batch.max_columns`).
+    pub fn with_max_columns(mut self, max: usize) -> Self {
+        self.max_columns = max;
+        self
+    }
+
+    /// Payload columns so far.
+    pub fn columns(&self) -> usize {
+        self.columns.len()
     }
 
     /// The column named `name`, trying the previous row's column at position `pos` first.
@@ -232,8 +304,9 @@ impl TableBuilder {
         self.rows
     }
 
-    /// Checks every field of `msg` against the schema; the message is appended whole or not at all.
-    fn check(&self, msg: &Message) -> Result<(), Conflict> {
+    /// Checks every field of `msg` against the schema and the bounds; the message is appended
+    /// whole or not at all.
+    fn check(&self, msg: &Message) -> Result<(), Refused> {
         let mut new: Vec<(&str, Kind)> = Vec::new();
         let captured = msg.columns.iter().map(|(name, _)| (&**name, Kind::Str));
         for row in &msg.rows {
@@ -246,23 +319,36 @@ impl TableBuilder {
                 match have {
                     Some(column) if !column.accepts(kind) => {
                         let field = name.to_string();
-                        return Err(Conflict {
+                        return Err(Refused::Type(Conflict {
                             field,
                             column,
                             value: kind,
-                        });
+                        }));
                     }
                     Some(_) => {}
-                    None => new.push((name, kind)),
+                    None => {
+                        if name.is_empty() || name.len() > MAX_FIELD_NAME {
+                            let start = name.chars().take(40).collect();
+                            let len = name.len();
+                            return Err(Refused::FieldName { len, start });
+                        }
+                        if self.columns.len() + new.len() >= self.max_columns {
+                            let field = name.chars().take(MAX_FIELD_NAME).collect();
+                            let max = self.max_columns;
+                            return Err(Refused::TooManyColumns { field, max });
+                        }
+                        new.push((name, kind));
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Appends every row of `msg` (message sequence `seq`), or refuses it whole on a conflict.
-    /// Returns the bytes the rows take in the builders (values, offsets; not capacity slack).
-    pub fn append(&mut self, msg: &Message, seq: u64) -> Result<usize, Conflict> {
+    /// Appends every row of `msg` (message sequence `seq`), or refuses it whole. Returns the
+    /// bytes the rows take in the builders: values and offsets of every column, the absent
+    /// ones' null slots and validity bits included (not capacity slack).
+    pub fn append(&mut self, msg: &Message, seq: u64) -> Result<usize, Refused> {
         self.check(msg)?;
         let mut bytes = 0;
         for row in &msg.rows {
@@ -272,18 +358,20 @@ impl TableBuilder {
             self.received_at.append_value(msg.received_at);
             self.device_id.append_value(&msg.device_id);
             for (pos, (name, value)) in msg.columns.iter().enumerate() {
-                bytes += value.len() + 4;
+                bytes += value.len();
                 if let Some(Data::Str(b)) = self.column_for(name, Kind::Str, pos) {
                     b.append_value(value);
                 }
             }
             let offset = msg.columns.len();
             for (pos, (name, value)) in row.fields.iter().enumerate() {
-                bytes += scalar_bytes(value);
+                bytes += value_bytes(value);
                 if let Some(data) = self.column_for(name, Kind::of(value), offset + pos) {
                     data.append(value);
                 }
             }
+            // Every payload column holds a slot for this row, and a validity bit.
+            bytes += self.row_width + self.columns.len() / 8;
             self.rows += 1;
             for col in &mut self.columns {
                 let missing = self.rows - col.data.len();
@@ -306,6 +394,7 @@ impl TableBuilder {
                 let name: Arc<str> = Arc::from(name);
                 let mut data = Data::new(kind);
                 data.append_nulls(self.rows);
+                self.row_width += slot_bytes(kind);
                 self.columns.push(Column {
                     name: name.clone(),
                     data,
@@ -323,7 +412,7 @@ impl TableBuilder {
             return None;
         }
         if data.kind() == Kind::Int && kind == Kind::Float {
-            data.widen_to_float();
+            data.widen_to_float(); // both 8 bytes a slot: row_width is unchanged
         }
         Some(data)
     }

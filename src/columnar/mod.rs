@@ -8,5 +8,5 @@
 pub mod builder;
 pub mod encode;
 
-pub use builder::{Batch, Conflict, TableBuilder};
+pub use builder::{Batch, Conflict, Refused, TableBuilder};
 pub use encode::ParquetOptions;

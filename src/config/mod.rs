@@ -132,6 +132,9 @@ pub struct RawBatch {
     /// Most tables (besides `_rejected`); messages for more go to `_rejected`. Bounds what
     /// `{table}` topic levels can create.
     pub max_tables: usize,
+    /// Most payload columns per table; a message that would add more goes to `_rejected`.
+    /// Bounds the memory of devices that invent a field name per message.
+    pub max_columns: usize,
 }
 
 impl Default for RawBatch {
@@ -141,6 +144,7 @@ impl Default for RawBatch {
             max_bytes: ByteSize(16 << 20),
             max_age: HumanDuration(Duration::from_secs(60)),
             max_tables: 256,
+            max_columns: 1000,
         }
     }
 }
@@ -380,6 +384,8 @@ pub struct BatchLimits {
     pub max_age: Duration,
     /// Most tables besides `_rejected`.
     pub max_tables: usize,
+    /// Most payload columns per table.
+    pub max_columns: usize,
 }
 
 impl Config {
@@ -419,6 +425,7 @@ impl Config {
             max_bytes: positive("batch.max_bytes", raw.batch.max_bytes.as_usize())?,
             max_age: nonzero("batch.max_age", raw.batch.max_age)?,
             max_tables: positive("batch.max_tables", raw.batch.max_tables)?,
+            max_columns: positive("batch.max_columns", raw.batch.max_columns)?,
         };
         let parquet = ParquetOptions {
             compression: compression(&raw.parquet)?,

@@ -55,17 +55,26 @@ pub enum RejectReason {
     TooManyTables,
     /// A WAL record that no longer decodes.
     BadRecord,
+    /// The message would add columns past `batch.max_columns`.
+    TooManyColumns,
+    /// A field name is empty or longer than [`MAX_FIELD_NAME`] bytes.
+    FieldName,
 }
+
+/// Longest field (column) name, in bytes, flattened path included.
+pub const MAX_FIELD_NAME: usize = 256;
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Payload,
         Self::Topic,
         Self::NoTable,
         Self::TypeConflict,
         Self::TooManyTables,
         Self::BadRecord,
+        Self::TooManyColumns,
+        Self::FieldName,
     ];
 
     /// The metric label.
@@ -77,6 +86,8 @@ impl RejectReason {
             Self::TypeConflict => "type_conflict",
             Self::TooManyTables => "too_many_tables",
             Self::BadRecord => "bad_record",
+            Self::TooManyColumns => "too_many_columns",
+            Self::FieldName => "field_name",
         }
     }
 }

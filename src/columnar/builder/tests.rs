@@ -100,11 +100,11 @@ fn a_conflicting_type_refuses_the_whole_message_and_leaves_the_builder_unchanged
     );
     assert_eq!(
         err,
-        Err(Conflict {
+        Err(Refused::Type(Conflict {
             field: "v".into(),
             column: Kind::Int,
             value: Kind::Str
-        })
+        }))
     );
     assert_eq!(b.rows(), 1);
     let batch = finish(&mut b);
@@ -201,4 +201,65 @@ mod properties {
             prop_assert_eq!(rows, accepted);
         }
     }
+}
+
+#[test]
+fn a_message_past_max_columns_is_refused_whole_and_the_schema_stays_bounded() {
+    let mut b = TableBuilder::new(Arc::from("t")).with_max_columns(3);
+    let two = msg("d", vec![("a", Scalar::Int(1)), ("b", Scalar::Int(2))]);
+    assert!(b.append(&two, 0).is_ok());
+    let three = msg("d", vec![("c", Scalar::Int(3)), ("d", Scalar::Int(4))]);
+    let refused = b.append(&three, 1);
+    assert!(
+        matches!(&refused, Err(Refused::TooManyColumns { field, max: 3 }) if field == "d"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.err().map(|r| r.reason()),
+        Some(RejectReason::TooManyColumns)
+    );
+    assert_eq!(
+        (b.columns(), b.rows()),
+        (2, 1),
+        "nothing of the refused message"
+    );
+    let known = msg("d", vec![("a", Scalar::Int(5)), ("c", Scalar::Int(6))]);
+    assert!(b.append(&known, 2).is_ok(), "one more column still fits");
+    assert_eq!(b.columns(), 3);
+}
+
+#[test]
+fn an_empty_or_overlong_field_name_is_refused() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    let long = "k".repeat(crate::decode::MAX_FIELD_NAME + 1);
+    for name in ["", long.as_str()] {
+        let refused = b.append(&msg("d", vec![(name, Scalar::Int(1))]), 0);
+        assert_eq!(
+            refused.err().map(|r| r.reason()),
+            Some(RejectReason::FieldName)
+        );
+    }
+    let longest = "k".repeat(crate::decode::MAX_FIELD_NAME);
+    assert!(
+        b.append(&msg("d", vec![(&longest, Scalar::Int(1))]), 0)
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_row_is_charged_for_every_column_it_leaves_null() {
+    let mut b = TableBuilder::new(Arc::from("t"));
+    let wide: Vec<(String, Scalar)> = (0..100)
+        .map(|i| (format!("k{i}"), Scalar::Float(1.0)))
+        .collect();
+    let wide: Vec<(&str, Scalar)> = wide.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let first = b.append(&msg("d", wide), 0).unwrap_or_default();
+    // time, received_at, seq (24) + device id offset and text (4 + 1) + 100 x 8 + 100 bits.
+    assert_eq!(first, 29 + 800 + 12);
+    let narrow = b.append(&msg("d", vec![("k0", Scalar::Float(2.0))]), 1);
+    assert_eq!(
+        narrow.ok(),
+        Some(first),
+        "the 99 absent columns still take their slots"
+    );
 }
