@@ -1,4 +1,4 @@
-//! The command line: config checking and exit codes, as systemd's ExecStartPre relies on them.
+//! The command line: config checking and exit codes, as the systemd unit relies on them (78: final, not restarted).
 
 use std::process::Command;
 
