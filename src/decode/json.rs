@@ -51,6 +51,9 @@ pub enum DecodeError {
     /// JSON, but not an object or an array of objects.
     #[error("payload is JSON {0}, expected an object or an array of objects")]
     NotAnObject(&'static str),
+    /// An array holding something other than objects.
+    #[error("payload is a JSON array holding {0}s, expected an object or an array of objects")]
+    ArrayItem(&'static str),
     /// An empty array.
     #[error("payload is an empty JSON array")]
     EmptyArray,
@@ -122,7 +125,7 @@ impl<'de> Visitor<'de> for Payload<'_> {
             }
         }
         Ok(match shape {
-            Some(kind) => Err(DecodeError::NotAnObject(kind)),
+            Some(kind) => Err(DecodeError::ArrayItem(kind)),
             None if rows.is_empty() => Err(DecodeError::EmptyArray),
             None => Ok(rows),
         })

@@ -83,7 +83,11 @@ fn bad_payloads_say_why() {
     assert_eq!(err(b"\xff\xfe"), Some(DecodeError::NotUtf8));
     assert!(matches!(err(b"{not json"), Some(DecodeError::NotJson(_))));
     assert_eq!(err(b"42"), Some(DecodeError::NotAnObject("number")));
-    assert_eq!(err(b"[1]"), Some(DecodeError::NotAnObject("number")));
+    assert_eq!(err(b"[1]"), Some(DecodeError::ArrayItem("number")));
+    assert_eq!(
+        err(br#"[{"a": 1}, "x"]"#).map(|e| e.to_string()).as_deref(),
+        Some("payload is a JSON array holding strings, expected an object or an array of objects")
+    );
     assert_eq!(err(b"[]"), Some(DecodeError::EmptyArray));
 }
 
