@@ -346,3 +346,24 @@ async fn feed_watchdog(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_name_is_read_from_a_run_credentials_path() {
+        let text =
+            "reading mqtt.auth: /run/credentials/fleetlake.service/mqtt.passwd: Permission denied";
+        assert_eq!(credential_name(text), Some("mqtt.passwd"));
+        assert_eq!(
+            credential_name("open /run/credentials/x.service/tls.key (No such file)"),
+            Some("tls.key")
+        );
+        assert_eq!(
+            credential_name("reading /etc/fleetlake/mqtt.acl: line 1"),
+            None
+        );
+        assert_eq!(credential_name("/run/credentials/fleetlake.service/"), None);
+    }
+}

@@ -381,7 +381,7 @@ impl Batcher {
                 _ = beat.tick() => continue,
                 // Cancel-safe: `recv` loses nothing when the timer branch wins.
                 msg = self.rx.recv() => match msg {
-                    Some(admitted) => self.push(admitted, &mut ready),
+                    Some(admitted) => push_group(&mut self.batches, admitted, Instant::now(), &mut ready),
                     None => break,
                 },
                 () = sleep_until(deadline) => self.batches.flush_due(Instant::now(), &mut ready),
@@ -394,12 +394,6 @@ impl Batcher {
         self.batches.flush_all(&mut ready);
         self.send(&mut ready, &mut beat).await;
         tracing::debug!("batcher finished");
-    }
-
-    /// Buffers each message of a group, sharing out the group's holding by message cost; what
-    /// the tables do not keep goes back to the budget when the group's holding is dropped.
-    fn push(&mut self, admitted: Admitted, ready: &mut Vec<Ready>) {
-        push_group(&mut self.batches, admitted, Instant::now(), ready);
     }
 
     /// Hands finished batches to the publisher, beating while it waits for room.
@@ -424,9 +418,10 @@ impl Batcher {
     }
 }
 
-/// Buffers each message of `admitted` in `batches` (see [`Batcher`]); the group's holding,
-/// with whatever the tables did not keep, is dropped at the end.
-pub fn push_group(batches: &mut Batches, admitted: Admitted, now: Instant, ready: &mut Vec<Ready>) {
+/// Buffers each message of `admitted` in `batches`, sharing out the group's holding by message
+/// cost; what the tables do not keep goes back to the budget when the group's holding is
+/// dropped at the end (one semaphore call per group).
+fn push_group(batches: &mut Batches, admitted: Admitted, now: Instant, ready: &mut Vec<Ready>) {
     let Admitted { msgs, mut held } = admitted;
     let mut remaining = held.bytes();
     let last = msgs.len().saturating_sub(1);
