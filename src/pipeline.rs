@@ -27,6 +27,7 @@ use crate::auth::{Authenticator, GrpcPolicy};
 use crate::batch::{Batcher, Batches};
 use crate::bridge::{Bridge, Redelivery, redelivery};
 use crate::budget::Budget;
+use crate::columnar::SchemaDir;
 use crate::config::{Config, FileModes, OutputTarget};
 use crate::grpc::server::GrpcServer;
 use crate::mqtt::Listener;
@@ -124,18 +125,22 @@ impl Pipeline {
             .load()
             .context("reading the WAL checkpoint")?;
         let low_water = Arc::new(AtomicU64::new(checkpoint.low_water));
+        let schemas = SchemaDir::open(&config.data_dir)?;
+        let stored_schemas = schemas.load()?;
         // 2. The publisher.
         let (ready_tx, ready_rx) = mpsc::channel(READY_QUEUE);
         let progress = Progress {
             file: checkpoint_file,
             checkpoint: checkpoint.clone(),
             low_water: low_water.clone(),
+            schemas,
         };
         let publisher =
             tokio::spawn(Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress).run());
         // 3. The batcher, holding back the batch a crash may have cut.
         let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
-        let mut batches = Batches::new(config.batch, shared.budget.total() / 2, stats.clone());
+        let mut batches = Batches::new(config.batch, shared.budget.total() / 2, stats.clone())
+            .with_schemas(stored_schemas);
         if let Some(cut) = &checkpoint.in_progress {
             batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);
         }

@@ -18,13 +18,14 @@
 //! files may have appeared before a crash is rebuilt exactly by [`Batches::hold`]: its table
 //! is exempt from every flush rule until its last sequence number, then flushed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::budget::Held;
-use crate::columnar::{Batch, Refused, TableBuilder};
+use crate::columnar::{Batch, Refused, TableBuilder, TableSchema};
 use crate::config::BatchLimits;
 use crate::decode::{Message, REJECTED_TABLE, RejectReason};
 use crate::telemetry::{Heartbeats, Stage, Stats};
@@ -61,6 +62,9 @@ pub struct Ready {
     pub reason: FlushReason,
     /// Every message below this sequence number is in this batch or an earlier one.
     pub low_water: u64,
+    /// The table's columns when they grew since its last batch: stored (durably) before the
+    /// batch's files are published, so every column of every file is in the stored schema.
+    pub schema: Option<TableSchema>,
 }
 
 impl Ready {
@@ -83,6 +87,8 @@ struct Pending {
     first_seq: Option<u64>,
     /// Whether the table's column bound was reported (once per table and run).
     full_reported: bool,
+    /// Payload columns in the stored schema (or in the last batch's, once it is stored).
+    stored_columns: usize,
 }
 
 impl Pending {
@@ -111,6 +117,8 @@ pub struct Batches {
     next_seq: u64,
     /// A table rebuilding a batch up to this sequence number (see [`Batches::hold`]).
     rebuilding: Option<(usize, u64)>,
+    /// The stored schemas of tables not buffered yet, by name.
+    stored: HashMap<String, TableSchema>,
 }
 
 impl Batches {
@@ -124,7 +132,14 @@ impl Batches {
             stats,
             next_seq: 0,
             rebuilding: None,
+            stored: HashMap::new(),
         }
+    }
+
+    /// Starts each table with its stored columns (see [`crate::columnar::schema`]).
+    pub fn with_schemas(mut self, stored: HashMap<String, TableSchema>) -> Self {
+        self.stored = stored;
+        self
     }
 
     /// Rebuilds `table`'s batch ending at `last_seq` exactly: no flush rule applies to the
@@ -251,9 +266,15 @@ impl Batches {
                 "table `{table}` would pass batch.max_tables ({max})"
             ));
         }
+        let mut builder =
+            TableBuilder::new(table.clone()).with_max_columns(self.limits.max_columns);
+        if let Some(schema) = self.stored.remove(&**table) {
+            builder = builder.with_schema(&schema.columns);
+        }
         self.tables.push(Pending {
             table: table.clone(),
-            builder: TableBuilder::new(table.clone()).with_max_columns(self.limits.max_columns),
+            stored_columns: builder.columns(),
+            builder,
             bytes: 0,
             held: Held::default(),
             first_at: None,
@@ -276,8 +297,13 @@ impl Batches {
             .iter()
             .filter_map(|p| p.first_seq)
             .fold(self.next_seq, u64::min);
-        let table = self.tables[t].table.clone();
-        if let Some(ready) = ready(&table, finished, held, reason, low_water) {
+        let pending = &mut self.tables[t];
+        let table = pending.table.clone();
+        let columns = pending.builder.columns();
+        let schema = (columns > pending.stored_columns && &*table != REJECTED_TABLE)
+            .then(|| TableSchema::new(&table, pending.builder.schema()));
+        pending.stored_columns = columns;
+        if let Some(ready) = ready(&table, finished, held, reason, low_water, schema) {
             let rows = ready.batch.records.num_rows() as u64;
             Stats::add(&self.stats.buffer_rows_popped, rows);
             out.push(ready);
@@ -323,6 +349,7 @@ fn ready(
     held: Held,
     reason: FlushReason,
     low_water: u64,
+    schema: Option<TableSchema>,
 ) -> Option<Ready> {
     match finished {
         Ok(Some(batch)) => Some(Ready {
@@ -330,6 +357,7 @@ fn ready(
             held,
             reason,
             low_water,
+            schema,
         }),
         // No rows: nothing to publish; `held` (nothing, or a rounding rest) goes back.
         Ok(None) => None,

@@ -350,7 +350,7 @@ fn a_batch_that_cannot_be_finished_gives_its_budget_back() {
     let budget = crate::budget::Budget::new(1_000);
     let held = budget.try_acquire(400).unwrap_or_default();
     let failed = Err(arrow::error::ArrowError::ComputeError("test".into()));
-    assert!(ready("t", failed, held, FlushReason::Age, 0).is_none());
+    assert!(ready("t", failed, held, FlushReason::Age, 0, None).is_none());
     assert_eq!(budget.in_use(), 0);
 }
 
@@ -384,4 +384,67 @@ fn messages_past_max_columns_go_to_rejected_with_the_reason_and_are_counted() {
         .into_iter()
         .find(|(why, _)| *why == RejectReason::TooManyColumns);
     assert_eq!(counted, Some((RejectReason::TooManyColumns, 2)));
+}
+
+#[test]
+fn a_batch_carries_its_tables_schema_only_when_columns_were_added() {
+    let stored = TableSchema::new(
+        "t",
+        vec![crate::columnar::ColumnSpec {
+            name: Arc::from("v"),
+            kind: crate::columnar::Kind::Str,
+        }],
+    );
+    let mut b = batches().with_schemas(HashMap::from([("t".to_string(), stored.clone())]));
+    let now = Instant::now();
+    let mut out = Vec::new();
+    // The stored column is there from the first row: a number for it is a type conflict.
+    push(&mut b, admitted("t", Scalar::Int(1), 0), 10, now, &mut out);
+    push(
+        &mut b,
+        admitted("t", Scalar::Str("a".into()), 1),
+        10,
+        now,
+        &mut out,
+    );
+    b.flush_all(&mut out);
+    let t = out.iter().find(|r| &*r.batch.table == "t");
+    assert_eq!(
+        t.map(|r| (r.batch.records.num_rows(), r.schema.is_none())),
+        Some((1, true))
+    );
+    let rejected = out.iter().find(|r| &*r.batch.table == REJECTED_TABLE);
+    assert!(rejected.is_some_and(|r| r.schema.is_none()));
+    out.clear();
+    // A new column: the next batch carries the grown schema, the one after it does not.
+    let mut m = admitted("t", Scalar::Str("b".into()), 2);
+    m.rows[0].fields.push(("w".into(), Scalar::Bool(true)));
+    push(&mut b, m, 10, now, &mut out);
+    b.flush_all(&mut out);
+    push(
+        &mut b,
+        admitted("t", Scalar::Str("c".into()), 3),
+        10,
+        now,
+        &mut out,
+    );
+    b.flush_all(&mut out);
+    let schemas: Vec<Option<Vec<String>>> = out
+        .iter()
+        .map(|r| {
+            r.schema.as_ref().map(|s| {
+                s.columns
+                    .iter()
+                    .map(|c| format!("{}:{}", c.name, c.kind))
+                    .collect()
+            })
+        })
+        .collect();
+    assert_eq!(
+        schemas,
+        [
+            Some(vec!["v:string".to_string(), "w:bool".to_string()]),
+            None
+        ]
+    );
 }

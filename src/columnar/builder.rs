@@ -1,5 +1,6 @@
 //! One table's schema and Arrow builders. The schema only grows: a column once seen stays in
-//! every later file of this run (all-null where absent), so readers see stable types.
+//! every later file (all-null where absent), with the type [`Kind::infer`] gave it when it
+//! was first seen, or the one its stored schema says ([`super::schema`]).
 //!
 //! Bounded: at most `max_columns` payload columns (`batch.max_columns`) and field names of at
 //! most [`MAX_FIELD_NAME`] bytes; a message past either is refused whole (it goes to
@@ -10,31 +11,39 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Array,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
+use super::schema::ColumnSpec;
 use crate::decode::{MAX_FIELD_NAME, Message, RejectReason, Scalar};
 
-/// Column kind of a payload field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Type of a payload column (and kind of a value). The names are those of the schema file
+/// and of `check-config`'s messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum Kind {
-    /// Int64.
+    /// Int64: a column only a schema file (or a declaration) gives; inference never does.
+    #[serde(rename = "int64")]
     Int,
-    /// Float64.
+    /// Float64: every number, unless its column is an Int64.
+    #[serde(rename = "float64")]
     Float,
     /// Boolean.
+    #[serde(rename = "bool")]
     Bool,
     /// Utf8.
+    #[serde(rename = "string")]
     Str,
     /// Binary.
+    #[serde(rename = "binary")]
     Bytes,
 }
 
 impl Kind {
+    /// The kind of a value.
     fn of(v: &Scalar) -> Self {
         match v {
             Scalar::Int(_) => Kind::Int,
@@ -45,13 +54,37 @@ impl Kind {
         }
     }
 
-    /// Whether a column of `self` can take `value` (possibly after widening Int to Float).
+    /// The type of a new column whose first value is of kind `self`: numbers are Float64,
+    /// integers too, so that no later value and no other node ever needs another type for
+    /// the column (see [`super::schema`]).
+    pub fn infer(self) -> Self {
+        match self {
+            Kind::Int => Kind::Float,
+            kind => kind,
+        }
+    }
+
+    /// Whether a column of `self` takes a value of kind `value`: its own kind, or an integer
+    /// into a Float64 column.
     fn accepts(self, value: Kind) -> bool {
-        self == value
-            || matches!(
-                (self, value),
-                (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int)
-            )
+        self == value || (self == Kind::Float && value == Kind::Int)
+    }
+
+    /// The name used in schema files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Int => "int64",
+            Kind::Float => "float64",
+            Kind::Bool => "bool",
+            Kind::Str => "string",
+            Kind::Bytes => "binary",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -95,7 +128,7 @@ impl Refused {
 
 /// A field whose value type clashes with its column's type.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("type conflict on field `{field}`: column is {column:?}, value is {value:?}")]
+#[error("type conflict: column `{field}` is {column}, this value is {value}")]
 pub struct Conflict {
     /// Field name.
     pub field: String,
@@ -155,7 +188,7 @@ impl Data {
         }
     }
 
-    /// Appends `v`; the caller checked [`Kind::accepts`] and widened Int columns first.
+    /// Appends `v`; the caller checked [`Kind::accepts`].
     fn append(&mut self, v: &Scalar) {
         match (self, v) {
             (Data::Int(b), Scalar::Int(i)) => b.append_value(*i),
@@ -165,17 +198,6 @@ impl Data {
             (Data::Str(b), Scalar::Str(s)) => b.append_value(s),
             (Data::Bytes(b), Scalar::Bytes(x)) => b.append_value(x),
             (data, _) => data.append_nulls(1),
-        }
-    }
-
-    /// Turns an Int64 column into Float64, keeping values and nulls.
-    fn widen_to_float(&mut self) {
-        if let Data::Int(b) = self {
-            let ints: Int64Array = b.finish();
-            let mut floats = Float64Builder::with_capacity(ints.len());
-            ints.iter()
-                .for_each(|v| floats.append_option(v.map(|i| i as f64)));
-            *self = Data::Float(floats);
         }
     }
 
@@ -337,7 +359,7 @@ impl TableBuilder {
                             let max = self.max_columns;
                             return Err(Refused::TooManyColumns { field, max });
                         }
-                        new.push((name, kind));
+                        new.push((name, kind.infer()));
                     }
                 }
             }
@@ -384,24 +406,13 @@ impl TableBuilder {
         Ok(bytes)
     }
 
-    /// The builder for field `name` of the current row (created, or widened from Int64 to
-    /// Float64, as `kind` needs); `None` when the row already has a value for `name` (the
+    /// The builder for field `name` of the current row (created as [`Kind::infer`] says when
+    /// new); `None` when the row already has a value for `name` (the
     /// same name twice in one row, e.g. `a.b` and `{"a":{"b"}}`: the first wins).
     fn column_for(&mut self, name: &str, kind: Kind, pos: usize) -> Option<&mut Data> {
         let i = match self.lookup(name, pos) {
             Some(i) => i,
-            None => {
-                let name: Arc<str> = Arc::from(name);
-                let mut data = Data::new(kind);
-                data.append_nulls(self.rows);
-                self.row_width += slot_bytes(kind);
-                self.columns.push(Column {
-                    name: name.clone(),
-                    data,
-                });
-                self.index.insert(name, self.columns.len() - 1);
-                self.columns.len() - 1
-            }
+            None => self.add_column(Arc::from(name), kind.infer()),
         };
         if pos >= self.hint.len() {
             self.hint.resize(pos + 1, i);
@@ -411,10 +422,42 @@ impl TableBuilder {
         if data.len() > self.rows {
             return None;
         }
-        if data.kind() == Kind::Int && kind == Kind::Float {
-            data.widen_to_float(); // both 8 bytes a slot: row_width is unchanged
-        }
         Some(data)
+    }
+
+    /// Adds a column of `kind` (null in the rows so far); returns its index.
+    fn add_column(&mut self, name: Arc<str>, kind: Kind) -> usize {
+        let mut data = Data::new(kind);
+        data.append_nulls(self.rows);
+        self.row_width += slot_bytes(kind);
+        self.columns.push(Column {
+            name: name.clone(),
+            data,
+        });
+        self.index.insert(name, self.columns.len() - 1);
+        self.columns.len() - 1
+    }
+
+    /// Starts with the columns of a stored schema (they count against `max_columns`, but are
+    /// all kept even past it: earlier files hold them).
+    pub fn with_schema(mut self, columns: &[ColumnSpec]) -> Self {
+        for c in columns {
+            if !self.index.contains_key(&c.name) {
+                self.add_column(c.name.clone(), c.kind);
+            }
+        }
+        self
+    }
+
+    /// The payload columns, in file order.
+    pub fn schema(&self) -> Vec<ColumnSpec> {
+        self.columns
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                kind: c.data.kind(),
+            })
+            .collect()
     }
 
     /// Takes the buffered rows as a batch; `None` when empty. The schema is kept.

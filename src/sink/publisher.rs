@@ -4,7 +4,8 @@
 //! capped backoff while the batch keeps its budget, so sources slow down instead of data
 //! being dropped.
 //!
-//! Around each batch it keeps the WAL checkpoint: the batch is marked in progress (durably)
+//! Before a batch whose table has new columns, it stores the table's schema
+//! ([`crate::columnar::schema`]). Around each batch it keeps the WAL checkpoint: the batch is marked in progress (durably)
 //! before its first file appears, and published after its last, with the batch's low-water
 //! mark; the WAL writer then deletes the segments below that mark.
 
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{Output, Published, SinkError};
 use crate::batch::Ready;
-use crate::columnar::encode;
+use crate::columnar::{SchemaDir, encode};
 use crate::telemetry::Stats;
 use crate::wal::{Checkpoint, CheckpointFile, Cut};
 
@@ -28,6 +29,7 @@ pub struct Publisher {
     stats: Arc<Stats>,
     checkpoint: Arc<(CheckpointFile, std::sync::Mutex<Checkpoint>)>,
     low_water: Arc<AtomicU64>,
+    schemas: SchemaDir,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ enum PublishError {
     Join(#[from] tokio::task::JoinError),
     #[error("writing the WAL checkpoint: {0}")]
     Checkpoint(#[from] std::io::Error),
+    #[error("storing the table's schema: {0}")]
+    Schema(std::io::Error),
 }
 
 /// Where the publisher keeps its progress.
@@ -51,6 +55,8 @@ pub struct Progress {
     pub checkpoint: Checkpoint,
     /// Shared with the WAL writer: segments below it may be deleted.
     pub low_water: Arc<AtomicU64>,
+    /// Where each table's columns are stored before a file holds a new one.
+    pub schemas: SchemaDir,
 }
 
 impl Publisher {
@@ -67,6 +73,7 @@ impl Publisher {
             stats,
             checkpoint: Arc::new((progress.file, std::sync::Mutex::new(progress.checkpoint))),
             low_water: progress.low_water,
+            schemas: progress.schemas,
         }
     }
 
@@ -106,7 +113,12 @@ impl Publisher {
         let checkpoint = self.checkpoint.clone();
         let (last_seq, low_water) = (ready.last_seq(), ready.low_water);
         let stats = self.stats.clone();
+        let schema = ready.schema.clone();
+        let schemas = self.schemas.clone();
         tokio::task::spawn_blocking(move || {
+            if let Some(schema) = &schema {
+                schemas.store(schema).map_err(PublishError::Schema)?;
+            }
             let (file, cp) = &*checkpoint;
             let mut cp = cp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             cp.begin(Cut {

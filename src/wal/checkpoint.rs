@@ -104,22 +104,33 @@ impl CheckpointFile {
 
     /// Replaces it atomically and durably.
     pub fn store(&self, cp: &Checkpoint) -> io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&serde_json::to_vec(cp).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        replace_durably(
+            &self.path,
+            &serde_json::to_vec(cp).map_err(io::Error::other)?,
+        )
     }
+}
+
+/// Replaces the file at `path` with `bytes` (mode 0600), atomically and durably: a temp file
+/// beside it, fsync, rename, fsync of the directory. A crash leaves the old or the new file.
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

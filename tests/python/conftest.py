@@ -33,6 +33,25 @@ def wait_for(what, cond, deadline=DEADLINE):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def publish_json(port, client_id, topic, docs, qos=1):
+    """Publishes each of `docs` as JSON (a str is sent as is) with paho at `qos`; returns when
+    the broker has acknowledged them all."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        infos = [c.publish(topic, d if isinstance(d, str) else json.dumps(d), qos=qos) for d in docs]
+        for info in infos:
+            info.wait_for_publish(DEADLINE)
+            assert info.is_published()
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 def metrics(admin):
     """Every sample of /metrics as {"name{labels}": value}."""
     with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as r:
@@ -68,13 +87,13 @@ def make_certs(d, clients=("client",), ca="ca"):
 
 
 class Daemon:
-    def __init__(self, tmp: Path, extra: str = ""):
+    def __init__(self, tmp: Path, extra: str = "", node_id: str = "pytest"):
         self.dir = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.lake = tmp / "data" / "lake"
         config = tmp / "fleetlake.toml"
         config.write_text(
-            f'[node]\nid = "pytest"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'
+            f'[node]\nid = "{node_id}"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'
             f'[admin]\nlisten = "127.0.0.1:0"\n'
             + ('' if "[grpc]" in extra else '[grpc]\nlisten = "127.0.0.1:0"\n')
             + ('' if "[mqtt]" in extra else '[mqtt]\nlisten = "127.0.0.1:0"\n')
@@ -125,9 +144,9 @@ class Daemon:
 def daemon_factory(tmp_path):
     started = []
 
-    def start(extra="", dir_name=None):
+    def start(extra="", dir_name=None, node_id="pytest"):
         """A daemon in a fresh dir, or in `dir_name` again (a restart on the same data)."""
-        d = Daemon(tmp_path / (dir_name or f"d{len(started)}"), extra)
+        d = Daemon(tmp_path / (dir_name or f"d{len(started)}"), extra, node_id)
         started.append(d)
         return d
 

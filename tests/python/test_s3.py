@@ -140,8 +140,8 @@ def test_mqtt_rows_arrive_in_the_bucket_in_the_hive_layout(daemon_factory, aws_e
     table = moto.table(("device_id", "seq", "temp", "date", "hour"))
     assert sorted(table.column("seq").to_pylist()) == list(range(1500))
     assert set(table.column("device_id").to_pylist()) == {"dev-a", "dev-b"}
-    assert str(table.schema.field("seq").type) == "int64"
-    assert str(table.schema.field("temp").type) == "int64"
+    assert str(table.schema.field("seq").type) == "double"
+    assert str(table.schema.field("temp").type) == "double"
     m = metrics(d.admin)
     assert m["fleetlake_files_uploaded_total"] == len(keys)
     assert m["fleetlake_upload_bytes_total"] > 0

@@ -3,6 +3,7 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use bytes::Bytes;
 
 use super::*;
+use crate::columnar::ColumnSpec;
 use crate::decode::Row;
 
 fn msg(device: &str, fields: Vec<(&str, Scalar)>) -> Message {
@@ -68,22 +69,66 @@ fn a_field_first_seen_later_becomes_a_nullable_column_with_nulls_before() {
 }
 
 #[test]
-fn an_int_column_widens_to_float_keeping_earlier_values() {
-    let mut b = TableBuilder::new(Arc::from("t"));
-    b.append(&msg("d", vec![("v", Scalar::Int(40))]), 0)
+fn every_number_is_float64_whatever_comes_first_so_the_type_never_changes() {
+    // Int first, then a fraction; and the other way round: the same column type.
+    for order in [
+        [Scalar::Int(40), Scalar::Float(40.5)],
+        [Scalar::Float(40.5), Scalar::Int(40)],
+    ] {
+        let mut b = TableBuilder::new(Arc::from("t"));
+        for (seq, v) in order.iter().enumerate() {
+            b.append(&msg("d", vec![("v", v.clone())]), seq as u64)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        b.append(&msg("d", vec![]), 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let batch = finish(&mut b);
+        let v = batch.records.column(3).as_primitive::<Float64Type>();
+        let values: Vec<Option<f64>> = v.iter().collect();
+        let want: Vec<Option<f64>> = order
+            .iter()
+            .map(|s| match s {
+                Scalar::Int(i) => Some(*i as f64),
+                Scalar::Float(f) => Some(*f),
+                _ => None,
+            })
+            .chain([None])
+            .collect();
+        assert_eq!(values, want);
+        assert_eq!(b.schema()[0].kind, Kind::Float);
+    }
+}
+
+#[test]
+fn a_stored_schema_gives_its_columns_and_types_before_any_row() {
+    let stored = [
+        ColumnSpec {
+            name: Arc::from("count"),
+            kind: Kind::Int,
+        },
+        ColumnSpec {
+            name: Arc::from("fw"),
+            kind: Kind::Str,
+        },
+    ];
+    let mut b = TableBuilder::new(Arc::from("t")).with_schema(&stored);
+    // An integer into the stored Int64 column stays exact; a fraction does not fit it.
+    b.append(&msg("d", vec![("count", Scalar::Int((1 << 53) + 1))]), 0)
         .unwrap_or_else(|e| panic!("{e}"));
-    b.append(&msg("d", vec![]), 1)
-        .unwrap_or_else(|e| panic!("{e}"));
-    b.append(&msg("d", vec![("v", Scalar::Float(40.5))]), 2)
-        .unwrap_or_else(|e| panic!("{e}"));
-    b.append(&msg("d", vec![("v", Scalar::Int(7))]), 3)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let batch = finish(&mut b);
-    let v = batch.records.column(3).as_primitive::<Float64Type>();
+    let err = b.append(&msg("d", vec![("count", Scalar::Float(1.5))]), 1);
     assert_eq!(
-        (v.value(0), v.is_null(1), v.value(2), v.value(3)),
-        (40.0, true, 40.5, 7.0)
+        err.map_err(|e| e.to_string()),
+        Err("type conflict: column `count` is int64, this value is float64".to_string())
     );
+    let batch = finish(&mut b);
+    assert_eq!(
+        column_names(&batch),
+        ["time", "received_at", "device_id", "count", "fw"]
+    );
+    let count = batch.records.column(3).as_primitive::<Int64Type>();
+    assert_eq!(count.value(0), (1 << 53) + 1);
+    assert!(batch.records.column(4).is_null(0));
+    assert_eq!(b.schema(), stored);
 }
 
 #[test]
@@ -102,7 +147,7 @@ fn a_conflicting_type_refuses_the_whole_message_and_leaves_the_builder_unchanged
         err,
         Err(Refused::Type(Conflict {
             field: "v".into(),
-            column: Kind::Int,
+            column: Kind::Float,
             value: Kind::Str
         }))
     );
@@ -158,8 +203,12 @@ fn topic_columns_are_strings_on_every_row() {
         ["time", "received_at", "device_id", "site", "n"]
     );
     assert_eq!(
-        batch.records.column(4).as_primitive::<Int64Type>().value(0),
-        3
+        batch
+            .records
+            .column(4)
+            .as_primitive::<Float64Type>()
+            .value(0),
+        3.0
     );
 }
 

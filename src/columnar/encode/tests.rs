@@ -125,7 +125,12 @@ fn a_written_file_reads_back_with_its_rows_row_groups_and_metadata() {
 /// A batch of `n` rows from one device: `counter` distinct and increasing, `level` one of 3
 /// values, `reading` a distinct float.
 fn mixed_batch(n: i64) -> Batch {
-    let mut b = TableBuilder::new(Arc::from("t"));
+    // Integer columns are Int64 only when a schema says so (inference makes numbers Float64).
+    let ints = ["counter", "level"].map(|name| crate::columnar::ColumnSpec {
+        name: Arc::from(name),
+        kind: crate::columnar::Kind::Int,
+    });
+    let mut b = TableBuilder::new(Arc::from("t")).with_schema(&ints);
     for i in 0..n {
         let m = Message {
             table: Arc::from("t"),
