@@ -11,6 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::auth::{Authenticator, GrpcPolicy};
 use crate::budget::Budget;
+use crate::columnar::SchemaDir;
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Security, Shared};
 use crate::telemetry::admin::{Admin, AdminState};
@@ -26,7 +27,8 @@ pub enum Exit {
 }
 
 /// Checks, before anything starts, everything the config names that is not in the config
-/// itself: creates `node.data_dir`, reads the security files and the bridges' files. A failure
+/// itself: creates `node.data_dir`, checks the declared columns against the stored schemas
+/// (a declared type that files do not hold), reads the security files and the bridges' files. A failure
 /// here is the config's fault (a path, a credential that was not loaded): `fleetlake run` exits
 /// 78 with [`explain`]'s message, which the unit does not restart.
 pub fn prepare(config: &Config) -> Result<Security> {
@@ -36,6 +38,12 @@ pub fn prepare(config: &Config) -> Result<Security> {
             config.data_dir.display()
         )
     })?;
+    let stored = SchemaDir::open(&config.data_dir)?.load()?;
+    for declared in &config.declared {
+        if let Some(schema) = stored.get(&declared.table) {
+            declared.check_stored(schema).map_err(anyhow::Error::msg)?;
+        }
+    }
     let (mqtt, grpc) = load_security(config)?;
     for b in &config.bridges {
         crate::bridge::check_files(b).with_context(|| format!("bridge `{}`", b.name))?;

@@ -74,6 +74,40 @@ fn schema(dir: &std::path::Path) -> Result<BTreeMap<String, String>, Box<dyn std
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_int64_column_keeps_grpc_integers_exact() -> TestResult {
+    // A table with no topics only declares columns: here for points written over gRPC.
+    let daemon = Daemon::start(
+        "[[tables]]\nname = \"machines\"\ncolumns = [{ name = \"cycles\", type = \"int64\" }]\n",
+    )?;
+    let mut c = client(&daemon).await?;
+    let big = (1_i64 << 53) + 1;
+    let point = |value| Point {
+        table: "machines".into(),
+        device_id: "press-1".into(),
+        time_unix_nano: 0,
+        fields: vec![field("cycles", value), field("load", Value::IntValue(3))],
+    };
+    let points = vec![point(Value::IntValue(big))];
+    c.write(WriteRequest { points }).await?;
+    // A fraction does not fit an int64: the point goes to `_rejected`.
+    let points = vec![point(Value::DoubleValue(0.5))];
+    c.write(WriteRequest { points }).await?;
+    let (status, daemon) = daemon.stop()?;
+    assert!(status.success());
+    let rows = read_rows(&daemon.lake().join("machines"))?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["cycles"], big.to_string());
+    let types = schema(&daemon.lake().join("machines"))?;
+    assert_eq!(
+        (types["cycles"].as_str(), types["load"].as_str()),
+        ("Int64", "Float64")
+    );
+    let rejected = read_rows(&daemon.lake().join("_rejected"))?;
+    assert_eq!(rejected.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_writes_become_typed_rows() -> TestResult {
     let daemon = Daemon::start("")?;
     let mut c = client(&daemon).await?;

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::budget::Held;
-use crate::columnar::{Batch, Refused, TableBuilder, TableSchema};
+use crate::columnar::{Batch, Declared, Refused, TableBuilder, TableSchema};
 use crate::config::BatchLimits;
 use crate::decode::{Message, REJECTED_TABLE, RejectReason};
 use crate::telemetry::{Heartbeats, Stage, Stats};
@@ -87,6 +87,8 @@ struct Pending {
     first_seq: Option<u64>,
     /// Whether the table's column bound was reported (once per table and run).
     full_reported: bool,
+    /// Whether a dropped field was reported (once per table and run).
+    dropped_reported: bool,
     /// Payload columns in the stored schema (or in the last batch's, once it is stored).
     stored_columns: usize,
 }
@@ -100,6 +102,19 @@ impl Pending {
                 columns = self.builder.columns(),
                 first = %refused,
                 "table has batch.max_columns columns: messages with new fields go to _rejected (logged once)"
+            );
+        }
+    }
+}
+
+impl Pending {
+    /// Logs, once, that fields of the table's messages are being dropped.
+    fn warn_dropped(&mut self, msg: &Message) {
+        if !std::mem::replace(&mut self.dropped_reported, true) {
+            tracing::warn!(
+                table = %self.table,
+                topic = %msg.topic,
+                "fields no declared column takes are dropped (unknown_fields = \"drop\"), counted in fleetlake_fields_dropped_total (logged once)"
             );
         }
     }
@@ -119,6 +134,8 @@ pub struct Batches {
     rebuilding: Option<(usize, u64)>,
     /// The stored schemas of tables not buffered yet, by name.
     stored: HashMap<String, TableSchema>,
+    /// The `[[tables]]` declarations, by table name.
+    declared: HashMap<String, Declared>,
 }
 
 impl Batches {
@@ -133,7 +150,18 @@ impl Batches {
             next_seq: 0,
             rebuilding: None,
             stored: HashMap::new(),
+            declared: HashMap::new(),
         }
+    }
+
+    /// Starts each declared table with its declared columns and rules (`[[tables]]`
+    /// `columns`, `unknown_fields`).
+    pub fn with_declared(mut self, declared: &[Declared]) -> Self {
+        self.declared = declared
+            .iter()
+            .map(|d| (d.table.clone(), d.clone()))
+            .collect();
+        self
     }
 
     /// Starts each table with its stored columns (see [`crate::columnar::schema`]).
@@ -182,9 +210,15 @@ impl Batches {
         }
         let appended = match self.index_of(&msg.table) {
             Ok(t) => {
-                let appended = self.tables[t].builder.append(&msg, seq);
+                let pending = &mut self.tables[t];
+                let appended = pending.builder.append(&msg, seq);
                 if let Err(refused @ Refused::TooManyColumns { .. }) = &appended {
-                    self.tables[t].warn_full(refused);
+                    pending.warn_full(refused);
+                }
+                let dropped = pending.builder.take_dropped();
+                if dropped > 0 {
+                    Stats::add(&self.stats.fields_dropped, dropped);
+                    pending.warn_dropped(&msg);
                 }
                 appended
                     .map(|bytes| (t, bytes))
@@ -268,18 +302,25 @@ impl Batches {
         }
         let mut builder =
             TableBuilder::new(table.clone()).with_max_columns(self.limits.max_columns);
+        if let Some(declared) = self.declared.get(&**table) {
+            builder = builder.with_declared(declared);
+        }
+        let mut stored_columns = 0;
         if let Some(schema) = self.stored.remove(&**table) {
             builder = builder.with_schema(&schema.columns);
+            stored_columns = schema.columns.len();
         }
         self.tables.push(Pending {
             table: table.clone(),
-            stored_columns: builder.columns(),
+            // Declared columns the stored schema lacks make the first batch store it again.
+            stored_columns,
             builder,
             bytes: 0,
             held: Held::default(),
             first_at: None,
             first_seq: None,
             full_reported: false,
+            dropped_reported: false,
         });
         Ok(self.tables.len() - 1)
     }

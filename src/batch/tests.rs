@@ -448,3 +448,32 @@ fn a_batch_carries_its_tables_schema_only_when_columns_were_added() {
         ]
     );
 }
+
+#[test]
+fn declared_columns_missing_from_the_stored_schema_are_stored_with_the_first_batch() {
+    let declared = Declared {
+        table: "t".into(),
+        columns: vec![crate::columnar::DeclaredColumn {
+            name: Arc::from("n"),
+            kind: crate::columnar::Kind::Int,
+            required: false,
+            from: None,
+        }],
+        unknown_fields: crate::columnar::UnknownFields::Accept,
+    };
+    let mut b = batches().with_declared(&[declared]);
+    let now = Instant::now();
+    let mut out = Vec::new();
+    push(&mut b, admitted("t", Scalar::Int(1), 0), 10, now, &mut out);
+    b.flush_all(&mut out);
+    let schema = out[0].schema.as_ref().map(|s| {
+        s.columns
+            .iter()
+            .map(|c| format!("{}:{}", c.name, c.kind))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        schema,
+        Some(vec!["n:int64".to_string(), "v:float64".to_string()])
+    );
+}

@@ -18,7 +18,8 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::schema::ColumnSpec;
+use super::schema::{ColumnSpec, Declared, UnknownFields};
+use crate::decode::json::scalar_time;
 use crate::decode::{MAX_FIELD_NAME, Message, RejectReason, Scalar};
 
 /// Type of a payload column (and kind of a value). The names are those of the schema file
@@ -37,9 +38,13 @@ pub enum Kind {
     /// Utf8.
     #[serde(rename = "string")]
     Str,
-    /// Binary.
+    /// Binary (a string value is kept as its UTF-8 bytes).
     #[serde(rename = "binary")]
     Bytes,
+    /// Timestamp, µs, UTC: a column only a declaration gives. Takes epoch numbers (seconds,
+    /// ms, µs or ns, told apart by magnitude, as `time_fields`) and RFC 3339 strings.
+    #[serde(rename = "timestamp")]
+    Timestamp,
 }
 
 impl Kind {
@@ -64,10 +69,20 @@ impl Kind {
         }
     }
 
-    /// Whether a column of `self` takes a value of kind `value`: its own kind, or an integer
-    /// into a Float64 column.
-    fn accepts(self, value: Kind) -> bool {
-        self == value || (self == Kind::Float && value == Kind::Int)
+    /// Whether a column of `self` takes `v`: a value of its own kind; any number into Float64;
+    /// an integral number into Int64; a string into Binary; an epoch number or an RFC 3339
+    /// string into Timestamp.
+    fn takes(self, v: &Scalar) -> bool {
+        match (self, v) {
+            (Kind::Float, Scalar::Int(_) | Scalar::Float(_))
+            | (Kind::Int, Scalar::Int(_))
+            | (Kind::Bool, Scalar::Bool(_))
+            | (Kind::Str, Scalar::Str(_))
+            | (Kind::Bytes, Scalar::Bytes(_) | Scalar::Str(_)) => true,
+            (Kind::Int, Scalar::Float(f)) => float_to_int(*f).is_some(),
+            (Kind::Timestamp, v) => scalar_time(v).is_some(),
+            _ => false,
+        }
     }
 
     /// The name used in schema files and messages.
@@ -78,8 +93,17 @@ impl Kind {
             Kind::Bool => "bool",
             Kind::Str => "string",
             Kind::Bytes => "binary",
+            Kind::Timestamp => "timestamp",
         }
     }
+}
+
+/// An integral float as an integer (`5.0` → 5); `None` when it has a fraction or is out of
+/// the Int64 range.
+fn float_to_int(f: f64) -> Option<i64> {
+    // -2^63 and 2^63 are exact in f64.
+    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f))
+        .then_some(f as i64)
 }
 
 impl std::fmt::Display for Kind {
@@ -105,6 +129,22 @@ pub enum Refused {
         /// `batch.max_columns`.
         max: usize,
     },
+    /// A field no declared column takes, in a table with `unknown_fields = "reject"`.
+    #[error(
+        "field `{field}` is not a declared column of table `{table}` (unknown_fields = \"reject\")"
+    )]
+    UnknownField {
+        /// The field.
+        field: String,
+        /// The table.
+        table: String,
+    },
+    /// A required column has no value in a row.
+    #[error("required field `{field}` is missing or null")]
+    MissingField {
+        /// The column.
+        field: String,
+    },
     /// A field name that cannot be a column name.
     #[error("a field name of {len} bytes (empty, or longer than {MAX_FIELD_NAME}): `{start}`")]
     FieldName {
@@ -122,8 +162,19 @@ impl Refused {
             Self::Type(_) => RejectReason::TypeConflict,
             Self::TooManyColumns { .. } => RejectReason::TooManyColumns,
             Self::FieldName { .. } => RejectReason::FieldName,
+            Self::UnknownField { .. } => RejectReason::UnknownField,
+            Self::MissingField { .. } => RejectReason::MissingField,
         }
     }
+}
+
+fn conflict(field: &str, column: Kind, value: Kind) -> Refused {
+    let field = field.chars().take(MAX_FIELD_NAME).collect();
+    Refused::Type(Conflict {
+        field,
+        column,
+        value,
+    })
 }
 
 /// A field whose value type clashes with its column's type.
@@ -145,6 +196,7 @@ enum Data {
     Bool(BooleanBuilder),
     Str(StringBuilder),
     Bytes(BinaryBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
 }
 
 impl Data {
@@ -155,6 +207,7 @@ impl Data {
             Kind::Bool => Data::Bool(BooleanBuilder::new()),
             Kind::Str => Data::Str(StringBuilder::new()),
             Kind::Bytes => Data::Bytes(BinaryBuilder::new()),
+            Kind::Timestamp => Data::Timestamp(timestamp_builder()),
         }
     }
 
@@ -165,6 +218,7 @@ impl Data {
             Data::Bool(_) => Kind::Bool,
             Data::Str(_) => Kind::Str,
             Data::Bytes(_) => Kind::Bytes,
+            Data::Timestamp(_) => Kind::Timestamp,
         }
     }
 
@@ -175,6 +229,7 @@ impl Data {
             Data::Bool(b) => b.len(),
             Data::Str(b) => b.len(),
             Data::Bytes(b) => b.len(),
+            Data::Timestamp(b) => b.len(),
         }
     }
 
@@ -182,18 +237,22 @@ impl Data {
         match self {
             Data::Int(b) => b.append_nulls(n),
             Data::Float(b) => b.append_nulls(n),
+            Data::Timestamp(b) => b.append_nulls(n),
             Data::Bool(b) => b.append_nulls(n),
             Data::Str(b) => (0..n).for_each(|_| b.append_null()),
             Data::Bytes(b) => (0..n).for_each(|_| b.append_null()),
         }
     }
 
-    /// Appends `v`; the caller checked [`Kind::accepts`].
+    /// Appends `v`; the caller checked [`Kind::takes`].
     fn append(&mut self, v: &Scalar) {
         match (self, v) {
             (Data::Int(b), Scalar::Int(i)) => b.append_value(*i),
             (Data::Float(b), Scalar::Float(f)) => b.append_value(*f),
             (Data::Float(b), Scalar::Int(i)) => b.append_value(*i as f64),
+            (Data::Int(b), Scalar::Float(f)) => b.append_option(float_to_int(*f)),
+            (Data::Bytes(b), Scalar::Str(s)) => b.append_value(s.as_bytes()),
+            (Data::Timestamp(b), v) => b.append_option(scalar_time(v)),
             (Data::Bool(b), Scalar::Bool(x)) => b.append_value(*x),
             (Data::Str(b), Scalar::Str(s)) => b.append_value(s),
             (Data::Bytes(b), Scalar::Bytes(x)) => b.append_value(x),
@@ -208,6 +267,7 @@ impl Data {
             Data::Bool(b) => Arc::new(b.finish()),
             Data::Str(b) => Arc::new(b.finish()),
             Data::Bytes(b) => Arc::new(b.finish()),
+            Data::Timestamp(b) => Arc::new(b.finish()),
         }
     }
 
@@ -218,6 +278,7 @@ impl Data {
             Data::Bool(_) => DataType::Boolean,
             Data::Str(_) => DataType::Utf8,
             Data::Bytes(_) => DataType::Binary,
+            Data::Timestamp(_) => utc_micros(),
         }
     }
 }
@@ -226,6 +287,8 @@ impl Data {
 struct Column {
     name: Arc<str>,
     data: Data,
+    /// Declared in `[[tables]]` (its type is fixed by the operator).
+    declared: bool,
 }
 
 /// A finished batch of one table, with the sequence number of each row's message.
@@ -257,12 +320,20 @@ pub struct TableBuilder {
     max_columns: usize,
     /// Fixed bytes one row takes in every payload column, present or null.
     row_width: usize,
+    /// Declared columns read from another payload field: field → column.
+    renames: HashMap<Arc<str>, Arc<str>>,
+    /// Declared columns every row must hold.
+    required: Vec<Arc<str>>,
+    /// What happens to a field no declared column takes.
+    unknown: UnknownFields,
+    /// Fields left out under `unknown_fields = "drop"`, not yet taken by [`Self::take_dropped`].
+    dropped: u64,
 }
 
 /// Fixed bytes of one slot of a column (a value or a null): the value width, or an offset.
 fn slot_bytes(kind: Kind) -> usize {
     match kind {
-        Kind::Int | Kind::Float => 8,
+        Kind::Int | Kind::Float | Kind::Timestamp => 8,
         Kind::Bool => 1,
         Kind::Str | Kind::Bytes => 4,
     }
@@ -284,6 +355,10 @@ fn timestamp_builder() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone("UTC")
 }
 
+fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
 impl TableBuilder {
     /// An empty builder for `table`.
     pub fn new(table: Arc<str>) -> Self {
@@ -299,6 +374,10 @@ impl TableBuilder {
             rows: 0,
             max_columns: DEFAULT_MAX_COLUMNS,
             row_width: 0,
+            renames: HashMap::new(),
+            required: Vec::new(),
+            unknown: UnknownFields::Accept,
+            dropped: 0,
         }
     }
 
@@ -326,44 +405,92 @@ impl TableBuilder {
         self.rows
     }
 
-    /// Checks every field of `msg` against the schema and the bounds; the message is appended
-    /// whole or not at all.
+    /// The column name of payload field `name` (a declared column may read another field).
+    fn column_name<'a>(&'a self, name: &'a str) -> &'a str {
+        if self.renames.is_empty() {
+            name
+        } else {
+            self.renames.get(name).map_or(name, |c| c)
+        }
+    }
+
+    /// Whether a field whose column is `found` is one no declared column takes, in a table
+    /// that does not accept those.
+    fn is_unknown(&self, found: Option<usize>) -> bool {
+        self.unknown != UnknownFields::Accept && found.is_none_or(|i| !self.columns[i].declared)
+    }
+
+    /// Checks every field of `msg` against the schema, the declaration and the bounds; the
+    /// message is appended whole or not at all.
     fn check(&self, msg: &Message) -> Result<(), Refused> {
         let mut new: Vec<(&str, Kind)> = Vec::new();
-        let captured = msg.columns.iter().map(|(name, _)| (&**name, Kind::Str));
+        for (pos, (name, _)) in msg.columns.iter().enumerate() {
+            match self.lookup(name, pos) {
+                Some(i) if self.columns[i].data.kind() != Kind::Str => {
+                    let column = self.columns[i].data.kind();
+                    return Err(conflict(name, column, Kind::Str));
+                }
+                Some(_) => {}
+                None => self.admit(name, Kind::Str, &mut new)?,
+            }
+        }
+        let offset = msg.columns.len();
         for row in &msg.rows {
-            let fields = row.fields.iter().map(|(n, v)| (n.as_str(), Kind::of(v)));
-            for (pos, (name, kind)) in captured.clone().chain(fields).enumerate() {
-                let have = match self.lookup(name, pos) {
+            for (pos, (name, value)) in row.fields.iter().enumerate() {
+                let name = self.column_name(name);
+                let found = self.lookup(name, offset + pos);
+                if self.is_unknown(found) {
+                    if self.unknown == UnknownFields::Reject {
+                        let field = name.chars().take(MAX_FIELD_NAME).collect();
+                        let table = self.table.to_string();
+                        return Err(Refused::UnknownField { field, table });
+                    }
+                    continue; // left out on append, and counted
+                }
+                let have = match found {
                     Some(i) => Some(self.columns[i].data.kind()),
                     None => new.iter().find(|(n, _)| *n == name).map(|(_, k)| *k),
                 };
                 match have {
-                    Some(column) if !column.accepts(kind) => {
-                        let field = name.to_string();
-                        return Err(Refused::Type(Conflict {
-                            field,
-                            column,
-                            value: kind,
-                        }));
+                    Some(column) if !column.takes(value) => {
+                        return Err(conflict(name, column, Kind::of(value)));
                     }
                     Some(_) => {}
-                    None => {
-                        if name.is_empty() || name.len() > MAX_FIELD_NAME {
-                            let start = name.chars().take(40).collect();
-                            let len = name.len();
-                            return Err(Refused::FieldName { len, start });
-                        }
-                        if self.columns.len() + new.len() >= self.max_columns {
-                            let field = name.chars().take(MAX_FIELD_NAME).collect();
-                            let max = self.max_columns;
-                            return Err(Refused::TooManyColumns { field, max });
-                        }
-                        new.push((name, kind.infer()));
-                    }
+                    None => self.admit(name, Kind::of(value).infer(), &mut new)?,
+                }
+            }
+            for required in &self.required {
+                if !row
+                    .fields
+                    .iter()
+                    .any(|(n, _)| self.column_name(n) == &**required)
+                {
+                    let field = required.to_string();
+                    return Err(Refused::MissingField { field });
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Admits a new column `name` of `kind` into `new`, within the name and column bounds.
+    fn admit<'m>(
+        &self,
+        name: &'m str,
+        kind: Kind,
+        new: &mut Vec<(&'m str, Kind)>,
+    ) -> Result<(), Refused> {
+        if name.is_empty() || name.len() > MAX_FIELD_NAME {
+            let start = name.chars().take(40).collect();
+            let len = name.len();
+            return Err(Refused::FieldName { len, start });
+        }
+        if self.columns.len() + new.len() >= self.max_columns {
+            let field = name.chars().take(MAX_FIELD_NAME).collect();
+            let max = self.max_columns;
+            return Err(Refused::TooManyColumns { field, max });
+        }
+        new.push((name, kind));
         Ok(())
     }
 
@@ -387,6 +514,15 @@ impl TableBuilder {
             }
             let offset = msg.columns.len();
             for (pos, (name, value)) in row.fields.iter().enumerate() {
+                let renamed = match self.renames.is_empty() {
+                    true => None,
+                    false => self.renames.get(name.as_str()).cloned(),
+                };
+                let name = renamed.as_deref().unwrap_or(name);
+                if self.is_unknown(self.lookup(name, offset + pos)) {
+                    self.dropped += 1; // `check` refused the message if that was the policy
+                    continue;
+                }
                 bytes += value_bytes(value);
                 if let Some(data) = self.column_for(name, Kind::of(value), offset + pos) {
                     data.append(value);
@@ -404,6 +540,11 @@ impl TableBuilder {
             self.seqs.push(seq);
         }
         Ok(bytes)
+    }
+
+    /// Fields left out under `unknown_fields = "drop"` since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// The builder for field `name` of the current row (created as [`Kind::infer`] says when
@@ -433,9 +574,27 @@ impl TableBuilder {
         self.columns.push(Column {
             name: name.clone(),
             data,
+            declared: false,
         });
         self.index.insert(name, self.columns.len() - 1);
         self.columns.len() - 1
+    }
+
+    /// Starts with the declared columns (first, in their order), the renames, the required
+    /// columns and the policy for other fields of `[[tables]]`.
+    pub fn with_declared(mut self, declared: &Declared) -> Self {
+        for c in &declared.columns {
+            let i = self.add_column(c.name.clone(), c.kind);
+            self.columns[i].declared = true;
+            if c.required {
+                self.required.push(c.name.clone());
+            }
+            if let Some(from) = &c.from {
+                self.renames.insert(from.clone(), c.name.clone());
+            }
+        }
+        self.unknown = declared.unknown_fields;
+        self
     }
 
     /// Starts with the columns of a stored schema (they count against `max_columns`, but are
@@ -465,10 +624,9 @@ impl TableBuilder {
         if self.rows == 0 {
             return Ok(None);
         }
-        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         let mut fields = vec![
-            Field::new("time", ts.clone(), false),
-            Field::new("received_at", ts, false),
+            Field::new("time", utc_micros(), false),
+            Field::new("received_at", utc_micros(), false),
             Field::new("device_id", DataType::Utf8, false),
         ];
         let mut arrays: Vec<ArrayRef> = vec![

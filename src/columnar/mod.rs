@@ -12,4 +12,4 @@ pub mod schema;
 
 pub use builder::{Batch, Conflict, Kind, Refused, TableBuilder};
 pub use encode::ParquetOptions;
-pub use schema::{ColumnSpec, SchemaDir, TableSchema};
+pub use schema::{ColumnSpec, Declared, DeclaredColumn, SchemaDir, TableSchema, UnknownFields};

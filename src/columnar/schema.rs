@@ -90,6 +90,61 @@ pub enum SchemaError {
     },
 }
 
+/// What `[[tables]]` declares of a table's columns (`columns`, `unknown_fields`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declared {
+    /// Table name.
+    pub table: String,
+    /// The declared columns, in file order (before any inferred one).
+    pub columns: Vec<DeclaredColumn>,
+    /// What happens to a field no declared column takes.
+    pub unknown_fields: UnknownFields,
+}
+
+/// One declared column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredColumn {
+    /// Column name.
+    pub name: Arc<str>,
+    /// Its type.
+    pub kind: Kind,
+    /// Whether every row must hold a (non-null) value for it.
+    pub required: bool,
+    /// The payload field (flattened path, e.g. `a.b`) it is read from, when not `name`.
+    pub from: Option<Arc<str>>,
+}
+
+/// `tables[].unknown_fields`: what happens to a field no declared column takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    /// It becomes a new nullable column, typed by inference (the default).
+    #[default]
+    Accept,
+    /// The whole message goes to `_rejected` (reason `unknown_field`).
+    Reject,
+    /// The field is left out of the row, and counted (`fleetlake_fields_dropped_total`).
+    Drop,
+}
+
+impl Declared {
+    /// Checks the declaration against the table's stored schema: a column declared with
+    /// another type than files already hold would give it a second type.
+    pub fn check_stored(&self, stored: &TableSchema) -> Result<(), String> {
+        for c in &self.columns {
+            if let Some(s) = stored.columns.iter().find(|s| s.name == c.name)
+                && s.kind != c.kind
+            {
+                return Err(format!(
+                    "table `{}`: column `{}` is declared {} but its files already hold it as {}; declare it {}, or delete the stored schema to let new files use {} (older files keep {})",
+                    self.table, c.name, c.kind, s.kind, s.kind, c.kind, s.kind
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The `schema/` directory under `node.data_dir`.
 #[derive(Clone, Debug)]
 pub struct SchemaDir {

@@ -22,8 +22,8 @@ pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
 pub use output::{FileModes, OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
-pub use tables::RawTable;
-use tables::{default_time_fields, validate_tables};
+pub use tables::{RawColumn, RawTable};
+use tables::{default_time_fields, default_unknown_fields, validate_declared, validate_tables};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 
 pub use crate::columnar::ParquetOptions;
@@ -253,6 +253,8 @@ impl RawConfig {
                 name: "telemetry".into(),
                 topics: vec!["#".into()],
                 time_fields: default_time_fields(),
+                columns: Vec::new(),
+                unknown_fields: default_unknown_fields(),
             }],
             ..Self::default()
         }
@@ -340,6 +342,8 @@ pub struct Config {
     pub output: OutputTarget,
     /// Topic → table routing.
     pub tables: Vec<TableRule>,
+    /// Declared columns and rules of tables (`[[tables]] columns`).
+    pub declared: Vec<crate::columnar::Declared>,
     /// External brokers to subscribe to.
     pub bridges: Vec<BridgeConfig>,
     /// Batch flush limits.
@@ -420,6 +424,7 @@ impl Config {
         let output = output::output_target(&raw)?;
         let lake_modes = output::file_modes(&raw.output)?;
         let tables = validate_tables(&raw.tables)?;
+        let declared = validate_declared(&raw.tables)?;
         let batch = BatchLimits {
             max_rows: positive("batch.max_rows", raw.batch.max_rows)?,
             max_bytes: positive("batch.max_bytes", raw.batch.max_bytes.as_usize())?,
@@ -475,6 +480,7 @@ impl Config {
             output,
             bridges: bridge::validate_bridges(&raw.bridge, &raw.node.id)?,
             tables,
+            declared,
             batch,
             parquet,
             lake_modes,

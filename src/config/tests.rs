@@ -204,3 +204,57 @@ fn lake_modes_are_octal_and_keep_the_services_own_access() {
     );
     assert_eq!(err_key("[output]\ndir_mode = \"0640\""), "output.dir_mode");
 }
+
+#[test]
+fn declared_columns_are_checked_and_name_their_key() {
+    let table = |body: &str| format!("[[tables]]\nname = \"r\"\ntopics = [\"r/#\"]\n{body}\n");
+    let ok = table(
+        r#"unknown_fields = "drop"
+columns = [
+  { name = "temp", type = "float64", required = true },
+  { name = "n", type = "int64" },
+  { name = "at", type = "timestamp" },
+  { name = "site", type = "string", from = "meta.site" },
+  { name = "ok", type = "bool" },
+  { name = "raw", type = "binary" },
+]"#,
+    );
+    let config = RawConfig::parse(&ok, "test")
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &config.declared[0];
+    assert_eq!((d.table.as_str(), d.columns.len()), ("r", 6));
+    assert_eq!(d.unknown_fields, crate::columnar::UnknownFields::Drop);
+    assert_eq!(d.columns[3].from.as_deref(), Some("meta.site"));
+    for (body, key) in [
+        (
+            r#"columns = [{ name = "t", type = "decimal" }]"#,
+            "tables[0].columns[0].type",
+        ),
+        (
+            r#"columns = [{ name = "t", type = "float64" }, { name = "t", type = "bool" }]"#,
+            "tables[0].columns[1].name",
+        ),
+        (
+            r#"columns = [{ name = "time", type = "float64" }]"#,
+            "tables[0].columns[0].name",
+        ),
+        (
+            r#"columns = [{ name = "a", type = "bool", from = "" }]"#,
+            "tables[0].columns[0].from",
+        ),
+        (
+            r#"columns = [{ name = "a", type = "bool", nullable = true }]"#,
+            "other",
+        ),
+        (r#"unknown_fields = "reject""#, "tables[0].unknown_fields"),
+        (r#"unknown_fields = "ignore""#, "tables[0].unknown_fields"),
+    ] {
+        let got = err_key(&table(body));
+        assert!(got.starts_with(key), "{body}: {got}");
+    }
+    // A table with columns and no topics declares the schema of a gRPC (or `{table}`) table.
+    let grpc_only = "[[tables]]\nname = \"m\"\ncolumns = [{ name = \"n\", type = \"int64\" }]\n[[tables]]\nname = \"t\"\ntopics = [\"#\"]\n";
+    assert_eq!(err_key(grpc_only), "ok");
+    assert_eq!(err_key("[[tables]]\nname = \"m\"\n"), "tables[0].topics");
+}

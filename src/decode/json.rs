@@ -307,7 +307,9 @@ impl<'de> Visitor<'de> for Field<'_> {
     }
 }
 
-fn scalar_time(v: &Scalar) -> Option<i64> {
+/// A value as a time in µs since the epoch: an epoch number in s, ms, µs or ns (told apart by
+/// magnitude), or an RFC 3339 string.
+pub fn scalar_time(v: &Scalar) -> Option<i64> {
     match v {
         Scalar::Int(i) => int_to_micros(*i),
         Scalar::Float(f) => epoch_to_micros(*f),

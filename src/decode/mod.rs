@@ -59,6 +59,10 @@ pub enum RejectReason {
     TooManyColumns,
     /// A field name is empty or longer than [`MAX_FIELD_NAME`] bytes.
     FieldName,
+    /// A field no declared column takes, in a table with `unknown_fields = "reject"`.
+    UnknownField,
+    /// A row without a value for a `required` column.
+    MissingField,
 }
 
 /// Longest field (column) name, in bytes, flattened path included.
@@ -66,7 +70,7 @@ pub const MAX_FIELD_NAME: usize = 256;
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Payload,
         Self::Topic,
         Self::NoTable,
@@ -75,6 +79,8 @@ impl RejectReason {
         Self::BadRecord,
         Self::TooManyColumns,
         Self::FieldName,
+        Self::UnknownField,
+        Self::MissingField,
     ];
 
     /// The metric label.
@@ -88,6 +94,8 @@ impl RejectReason {
             Self::BadRecord => "bad_record",
             Self::TooManyColumns => "too_many_columns",
             Self::FieldName => "field_name",
+            Self::UnknownField => "unknown_field",
+            Self::MissingField => "missing_field",
         }
     }
 }

@@ -136,6 +136,9 @@ counters! {
     payload_bytes,
     /// Messages stored in `_rejected` (bad payload, unknown topic, type conflict).
     messages_rejected,
+    /// Payload fields left out of their rows because no declared column takes them, in tables
+    /// with `unknown_fields = "drop"`.
+    fields_dropped,
     /// Rows put into the per-table buffers (Arrow builders) by the batcher.
     buffer_rows_pushed,
     /// Rows taken out of the buffers in finished batches (pushed − popped = buffered now).

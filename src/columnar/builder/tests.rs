@@ -3,7 +3,7 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use bytes::Bytes;
 
 use super::*;
-use crate::columnar::ColumnSpec;
+use crate::columnar::{ColumnSpec, Declared, DeclaredColumn, UnknownFields};
 use crate::decode::Row;
 
 fn msg(device: &str, fields: Vec<(&str, Scalar)>) -> Message {
@@ -311,4 +311,121 @@ fn a_row_is_charged_for_every_column_it_leaves_null() {
         Some(first),
         "the 99 absent columns still take their slots"
     );
+}
+
+fn declared(unknown_fields: UnknownFields) -> Declared {
+    let column = |name: &str, kind, required, from: Option<&str>| DeclaredColumn {
+        name: Arc::from(name),
+        kind,
+        required,
+        from: from.map(Arc::from),
+    };
+    Declared {
+        table: "t".into(),
+        columns: vec![
+            column("temp", Kind::Float, true, None),
+            column("count", Kind::Int, false, None),
+            column("at", Kind::Timestamp, false, None),
+            column("a_b", Kind::Str, false, Some("a.b")),
+            column("raw", Kind::Bytes, false, None),
+        ],
+        unknown_fields,
+    }
+}
+
+#[test]
+fn declared_columns_convert_what_fits_and_refuse_the_rest() {
+    let mut b = TableBuilder::new(Arc::from("t")).with_declared(&declared(UnknownFields::Accept));
+    let fields = vec![
+        ("temp", Scalar::Int(21)),
+        ("count", Scalar::Int(i64::MAX)),
+        ("at", Scalar::Str("2026-01-01T00:00:01Z".into())),
+        ("a.b", Scalar::Str("renamed".into())),
+        ("raw", Scalar::Str("kept as bytes".into())),
+        ("extra", Scalar::Int(1)),
+    ];
+    b.append(&msg("d", fields), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // An integral float fits Int64; an epoch in ms fits a timestamp.
+    let fields = vec![
+        ("temp", Scalar::Float(20.5)),
+        ("count", Scalar::Float(5.0)),
+        ("at", Scalar::Int(1_767_225_601_000)),
+    ];
+    b.append(&msg("d", fields), 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused =
+        |b: &mut TableBuilder, fields| b.append(&msg("d", fields), 2).map_err(|e| e.to_string());
+    assert_eq!(
+        refused(
+            &mut b,
+            vec![("temp", Scalar::Int(1)), ("count", Scalar::Float(1.5))]
+        ),
+        Err("type conflict: column `count` is int64, this value is float64".into())
+    );
+    assert_eq!(
+        refused(
+            &mut b,
+            vec![("temp", Scalar::Int(1)), ("at", Scalar::Str("soon".into()))]
+        ),
+        Err("type conflict: column `at` is timestamp, this value is string".into())
+    );
+    assert_eq!(
+        refused(&mut b, vec![("count", Scalar::Int(1))]),
+        Err("required field `temp` is missing or null".into())
+    );
+    let batch = finish(&mut b);
+    assert_eq!(
+        column_names(&batch),
+        [
+            "time",
+            "received_at",
+            "device_id",
+            "temp",
+            "count",
+            "at",
+            "a_b",
+            "raw",
+            "extra"
+        ]
+    );
+    let r = &batch.records;
+    assert_eq!(
+        r.column(4).as_primitive::<Int64Type>().values(),
+        &[i64::MAX, 5]
+    );
+    let at = r
+        .column(5)
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    assert_eq!(at.values(), &[1_767_225_601_000_000, 1_767_225_601_000_000]);
+    assert_eq!(r.column(6).as_string::<i32>().value(0), "renamed");
+    assert_eq!(r.column(7).as_binary::<i32>().value(0), b"kept as bytes");
+    assert_eq!(
+        r.column(8).data_type(),
+        &arrow::datatypes::DataType::Float64
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_or_dropped_and_counted_as_declared() {
+    let mut b = TableBuilder::new(Arc::from("t")).with_declared(&declared(UnknownFields::Reject));
+    let err = b.append(
+        &msg("d", vec![("temp", Scalar::Int(1)), ("x", Scalar::Int(1))]),
+        0,
+    );
+    assert_eq!(
+        err.map_err(|e| e.to_string()),
+        Err("field `x` is not a declared column of table `t` (unknown_fields = \"reject\")".into())
+    );
+    let mut b = TableBuilder::new(Arc::from("t")).with_declared(&declared(UnknownFields::Drop));
+    let fields = vec![
+        ("x", Scalar::Int(1)),
+        ("temp", Scalar::Int(1)),
+        ("y", Scalar::Bool(true)),
+    ];
+    b.append(&msg("d", fields), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b.take_dropped(), 2);
+    assert_eq!(b.take_dropped(), 0);
+    assert_eq!(b.columns(), 5, "no column for dropped fields");
 }

@@ -134,3 +134,12 @@ fn floats_parse_to_the_nearest_double() {
     assert_eq!(row.fields[0].1, Scalar::Float(90.833_333_334_333_33));
     assert_eq!(row.fields[1].1, Scalar::Float(f64::MIN_POSITIVE));
 }
+
+#[test]
+fn nesting_past_128_levels_is_refused_with_a_reason() {
+    let deep = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+    assert!(decode(deep(100).as_bytes(), &ts(), &[], 0).is_ok());
+    let err = decode(deep(200).as_bytes(), &ts(), &[], 0).map(|_| ());
+    let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("recursion limit"), "{text}");
+}
