@@ -141,6 +141,7 @@ impl Pipeline {
         let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
         let mut batches = Batches::new(config.batch, shared.budget.total() / 2, stats.clone())
             .with_declared(&config.declared)
+            .with_clock(config.clock)
             .with_schemas(stored_schemas);
         if let Some(cut) = &checkpoint.in_progress {
             batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 
 use crate::budget::Held;
 use crate::columnar::{Batch, Declared, Refused, TableBuilder, TableSchema};
-use crate::config::BatchLimits;
-use crate::decode::{Message, REJECTED_TABLE, RejectReason};
+use crate::config::{BatchLimits, ClockPolicy, OutOfRange};
+use crate::decode::{DEVICE_TIME, Message, REJECTED_TABLE, RejectReason, Scalar};
 use crate::telemetry::{Heartbeats, Stage, Stats};
 use crate::wal::Admitted;
 
@@ -136,6 +136,8 @@ pub struct Batches {
     stored: HashMap<String, TableSchema>,
     /// The `[[tables]]` declarations, by table name.
     declared: HashMap<String, Declared>,
+    /// What rows with a time far from their receive time do.
+    clock: ClockPolicy,
 }
 
 impl Batches {
@@ -151,6 +153,55 @@ impl Batches {
             rebuilding: None,
             stored: HashMap::new(),
             declared: HashMap::new(),
+            clock: ClockPolicy::default(),
+        }
+    }
+
+    /// Applies `clock` to rows whose time is far from their receive time.
+    pub fn with_clock(mut self, clock: ClockPolicy) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Applies the clock policy to `msg`'s rows (counting those out of range); `Err` with the
+    /// reason when the message must go to `_rejected`.
+    fn check_clock(&self, msg: &mut Message) -> Result<(), String> {
+        let clock = self.clock;
+        let received_at = msg.received_at;
+        let out = msg
+            .rows
+            .iter()
+            .filter(|r| clock.out_of_range(r.time, received_at))
+            .count();
+        if out == 0 {
+            return Ok(());
+        }
+        Stats::add(&self.stats.rows_out_of_range, out as u64);
+        match clock.action {
+            OutOfRange::Accept => Ok(()),
+            OutOfRange::Reject => {
+                let time = msg
+                    .rows
+                    .iter()
+                    .map(|r| r.time)
+                    .find(|&t| clock.out_of_range(t, received_at))
+                    .unwrap_or_default();
+                Err(format!(
+                    "row time {} is outside the clock window of its receive time {} (clock.max_ahead, clock.max_behind)",
+                    rfc3339(time),
+                    rfc3339(received_at)
+                ))
+            }
+            OutOfRange::ReceiveTime => {
+                for row in &mut msg.rows {
+                    if clock.out_of_range(row.time, received_at) {
+                        row.fields
+                            .push((DEVICE_TIME.into(), Scalar::Time(row.time)));
+                        row.time = received_at;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -193,7 +244,7 @@ impl Batches {
     /// the caller drops it). Batches that became ready are pushed to `out`.
     pub fn push(
         &mut self,
-        msg: Message,
+        mut msg: Message,
         cost: usize,
         group: &mut Held,
         now: Instant,
@@ -208,7 +259,13 @@ impl Batches {
             self.rebuilding = None;
             self.flush(h, FlushReason::Replay, out);
         }
-        let appended = match self.index_of(&msg.table) {
+        let appended = match self
+            .check_clock(&mut msg)
+            .map_err(|reason| (RejectReason::TimeRange, reason))
+            .and_then(|()| {
+                self.index_of(&msg.table)
+                    .map_err(|reason| (RejectReason::TooManyTables, reason))
+            }) {
             Ok(t) => {
                 let pending = &mut self.tables[t];
                 let appended = pending.builder.append(&msg, seq);
@@ -224,7 +281,7 @@ impl Batches {
                     .map(|bytes| (t, bytes))
                     .map_err(|refused| (refused.reason(), refused.to_string()))
             }
-            Err(reason) => Err((RejectReason::TooManyTables, reason)),
+            Err(rejected) => Err(rejected),
         };
         let (t, bytes) = match appended {
             Ok(appended) => {
@@ -409,6 +466,14 @@ fn ready(
             None
         }
     }
+}
+
+/// `µs` since the epoch as an RFC 3339 UTC time.
+fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros).map_or_else(
+        || format!("{micros} µs"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
 }
 
 /// The batching task.

@@ -477,3 +477,84 @@ fn declared_columns_missing_from_the_stored_schema_are_stored_with_the_first_bat
         Some(vec!["n:int64".to_string(), "v:float64".to_string()])
     );
 }
+
+#[test]
+fn rows_outside_the_clock_window_are_retimed_rejected_or_accepted_and_counted() {
+    let now_us = 1_767_225_600_000_000; // 2026-01-01
+    let at = |time: i64, seq| {
+        let mut m = admitted("t", Scalar::Int(1), seq);
+        m.received_at = now_us;
+        m.rows[0].time = time;
+        m
+    };
+    let year_2100 = 4_102_444_800_000_000;
+    let in_window = now_us - 3_600_000_000;
+    let run = |action| {
+        let clock = ClockPolicy {
+            action,
+            ..ClockPolicy::default()
+        };
+        let mut b = batches().with_clock(clock);
+        let mut out = Vec::new();
+        for (seq, time) in [0, year_2100, in_window].into_iter().enumerate() {
+            push(&mut b, at(time, seq as u64), 10, Instant::now(), &mut out);
+        }
+        b.flush_all(&mut out);
+        let counted = b
+            .stats
+            .rows_out_of_range
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (out, counted)
+    };
+    let times = |r: &Ready| -> Vec<i64> {
+        let t = r.batch.records.column(0);
+        let t =
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(t);
+        t.values().to_vec()
+    };
+
+    // receive_time: the row time becomes the receive time, the device's is kept.
+    let (out, counted) = run(OutOfRange::ReceiveTime);
+    assert_eq!((out.len(), counted), (1, 2));
+    assert_eq!(times(&out[0]), [now_us, now_us, in_window]);
+    let schema = out[0].batch.records.schema();
+    let device_time = schema
+        .index_of(DEVICE_TIME)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kept = out[0].batch.records.column(device_time);
+    let kept =
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(kept);
+    assert_eq!(
+        kept.iter().collect::<Vec<_>>(),
+        [Some(0), Some(year_2100), None]
+    );
+
+    // reject: both go to `_rejected` with the reason.
+    let (out, counted) = run(OutOfRange::Reject);
+    assert_eq!(counted, 2);
+    let rejected = out.iter().find(|r| &*r.batch.table == REJECTED_TABLE);
+    let reasons = rejected.map(|r| {
+        let i = r
+            .batch
+            .records
+            .schema()
+            .index_of("reason")
+            .unwrap_or_default();
+        let col = arrow::array::AsArray::as_string::<i32>(r.batch.records.column(i));
+        col.iter()
+            .map(|s| s.unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        reasons.unwrap_or_default(),
+        [
+            "row time 1970-01-01T00:00:00Z is outside the clock window of its receive time 2026-01-01T00:00:00Z (clock.max_ahead, clock.max_behind)",
+            "row time 2100-01-01T00:00:00Z is outside the clock window of its receive time 2026-01-01T00:00:00Z (clock.max_ahead, clock.max_behind)",
+        ]
+    );
+
+    // accept: written as they are, counted.
+    let (out, counted) = run(OutOfRange::Accept);
+    assert_eq!(counted, 2);
+    assert_eq!(times(&out[0]), [0, year_2100, in_window]);
+}

@@ -20,7 +20,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnSpec, Declared, UnknownFields};
 use crate::decode::json::scalar_time;
-use crate::decode::{MAX_FIELD_NAME, Message, RejectReason, Scalar};
+use crate::decode::{DEVICE_TIME, MAX_FIELD_NAME, Message, RejectReason, Scalar};
 
 /// Type of a payload column (and kind of a value). The names are those of the schema file
 /// and of `check-config`'s messages.
@@ -56,6 +56,7 @@ impl Kind {
             Scalar::Bool(_) => Kind::Bool,
             Scalar::Str(_) => Kind::Str,
             Scalar::Bytes(_) => Kind::Bytes,
+            Scalar::Time(_) => Kind::Timestamp,
         }
     }
 
@@ -414,10 +415,12 @@ impl TableBuilder {
         }
     }
 
-    /// Whether a field whose column is `found` is one no declared column takes, in a table
-    /// that does not accept those.
-    fn is_unknown(&self, found: Option<usize>) -> bool {
-        self.unknown != UnknownFields::Accept && found.is_none_or(|i| !self.columns[i].declared)
+    /// Whether field `name`, whose column is `found`, is one no declared column takes, in a
+    /// table that does not accept those (`device_time`, which fleetlake adds, never is).
+    fn is_unknown(&self, name: &str, found: Option<usize>) -> bool {
+        self.unknown != UnknownFields::Accept
+            && found.is_none_or(|i| !self.columns[i].declared)
+            && name != DEVICE_TIME
     }
 
     /// Checks every field of `msg` against the schema, the declaration and the bounds; the
@@ -439,7 +442,7 @@ impl TableBuilder {
             for (pos, (name, value)) in row.fields.iter().enumerate() {
                 let name = self.column_name(name);
                 let found = self.lookup(name, offset + pos);
-                if self.is_unknown(found) {
+                if self.is_unknown(name, found) {
                     if self.unknown == UnknownFields::Reject {
                         let field = name.chars().take(MAX_FIELD_NAME).collect();
                         let table = self.table.to_string();
@@ -519,7 +522,7 @@ impl TableBuilder {
                     false => self.renames.get(name.as_str()).cloned(),
                 };
                 let name = renamed.as_deref().unwrap_or(name);
-                if self.is_unknown(self.lookup(name, offset + pos)) {
+                if self.is_unknown(name, self.lookup(name, offset + pos)) {
                     self.dropped += 1; // `check` refused the message if that was the policy
                     continue;
                 }

@@ -80,6 +80,8 @@ pub struct RawConfig {
     pub output: RawOutput,
     /// `[batch]`
     pub batch: RawBatch,
+    /// `[clock]`
+    pub clock: RawClock,
     /// `[parquet]`
     pub parquet: RawParquet,
     /// `[memory]`
@@ -145,6 +147,28 @@ impl Default for RawBatch {
             max_age: HumanDuration(Duration::from_secs(60)),
             max_tables: 256,
             max_columns: 1000,
+        }
+    }
+}
+
+/// `[clock]`: rows whose time is far from their receive time (bad device clocks).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClock {
+    /// A row time later than its receive time by more than this is out of range.
+    pub max_ahead: HumanDuration,
+    /// A row time earlier than its receive time by more than this is out of range.
+    pub max_behind: HumanDuration,
+    /// What an out-of-range row does: `receive_time`, `reject` or `accept`.
+    pub out_of_range: String,
+}
+
+impl Default for RawClock {
+    fn default() -> Self {
+        Self {
+            max_ahead: HumanDuration(Duration::from_secs(86_400)),
+            max_behind: HumanDuration(Duration::from_secs(3650 * 86_400)),
+            out_of_range: "receive_time".into(),
         }
     }
 }
@@ -348,6 +372,8 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     /// Batch flush limits.
     pub batch: BatchLimits,
+    /// What rows with a time far from their receive time do.
+    pub clock: ClockPolicy,
     /// Parquet encoding options.
     pub parquet: ParquetOptions,
     /// Permission bits of a local output's files and folders.
@@ -375,6 +401,48 @@ pub struct WalConfig {
     pub sync_interval: Duration,
     /// Segment rotation size in bytes.
     pub segment_size: u64,
+}
+
+/// Validated `[clock]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockPolicy {
+    /// Most µs a row time may be after its receive time.
+    pub max_ahead_us: i64,
+    /// Most µs a row time may be before its receive time.
+    pub max_behind_us: i64,
+    /// What an out-of-range row does.
+    pub action: OutOfRange,
+}
+
+impl Default for ClockPolicy {
+    fn default() -> Self {
+        Self {
+            max_ahead_us: 86_400_000_000,
+            max_behind_us: 3650 * 86_400_000_000,
+            action: OutOfRange::ReceiveTime,
+        }
+    }
+}
+
+impl ClockPolicy {
+    /// Whether a row time of `time` (µs) received at `received_at` (µs) is out of range.
+    pub fn out_of_range(&self, time: i64, received_at: i64) -> bool {
+        let skew = time.saturating_sub(received_at);
+        skew > self.max_ahead_us || skew < -self.max_behind_us
+    }
+}
+
+/// `clock.out_of_range`: what a row whose time is out of range does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRange {
+    /// Its `time` (and partition) becomes its receive time; the device's time is kept in
+    /// the `device_time` column.
+    ReceiveTime,
+    /// The message goes to `_rejected` (reason `time_range`).
+    Reject,
+    /// Written as it is (counted).
+    Accept,
 }
 
 /// Validated `[batch]`.
@@ -432,6 +500,11 @@ impl Config {
             max_tables: positive("batch.max_tables", raw.batch.max_tables)?,
             max_columns: positive("batch.max_columns", raw.batch.max_columns)?,
         };
+        let clock = ClockPolicy {
+            max_ahead_us: micros("clock.max_ahead", raw.clock.max_ahead.0)?,
+            max_behind_us: micros("clock.max_behind", raw.clock.max_behind.0)?,
+            action: choice("clock.out_of_range", &raw.clock.out_of_range)?,
+        };
         let parquet = ParquetOptions {
             compression: compression(&raw.parquet)?,
             row_group_rows: positive("parquet.row_group_rows", raw.parquet.row_group_rows)?,
@@ -482,6 +555,7 @@ impl Config {
             tables,
             declared,
             batch,
+            clock,
             parquet,
             lake_modes,
             memory_budget,
@@ -498,6 +572,14 @@ impl Config {
     pub fn router(&self) -> Router {
         Router::new(self.tables.clone())
     }
+}
+
+/// A window of the clock policy in µs: at least one minute (device clocks drift by seconds).
+fn micros(key: &str, d: Duration) -> Result<i64, ConfigError> {
+    if d < Duration::from_secs(60) {
+        return Err(invalid(key, "must be at least 1m"));
+    }
+    i64::try_from(d.as_micros()).map_err(|_| invalid(key, "is too long"))
 }
 
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {

@@ -258,3 +258,27 @@ columns = [
     assert_eq!(err_key(grpc_only), "ok");
     assert_eq!(err_key("[[tables]]\nname = \"m\"\n"), "tables[0].topics");
 }
+
+#[test]
+fn the_clock_window_and_policy_are_checked() {
+    assert_eq!(err_key("[clock]\nmax_ahead = \"30s\""), "clock.max_ahead");
+    let weeks = err_key("[clock]\nmax_behind = \"2w\"");
+    assert!(
+        weeks.contains("unknown duration unit `w` (use ms, s, m, h, d)"),
+        "{weeks}"
+    );
+    assert_eq!(
+        err_key("[clock]\nout_of_range = \"clamp\""),
+        "clock.out_of_range"
+    );
+    let config = RawConfig::parse(
+        "[clock]\nmax_behind = \"7d\"\nout_of_range = \"reject\"",
+        "test",
+    )
+    .and_then(Config::validate)
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.clock.max_behind_us, 7 * 86_400_000_000);
+    assert_eq!(config.clock.action, OutOfRange::Reject);
+    assert!(config.clock.out_of_range(0, 8 * 86_400_000_000));
+    assert!(!config.clock.out_of_range(86_400_000_000, 0));
+}

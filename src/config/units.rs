@@ -59,11 +59,12 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// A duration, written as a string with a unit (`ms`, `s`, `m`, `h`) or an integer of seconds.
+/// A duration, written as a string with a unit (`ms`, `s`, `m`, `h`, `d`) or an integer of
+/// seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"` into a [`Duration`].
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"7d"` into a [`Duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -78,7 +79,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => num.checked_mul(1_000),
         "m" => num.checked_mul(60_000),
         "h" => num.checked_mul(3_600_000),
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h)")),
+        "d" => num.checked_mul(86_400_000),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h, d)"
+            ));
+        }
     };
     ms.map(Duration::from_millis)
         .ok_or_else(|| format!("`{text}` is too long"))
@@ -87,7 +93,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms >= size && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }

@@ -25,8 +25,10 @@ pub enum Scalar {
     Bool(bool),
     /// JSON string (or an array's JSON text).
     Str(String),
-    /// Raw bytes (only the `_rejected` payload).
+    /// Raw bytes (the `_rejected` payload, gRPC bytes values).
     Bytes(Bytes),
+    /// A time, µs since the epoch: the device's time of a row the clock policy re-timed.
+    Time(i64),
 }
 
 /// One decoded row.
@@ -61,7 +63,14 @@ pub enum DecodeError {
 
 /// Columns fleetlake writes itself; a payload field with one of these names is stored as
 /// `payload_<name>`.
-const RESERVED: [&str; 5] = ["time", "received_at", "device_id", "date", "hour"];
+const RESERVED: [&str; 6] = [
+    "time",
+    "received_at",
+    "device_id",
+    "date",
+    "hour",
+    super::DEVICE_TIME,
+];
 
 /// What every row of one payload shares.
 #[derive(Clone, Copy)]
@@ -316,6 +325,7 @@ pub fn scalar_time(v: &Scalar) -> Option<i64> {
         Scalar::Str(s) => chrono::DateTime::parse_from_rfc3339(s)
             .ok()
             .map(|t| t.timestamp_micros()),
+        Scalar::Time(t) => Some(*t),
         Scalar::Bool(_) | Scalar::Bytes(_) => None,
     }
 }

@@ -63,14 +63,20 @@ pub enum RejectReason {
     UnknownField,
     /// A row without a value for a `required` column.
     MissingField,
+    /// A row time outside the clock window (`clock.out_of_range = "reject"`).
+    TimeRange,
 }
+
+/// The column keeping a device's own time of a row whose time was out of range and became its
+/// receive time (`clock.out_of_range = "receive_time"`).
+pub const DEVICE_TIME: &str = "device_time";
 
 /// Longest field (column) name, in bytes, flattened path included.
 pub const MAX_FIELD_NAME: usize = 256;
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Payload,
         Self::Topic,
         Self::NoTable,
@@ -81,6 +87,7 @@ impl RejectReason {
         Self::FieldName,
         Self::UnknownField,
         Self::MissingField,
+        Self::TimeRange,
     ];
 
     /// The metric label.
@@ -96,6 +103,7 @@ impl RejectReason {
             Self::FieldName => "field_name",
             Self::UnknownField => "unknown_field",
             Self::MissingField => "missing_field",
+            Self::TimeRange => "time_range",
         }
     }
 }

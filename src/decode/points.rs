@@ -25,7 +25,7 @@ const MAX_FIELD_NAME: usize = 256;
 /// Most fields in one point.
 const MAX_FIELDS: usize = 1024;
 /// Column names fleetlake writes itself.
-const RESERVED: [&str; 3] = ["time", "received_at", "device_id"];
+const RESERVED: [&str; 4] = ["time", "received_at", "device_id", super::DEVICE_TIME];
 
 /// Checks every point of a request. Returns the problems found (at most [`MAX_ERRORS`]);
 /// empty means every point may be stored.
@@ -68,7 +68,9 @@ pub fn check(points: &[Point]) -> Vec<PointError> {
             } else if f.name.len() > MAX_FIELD_NAME {
                 Some("name longer than 256 bytes")
             } else if RESERVED.contains(&f.name.as_str()) {
-                Some("reserved name (time, received_at and device_id are fleetlake's columns)")
+                Some(
+                    "reserved name (time, received_at, device_id and device_time are fleetlake's columns)",
+                )
             } else if p.fields[..j].iter().any(|g| g.name == f.name) {
                 Some("duplicate name")
             } else {

@@ -139,6 +139,9 @@ counters! {
     /// Payload fields left out of their rows because no declared column takes them, in tables
     /// with `unknown_fields = "drop"`.
     fields_dropped,
+    /// Rows whose time was outside the `[clock]` window (re-timed, rejected or accepted, as
+    /// `clock.out_of_range` says).
+    rows_out_of_range,
     /// Rows put into the per-table buffers (Arrow builders) by the batcher.
     buffer_rows_pushed,
     /// Rows taken out of the buffers in finished batches (pushed − popped = buffered now).

@@ -9,7 +9,7 @@ import subprocess
 import duckdb
 import pyarrow.dataset as ds
 
-from conftest import binary, metrics, publish_json
+from conftest import binary, metrics, publish_json, wait_for
 
 TABLES = """
 [[tables]]
@@ -45,6 +45,9 @@ def test_declared_types_strict_and_drop_tables(daemon_factory):
         {"temp": 19, "count": 1.5},  # a fraction for an int64
     ])
     publish_json(d.port, "l-1", "loose/l-1", [{"v": 1, "junk": "x", "more": True}, {"v": 2}])
+    wait_for("the dropped fields counted", lambda: metrics(d.admin)["fleetlake_fields_dropped_total"] == 2)
+    wait_for("the refusals counted",
+             lambda: metrics(d.admin)["fleetlake_messages_rejected_by_reason_total{reason=\"type_conflict\"}"] == 2)
     m = metrics(d.admin)
     d.stop()
 
