@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use fleetlake::config::{Config, ConfigError, OutputTarget, RawConfig};
+use fleetlake::config::{ByteSize, Config, ConfigError, OutputTarget, RawConfig};
 use fleetlake::sink::store;
 
 const EX_CONFIG: u8 = 78;
@@ -105,6 +105,7 @@ fn check_config(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     }
+    check_disk(&config);
     if let OutputTarget::Remote(remote) = &config.output {
         if let Err(e) = store::build(remote) {
             eprintln!("fleetlake: {e}");
@@ -144,6 +145,40 @@ fn check_config(args: &CheckArgs) -> ExitCode {
     }
     eprintln!("config ok");
     ExitCode::SUCCESS
+}
+
+/// Warns when the data volume is smaller than what the config lets fleetlake keep on it, and
+/// when a local lake has no bound at all.
+fn check_disk(config: &Config) {
+    if let OutputTarget::Local(root) = &config.output
+        && !config.retain_lake.any()
+    {
+        eprintln!(
+            "warning: the lake {} has no bound (output.retain_bytes, output.retain_age): it grows until its volume is full",
+            root.display()
+        );
+    }
+    let bounds = config.disk_bounds();
+    let total: u64 = bounds.iter().map(|(_, b)| b).sum();
+    // The data dir may not exist yet: its nearest existing ancestor is on the same volume.
+    let existing = config.data_dir.ancestors().find(|p| p.exists());
+    let Some(volume) = existing.and_then(|p| rustix::fs::statvfs(p).ok()) else {
+        return;
+    };
+    let size = volume.f_blocks.saturating_mul(volume.f_frsize);
+    if total > size {
+        let listed: Vec<String> = bounds
+            .iter()
+            .map(|(key, b)| format!("{key} {}", ByteSize(*b)))
+            .collect();
+        eprintln!(
+            "warning: node.data_dir {} is on a volume of {}, less than its bounds add up to ({}: {})",
+            config.data_dir.display(),
+            ByteSize(size),
+            ByteSize(total),
+            listed.join(", ")
+        );
+    }
 }
 
 /// Builds a tokio runtime, or says why not.

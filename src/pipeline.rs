@@ -32,7 +32,8 @@ use crate::config::{Config, FileModes, OutputTarget};
 use crate::grpc::server::GrpcServer;
 use crate::mqtt::Listener;
 use crate::recovery::{Recovered, Replay};
-use crate::sink::publisher::{Progress, Publisher};
+use crate::sink::publisher::{Progress, Publisher, Retained};
+use crate::sink::retention::RetainedDir;
 use crate::sink::spool::{Spool, SpoolQueue};
 use crate::sink::uploader::{self, Uploader, UploaderConfig};
 use crate::sink::{LocalSink, Output, store};
@@ -135,8 +136,13 @@ impl Pipeline {
             low_water: low_water.clone(),
             schemas,
         };
-        let publisher =
-            tokio::spawn(Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress).run());
+        let retained = {
+            let (config, stats) = (config.clone(), stats.clone());
+            tokio::task::spawn_blocking(move || retained(&config, &stats)).await??
+        };
+        let publisher = Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress)
+            .with_retention(retained);
+        let publisher = tokio::spawn(publisher.run());
         // 3. The batcher, holding back the batch a crash may have cut.
         let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
         let mut batches = Batches::new(config.batch, shared.budget.total() / 2, stats.clone())
@@ -365,6 +371,44 @@ impl Uploads {
 }
 
 /// Builds the output: a local directory, the spool and its uploader, or the discarding sink.
+/// `{data_dir}/_rejected` with its sink, and the lake of a local output when retention bounds
+/// it: indexed (one walk each), and brought within their bounds.
+fn retained(config: &Config, stats: &Arc<Stats>) -> Result<Retained> {
+    let lake = match &config.output {
+        OutputTarget::Local(root) if config.retain_lake.any() => Some(
+            RetainedDir::open(root.clone(), "lake", config.retain_lake, stats.clone())
+                .with_context(|| format!("indexing the lake {} for retention", root.display()))?,
+        ),
+        _ => None,
+    };
+    let rejected = match &config.output {
+        OutputTarget::Discard => None,
+        OutputTarget::Local(_) | OutputTarget::Remote(_) => {
+            let root = config.data_dir.join(crate::decode::REJECTED_TABLE);
+            let sink = LocalSink::new(
+                root.clone(),
+                config.node_id.clone(),
+                config.parquet,
+                config.lake_modes,
+            );
+            sink.prepare()
+                .with_context(|| format!("preparing {}", root.display()))?;
+            let dir = RetainedDir::open(
+                root.clone(),
+                "_rejected",
+                config.retain_rejected,
+                stats.clone(),
+            )
+            .with_context(|| format!("indexing {}", root.display()))?;
+            Some((sink, dir))
+        }
+    };
+    for dir in lake.iter().chain(rejected.as_ref().map(|(_, d)| d)) {
+        dir.enforce();
+    }
+    Ok(Retained { lake, rejected })
+}
+
 fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads>)> {
     let local = |root: &std::path::Path, modes: FileModes| -> Result<LocalSink> {
         let sink = LocalSink::new(

@@ -271,3 +271,41 @@ fn run_exits_78_when_node_data_dir_cannot_be_created() -> TestResult {
     assert!(stderr.contains("node.data_dir"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn check_config_warns_of_an_unbounded_lake_and_of_bounds_past_the_volume() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let write = |name: &str, output: &str| -> std::io::Result<String> {
+        let path = dir.path().join(name);
+        let text = format!(
+            "[node]\ndata_dir = \"{}\"\n[output]\n{output}\n",
+            data.display()
+        );
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let unbounded = write("a.toml", "")?;
+    let out = fleetlake(&["check-config", "--config", &unbounded])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("has no bound (output.retain_bytes, output.retain_age)"),
+        "{err}"
+    );
+    // A petabyte bound is more than any test machine's volume.
+    let huge = write(
+        "b.toml",
+        "retain_bytes = \"1048576GiB\"\nretain_age = \"30d\"",
+    )?;
+    let out = fleetlake(&["check-config", "--config", &huge])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("has no bound"), "{err}");
+    assert!(
+        err.contains("less than its bounds add up to")
+            && err.contains("output.retain_bytes 1048576GiB"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -154,7 +154,7 @@ fn bad_clients_are_dropped_while_a_good_client_keeps_being_served() -> TestResul
     let (status, daemon) = daemon.stop()?;
     assert!(status.success());
     assert_eq!(read_rows(&daemon.lake().join("telemetry"))?.len(), 1);
-    let rejected = read_rows(&daemon.lake().join("_rejected"))?;
+    let rejected = read_rows(&daemon.data().join("_rejected"))?;
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0]["topic"], "sensors/good");
     assert!(

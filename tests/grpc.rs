@@ -102,7 +102,7 @@ async fn a_declared_int64_column_keeps_grpc_integers_exact() -> TestResult {
         (types["cycles"].as_str(), types["load"].as_str()),
         ("Int64", "Float64")
     );
-    let rejected = read_rows(&daemon.lake().join("_rejected"))?;
+    let rejected = read_rows(&daemon.data().join("_rejected"))?;
     assert_eq!(rejected.len(), 1);
     Ok(())
 }
@@ -344,7 +344,7 @@ async fn bad_requests_get_clear_codes_store_nothing_and_the_server_keeps_serving
         vec![("gzip".into(), 7), ("plain".into(), 8), ("zstd".into(), 6)]
     );
     assert!(
-        !daemon.lake().join("_rejected").exists(),
+        common::parquet_files(&daemon.data().join("_rejected")).is_empty(),
         "refused requests leave no rows anywhere"
     );
     Ok(())
@@ -549,7 +549,7 @@ async fn a_type_conflict_sends_the_point_group_to_rejected_with_its_protobuf() -
         ["1.0", "2.5"],
         "int and double mix into a double column"
     );
-    let rejected = common::parquet_files(&daemon.lake().join("_rejected"));
+    let rejected = common::parquet_files(&daemon.data().join("_rejected"));
     let file = rejected.first().ok_or("nothing in _rejected")?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(file)?,

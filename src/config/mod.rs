@@ -18,6 +18,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::topic::{Router, TableRule};
+use crate::sink::retention::RetainLimits;
 pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
@@ -378,6 +379,10 @@ pub struct Config {
     pub parquet: ParquetOptions,
     /// Permission bits of a local output's files and folders.
     pub lake_modes: FileModes,
+    /// Retention of a local output's lake.
+    pub retain_lake: RetainLimits,
+    /// Retention of `{data_dir}/_rejected`.
+    pub retain_rejected: RetainLimits,
     /// Memory budget in bytes.
     pub memory_budget: usize,
     /// QoS 0 policy when the budget is full.
@@ -491,6 +496,7 @@ impl Config {
         let grpc = raw.grpc.validate()?;
         let output = output::output_target(&raw)?;
         let lake_modes = output::file_modes(&raw.output)?;
+        let (retain_lake, retain_rejected) = output::retention(&raw.output, &output)?;
         let tables = validate_tables(&raw.tables)?;
         let declared = validate_declared(&raw.tables)?;
         let batch = BatchLimits {
@@ -558,6 +564,8 @@ impl Config {
             clock,
             parquet,
             lake_modes,
+            retain_lake,
+            retain_rejected,
             memory_budget,
             qos0_when_full,
             wal,
@@ -566,6 +574,27 @@ impl Config {
             log_level: raw.log.level.clone(),
             raw,
         })
+    }
+
+    /// The byte bounds of what fleetlake keeps under `node.data_dir`, by key (the WAL is not
+    /// listed: it holds what is not yet in files, bounded by the memory budget's pace).
+    pub fn disk_bounds(&self) -> Vec<(&'static str, u64)> {
+        let mut bounds = vec![(
+            "output.rejected_max_bytes",
+            self.raw.output.rejected_max_bytes.0,
+        )];
+        match &self.output {
+            OutputTarget::Remote(remote) => {
+                bounds.push(("output.spool_max_bytes", remote.spool_max_bytes));
+            }
+            OutputTarget::Local(root) if root.starts_with(&self.data_dir) => {
+                if let Some(max) = self.retain_lake.max_bytes {
+                    bounds.push(("output.retain_bytes", max));
+                }
+            }
+            OutputTarget::Local(_) | OutputTarget::Discard => {}
+        }
+        bounds
     }
 
     /// A router over the configured tables.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, HumanDuration};
 use super::{ConfigError, RawConfig, choice, invalid, nonzero};
+use crate::sink::retention::RetainLimits;
 
 /// `[output]`: where Parquet files go.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -33,6 +34,15 @@ pub struct RawOutput {
     pub file_mode: String,
     /// Octal permission bits of each folder a local output creates (the spool stays 0700).
     pub dir_mode: String,
+    /// Local output: most bytes of the lake; the oldest hours' files are deleted past it
+    /// (0: no bound).
+    pub retain_bytes: ByteSize,
+    /// Local output: files of hours that ended longer ago than this are deleted (0: never).
+    pub retain_age: HumanDuration,
+    /// Retention never deletes a file written less than this long ago.
+    pub retain_min_age: HumanDuration,
+    /// Most bytes of `{data_dir}/_rejected`; the oldest hours' files are deleted past it.
+    pub rejected_max_bytes: ByteSize,
 }
 
 impl Default for RawOutput {
@@ -47,6 +57,10 @@ impl Default for RawOutput {
             s3: RawS3::default(),
             file_mode: "0640".into(),
             dir_mode: "0750".into(),
+            retain_bytes: ByteSize(0),
+            retain_age: HumanDuration(Duration::ZERO),
+            retain_min_age: HumanDuration(Duration::from_secs(3600)),
+            rejected_max_bytes: ByteSize(256 << 20),
         }
     }
 }
@@ -187,6 +201,51 @@ pub struct RemoteOutput {
     pub allow_http: bool,
     /// Virtual-hosted-style bucket addressing.
     pub virtual_hosted_style: bool,
+}
+
+/// Validated retention keys: the lake's bounds (a local output only) and `_rejected`'s.
+pub(super) fn retention(
+    raw: &RawOutput,
+    target: &OutputTarget,
+) -> Result<(RetainLimits, RetainLimits), ConfigError> {
+    let min_age = raw.retain_min_age.0;
+    let lake = RetainLimits {
+        max_bytes: (raw.retain_bytes.0 > 0).then_some(raw.retain_bytes.0),
+        max_age: (!raw.retain_age.0.is_zero()).then_some(raw.retain_age.0),
+        min_age,
+    };
+    if lake.any() && !matches!(target, OutputTarget::Local(_)) {
+        let key = if lake.max_bytes.is_some() {
+            "output.retain_bytes"
+        } else {
+            "output.retain_age"
+        };
+        return Err(invalid(
+            key,
+            "applies to a local output only (an object store keeps its own lifecycle rules; the spool is bounded by output.spool_max_bytes)",
+        ));
+    }
+    if lake
+        .max_age
+        .is_some_and(|age| age < Duration::from_secs(3600))
+    {
+        return Err(invalid(
+            "output.retain_age",
+            "must be at least 1h (or 0: off)",
+        ));
+    }
+    if raw.rejected_max_bytes.0 < 1 << 20 {
+        return Err(invalid(
+            "output.rejected_max_bytes",
+            "must be at least 1MiB",
+        ));
+    }
+    let rejected = RetainLimits {
+        max_bytes: Some(raw.rejected_max_bytes.0),
+        max_age: None,
+        min_age,
+    };
+    Ok((lake, rejected))
 }
 
 /// Where files go: a local directory, an object store (through the spool), or nowhere.

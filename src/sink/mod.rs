@@ -6,6 +6,7 @@
 //! same sink writes into the spool ([`spool`]), and the [`uploader`] sends the files on.
 
 pub mod publisher;
+pub mod retention;
 pub mod spool;
 pub mod store;
 pub mod uploader;

@@ -15,9 +15,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::LocalSink;
+use super::retention::RetainedDir;
 use super::{Output, Published, SinkError};
 use crate::batch::Ready;
 use crate::columnar::{SchemaDir, encode};
+use crate::decode::REJECTED_TABLE;
 use crate::telemetry::Stats;
 use crate::wal::{Checkpoint, CheckpointFile, Cut};
 
@@ -30,6 +33,16 @@ pub struct Publisher {
     checkpoint: Arc<(CheckpointFile, std::sync::Mutex<Checkpoint>)>,
     low_water: Arc<AtomicU64>,
     schemas: SchemaDir,
+    retention: Arc<Retained>,
+}
+
+/// The folders the publisher bounds as it writes into them.
+#[derive(Debug, Default)]
+pub struct Retained {
+    /// The lake of a local output, when `output.retain_*` bounds it.
+    pub lake: Option<RetainedDir>,
+    /// `{data_dir}/_rejected` and its sink (`None` with `output.url = "null:"`).
+    pub rejected: Option<(LocalSink, RetainedDir)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +87,14 @@ impl Publisher {
             checkpoint: Arc::new((progress.file, std::sync::Mutex::new(progress.checkpoint))),
             low_water: progress.low_water,
             schemas: progress.schemas,
+            retention: Arc::default(),
         }
+    }
+
+    /// Writes `_rejected` and bounds the folders as `retained` says.
+    pub fn with_retention(mut self, retained: Retained) -> Self {
+        self.retention = Arc::new(retained);
+        self
     }
 
     /// Runs until the batcher is done and every batch is published.
@@ -115,6 +135,7 @@ impl Publisher {
         let stats = self.stats.clone();
         let schema = ready.schema.clone();
         let schemas = self.schemas.clone();
+        let retained = self.retention.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(schema) = &schema {
                 schemas.store(schema).map_err(PublishError::Schema)?;
@@ -127,25 +148,44 @@ impl Publisher {
             });
             file.store(&cp)?;
             let started = std::time::Instant::now();
-            let write = |sink: &super::LocalSink| -> Result<Vec<Published>, PublishError> {
+            let write = |sink: &LocalSink, table: &str| -> Result<Vec<Published>, PublishError> {
                 let parts = encode::partition(&batch)?;
                 let mut files = Vec::with_capacity(parts.len());
                 for part in &parts {
-                    files.push(sink.publish(&batch.table, part)?);
+                    files.push(sink.publish(table, part)?);
                 }
                 Ok(files)
             };
-            let files = match &*sink {
-                Output::Local(sink) => write(sink)?,
-                Output::Spool(sink, spool) => {
-                    let files = write(sink)?;
+            let rejected = &*batch.table == REJECTED_TABLE;
+            let kept = |files: &[Published], dir: &RetainedDir| {
+                for f in files {
+                    dir.add(&f.path, f.bytes);
+                }
+                dir.enforce();
+            };
+            let files = match (&*sink, &retained.rejected) {
+                // `{data_dir}/_rejected` is its root: the table folder is the root itself.
+                (Output::Local(_) | Output::Spool(..), Some((sink, dir))) if rejected => {
+                    let files = write(sink, "")?;
+                    kept(&files, dir);
+                    files
+                }
+                (Output::Local(sink), _) => {
+                    let files = write(sink, &batch.table)?;
+                    if let Some(dir) = &retained.lake {
+                        kept(&files, dir);
+                    }
+                    files
+                }
+                (Output::Spool(sink, spool), _) => {
+                    let files = write(sink, &batch.table)?;
                     for f in &files {
                         let dropped = spool.add(&f.path, f.bytes);
                         spool.evict(&dropped);
                     }
                     files
                 }
-                Output::Discard => vec![Published {
+                (Output::Discard, _) => vec![Published {
                     path: "null:".into(),
                     rows: batch.records.num_rows(),
                     first_seq: batch.seqs.first().copied().unwrap_or_default(),

@@ -142,6 +142,10 @@ counters! {
     /// Rows whose time was outside the `[clock]` window (re-timed, rejected or accepted, as
     /// `clock.out_of_range` says).
     rows_out_of_range,
+    /// Files deleted by retention (`output.retain_*`, `output.rejected_max_bytes`).
+    files_expired,
+    /// Bytes of the files deleted by retention.
+    bytes_expired,
     /// Rows put into the per-table buffers (Arrow builders) by the batcher.
     buffer_rows_pushed,
     /// Rows taken out of the buffers in finished batches (pushed − popped = buffered now).

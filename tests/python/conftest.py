@@ -91,6 +91,7 @@ class Daemon:
         self.dir = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.lake = tmp / "data" / "lake"
+        self.rejected = tmp / "data" / "_rejected"
         config = tmp / "fleetlake.toml"
         config.write_text(
             f'[node]\nid = "{node_id}"\ndata_dir = "{tmp / "data"}"\nshutdown_grace = "10s"\n'

@@ -32,7 +32,7 @@ def test_the_budget_returns_to_zero_after_every_path(daemon_factory):
     # Rejected: not JSON, and a type conflict with the `v` column.
     pub(d.port, "dev-1", "sensors/dev-1/telemetry", "{not json")
     pub(d.port, "dev-1", "sensors/dev-1/telemetry", json.dumps({"v": "text"}))
-    wait_for("two rejected rows", lambda: len(d.files("_rejected")) >= 1
+    wait_for("two rejected rows", lambda: len(list(d.rejected.rglob("*.parquet"))) >= 1
              and metrics(d.admin)["fleetlake_messages_rejected_total"] == 2)
     wait_for("the budget back at zero after rejecting", lambda: used(d) == 0)
 

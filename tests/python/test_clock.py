@@ -39,5 +39,5 @@ def test_reject_policy_sends_out_of_range_rows_to_rejected(daemon_factory):
     kept = duckdb.sql(f"SELECT v FROM read_parquet('{d.lake}/telemetry/**/*.parquet')").fetchall()
     assert kept == [(3.0,)]
     reasons = duckdb.sql(
-        f"SELECT reason FROM read_parquet('{d.lake}/_rejected/**/*.parquet') ORDER BY reason").fetchall()
+        f"SELECT reason FROM read_parquet('{d.rejected}/**/*.parquet') ORDER BY reason").fetchall()
     assert [r[0][:34] for r in reasons] == ["row time 1970-01-01T00:00:00Z is o", "row time 2100-01-01T00:00:00Z is o"]

@@ -67,7 +67,7 @@ def test_declared_types_strict_and_drop_tables(daemon_factory):
     assert m["fleetlake_fields_dropped_total"] == 2
 
     rejected = duckdb.sql(
-        f"SELECT reason FROM read_parquet('{d.lake}/_rejected/**/*.parquet') ORDER BY reason").fetchall()
+        f"SELECT reason FROM read_parquet('{d.rejected}/**/*.parquet') ORDER BY reason").fetchall()
     assert [r[0] for r in rejected] == [
         'field `extra` is not a declared column of table `readings` (unknown_fields = "reject")',
         "required field `temp` is missing or null",

@@ -106,7 +106,7 @@ def test_bad_payloads_land_in_rejected_with_reason_and_raw_bytes(daemon_factory)
     pub(d.port, "bad-2", "sensors/bad-2/telemetry", "[1, 2]")
     pub(d.port, "ok", "sensors/ok/telemetry", '{"v": 1}')
     d.stop()
-    rows = query(d.lake, "ORDER BY device_id", table="_rejected").project(
+    rows = query(d.dir / "data", "ORDER BY device_id", table="_rejected").project(
         "device_id, topic, reason, payload").fetchall()
     assert [r[0] for r in rows] == ["bad-1", "bad-2"]
     assert "not valid JSON" in rows[0][2]

@@ -72,9 +72,14 @@ def test_a_number_column_has_one_type_across_files_restarts_and_nodes(daemon_fac
 
     # The string is in `_rejected`, with the column named, and nowhere else.
     rejected = duckdb.sql(
-        f"SELECT reason, payload FROM read_parquet('{lake}/_rejected/**/*.parquet')").fetchall()
+        f"SELECT reason, payload FROM read_parquet('{a.rejected}/**/*.parquet')").fetchall()
     assert len(rejected) == 1
     reason, payload = rejected[0]
     assert reason == "type conflict: column `v` is float64, this value is string", reason
     assert json.loads(bytes(payload))["v"] == "hot"
     assert "hot" not in table.column("fw").to_pylist()
+    # `_rejected` sits beside the lake, not in it: a whole-lake glob reads the table's rows only.
+    assert not (lake / "_rejected").exists()
+    whole = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake}/**/*.parquet', union_by_name = true)")
+    assert whole.fetchall() == [(5,)]
+    assert pl.scan_parquet(f"{lake}/**/*.parquet", missing_columns="insert").collect().height == 5

@@ -36,7 +36,7 @@ def test_a_new_field_per_message_is_bounded_by_max_columns(daemon_factory):
                       "union_by_name = true)").fetchall()[0][0]
     assert rows == accepted
     rejected = duckdb.sql(f"SELECT count(*), count(*) FILTER (reason LIKE '%past batch.max_columns (1000)') "
-                          f"FROM read_parquet('{d.lake}/_rejected/**/*.parquet')").fetchall()[0]
+                          f"FROM read_parquet('{d.rejected}/**/*.parquet')").fetchall()[0]
     assert rejected == (MESSAGES - accepted, MESSAGES - accepted), rejected
     assert counted['fleetlake_messages_rejected_by_reason_total{reason="too_many_columns"}'] == MESSAGES - accepted
     warned = [line for line in d.lines if "batch.max_columns columns" in line]
