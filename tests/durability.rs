@@ -192,7 +192,10 @@ fn a_full_wal_volume_withholds_acks_until_space_is_freed() -> TestResult {
         Packet::PubAck(ack) => assert_eq!(ack.pkid, 2),
         other => return Err(format!("expected PUBACK 2, got {other:?}").into()),
     }
-    assert!(daemon.log_contains("acks resume"));
+    // The writer logs after it resolved the acks: wait for the line, do not race it.
+    wait_for("the log to say acks resume", || {
+        daemon.log_contains("acks resume")
+    })?;
     assert_eq!(grpc_write(&daemon, "after")?.code(), tonic::Code::Ok);
     c.disconnect()?;
     let (status, _daemon) = daemon.stop()?;

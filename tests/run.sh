@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
 # Installs what the tests need when it is missing (Debian: mosquitto, mosquitto-clients; Python: duckdb,
-# pyarrow, polars, paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status, moto[server]
+# pyarrow, polars, datafusion, pyspark (and Java 17 for it), paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status, moto[server]
 # and boto3 for the S3 tests, which start their own moto server on 127.0.0.1), then runs formatting and lint checks, the Rust unit and
 # integration tests, the systemd unit checks (when systemd-analyze exists), the Python
 # end-to-end tests against the binary cargo built, the Debian package (cargo-deb, installed
@@ -20,8 +20,15 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! [ -x /usr/sbin/mosquitto ]; t
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
 fi
 
-PY_PKGS=(duckdb pyarrow polars "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)
-if ! python3 -c "import duckdb, pyarrow, pyarrow.fs, polars, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, boto3, moto.server, flask, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
+# Java 17 for Spark, one of the lake's readers (tests/python/test_readers.py).
+if ! command -v java >/dev/null 2>&1; then
+  echo "== installing openjdk-17-jre-headless"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
+fi
+
+PY_PKGS=(duckdb pyarrow polars datafusion pyspark "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)
+if ! python3 -c "import duckdb, pyarrow, pyarrow.fs, polars, datafusion, pyspark, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, boto3, moto.server, flask, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
   echo "== installing Python test packages"
   python3 -m pip install -q "${PY_PKGS[@]}" \
     || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"

@@ -15,6 +15,9 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::BufWriter;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::columnar::encode::{Part, write_parquet};
 use crate::config::{FileModes, ParquetOptions};
@@ -54,6 +57,22 @@ pub fn relative_path(table: &str, part: &Part, node: &str) -> PathBuf {
         .join(format!("date={}", part.date))
         .join(format!("hour={}", part.hour))
         .join(file_name(node, part.first_seq, part.last_seq))
+}
+
+/// The schema file in each table's folder of a local output (see
+/// [`LocalSink::publish_schema`]).
+pub const SCHEMA_FILE: &str = "_common_metadata";
+
+/// The hive partition columns of the layout, as pyarrow and Polars type them.
+const PARTITION_COLUMNS: [(&str, DataType); 2] =
+    [("date", DataType::Utf8), ("hour", DataType::Int32)];
+
+/// The Arrow schema of a Parquet file; `None` when it is missing or unreadable.
+fn read_schema(path: &Path) -> Option<SchemaRef> {
+    let file = File::open(path).ok()?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).ok()?;
+    Some(reader.schema().clone())
 }
 
 /// A published file.
@@ -170,6 +189,66 @@ impl LocalSink {
             last_seq: part.last_seq,
             bytes,
         })
+    }
+
+    /// Makes `{root}/{table}/_common_metadata` (a Parquet file with no rows: the Parquet
+    /// convention for a dataset's schema) hold every column of `schema` and of what it held
+    /// before (another node's columns), then the hive partition columns `date` (string) and
+    /// `hour` (int32), so a reader given it reads every column of every file; replaced
+    /// atomically, and only when it changes. A column it already holds with another type keeps
+    /// that type (logged).
+    pub fn publish_schema(&self, table: &str, schema: &Schema) -> Result<(), SinkError> {
+        let dir = self.root.join(table);
+        let path = dir.join(SCHEMA_FILE);
+        let before: Vec<Arc<Field>> = read_schema(&path)
+            .map(|s| s.fields().iter().cloned().collect())
+            .unwrap_or_default();
+        let partition = |name: &str| PARTITION_COLUMNS.iter().any(|(p, _)| *p == name);
+        let mut fields: Vec<Arc<Field>> = before
+            .iter()
+            .filter(|f| !partition(f.name()))
+            .cloned()
+            .collect();
+        for f in schema.fields() {
+            match fields.iter().find(|g| g.name() == f.name()) {
+                Some(g) if g.data_type() != f.data_type() => tracing::warn!(
+                    table,
+                    column = %f.name(),
+                    kept = %g.data_type(),
+                    this_node = %f.data_type(),
+                    "the lake's schema file holds this column with another type (declared differently on another node?)"
+                ),
+                Some(_) => {}
+                None => fields.push(Arc::new(f.as_ref().clone().with_nullable(true))),
+            }
+        }
+        for (name, data_type) in PARTITION_COLUMNS {
+            fields.push(Arc::new(Field::new(name, data_type, true)));
+        }
+        if fields == before {
+            return Ok(());
+        }
+        self.create_dirs(&dir)?;
+        let tmp = dir.join(format!(".{SCHEMA_FILE}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(self.modes.file)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        set_mode(&tmp, self.modes.file)?;
+        let schema = Arc::new(Schema::new(fields));
+        let encode = |source| SinkError::Encode {
+            path: tmp.clone(),
+            source,
+        };
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(encode)?;
+        let file = writer.into_inner().map_err(encode)?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        fsync_dir(&dir)
     }
 
     /// Creates `dir` and its missing parents below the root, fsyncing each new entry's parent.

@@ -9,8 +9,9 @@
 //! before its first file appears, and published after its last, with the batch's low-water
 //! mark; the WAL writer then deletes the segments below that mark.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -34,6 +35,8 @@ pub struct Publisher {
     low_water: Arc<AtomicU64>,
     schemas: SchemaDir,
     retention: Arc<Retained>,
+    /// Tables whose lake schema file was brought up to date in this run.
+    lake_schemas: Arc<Mutex<HashSet<Arc<str>>>>,
 }
 
 /// The folders the publisher bounds as it writes into them.
@@ -88,6 +91,7 @@ impl Publisher {
             low_water: progress.low_water,
             schemas: progress.schemas,
             retention: Arc::default(),
+            lake_schemas: Arc::default(),
         }
     }
 
@@ -136,6 +140,7 @@ impl Publisher {
         let schema = ready.schema.clone();
         let schemas = self.schemas.clone();
         let retained = self.retention.clone();
+        let lake_schemas = self.lake_schemas.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(schema) = &schema {
                 schemas.store(schema).map_err(PublishError::Schema)?;
@@ -171,6 +176,13 @@ impl Publisher {
                     files
                 }
                 (Output::Local(sink), _) => {
+                    // The table's schema file first, so it holds every column of every file.
+                    let mut done = lake_schemas.lock().unwrap_or_else(PoisonError::into_inner);
+                    if schema.is_some() || !done.contains(&batch.table) {
+                        sink.publish_schema(&batch.table, &batch.records.schema())?;
+                        done.insert(batch.table.clone());
+                    }
+                    drop(done);
                     let files = write(sink, &batch.table)?;
                     if let Some(dir) = &retained.lake {
                         kept(&files, dir);

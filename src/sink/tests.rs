@@ -107,3 +107,65 @@ fn files_and_folders_get_exactly_the_configured_modes_whatever_the_umask()
     }
     Ok(())
 }
+
+#[test]
+fn the_schema_file_merges_what_another_node_wrote_and_is_left_alone_when_unchanged()
+-> Result<(), Box<dyn std::error::Error>> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let dir = tempfile::tempdir()?;
+    let modes = crate::config::FileModes {
+        file: 0o640,
+        dir: 0o750,
+    };
+    let sink = |node: &str| {
+        let opts = ParquetOptions {
+            compression: Compression::SNAPPY,
+            row_group_rows: 100,
+        };
+        LocalSink::new(dir.path().into(), node.into(), opts, modes)
+    };
+    let schema = |cols: &[(&str, DataType)]| {
+        Schema::new(
+            cols.iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), false))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let names = || -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let s = read_schema(&dir.path().join("t").join(SCHEMA_FILE)).ok_or("no schema file")?;
+        Ok(s.fields()
+            .iter()
+            .map(|f| format!("{}:{}", f.name(), f.data_type()))
+            .collect())
+    };
+    sink("a").publish_schema(
+        "t",
+        &schema(&[("device_id", DataType::Utf8), ("v", DataType::Float64)]),
+    )?;
+    assert_eq!(
+        names()?,
+        ["device_id:Utf8", "v:Float64", "date:Utf8", "hour:Int32"]
+    );
+    // Node b knows `w` but not `v`: the file keeps both.
+    sink("b").publish_schema(
+        "t",
+        &schema(&[("device_id", DataType::Utf8), ("w", DataType::Boolean)]),
+    )?;
+    assert_eq!(
+        names()?,
+        [
+            "device_id:Utf8",
+            "v:Float64",
+            "w:Boolean",
+            "date:Utf8",
+            "hour:Int32"
+        ]
+    );
+    // Nothing new: not rewritten.
+    let path = dir.path().join("t").join(SCHEMA_FILE);
+    let before = fs::metadata(&path)?.modified()?;
+    std::thread::sleep(std::time::Duration::from_millis(20)); // mtime resolution, not synchronisation
+    sink("a").publish_schema("t", &schema(&[("v", DataType::Float64)]))?;
+    assert_eq!(fs::metadata(&path)?.modified()?, before);
+    Ok(())
+}
