@@ -125,12 +125,20 @@ fn mostly_distinct<T: Copy>(values: impl Iterator<Item = T>, key: impl Fn(T) -> 
     n >= 64 && sample.len() * 4 > n
 }
 
+/// Most dictionary-encoded columns in one file. Each costs the writer a fixed ~60 KiB (its
+/// dictionary's hash table) whatever the rows, so a 1,000-column table with every column on a
+/// dictionary took ~60 MiB to write a 10-row file; past this many, columns are written
+/// without one (plain, delta or byte-stream-split).
+pub const MAX_DICTIONARY_COLUMNS: usize = 64;
+
 /// Encodings per column, from the data: integer and timestamp columns whose values are mostly
 /// distinct (times, counters, sequence numbers) skip the dictionary and are delta-encoded
 /// (sorted by device and time, their deltas are small and regular); such float columns are
 /// byte-stream-split, which ZSTD compresses far better than plain doubles. Low-cardinality
-/// columns keep the dictionary (with the delta encoding as its fallback for integers).
+/// columns keep the dictionary (with the delta encoding as its fallback for integers), the
+/// first [`MAX_DICTIONARY_COLUMNS`] of them in file order (`device_id` among them).
 fn encodings(mut b: WriterPropertiesBuilder, records: &RecordBatch) -> WriterPropertiesBuilder {
+    let mut dictionaries = 0;
     for (field, column) in records.schema().fields().iter().zip(records.columns()) {
         let path = ColumnPath::from(field.name().as_str());
         let (distinct, encoding) = match field.data_type() {
@@ -138,7 +146,7 @@ fn encodings(mut b: WriterPropertiesBuilder, records: &RecordBatch) -> WriterPro
                 mostly_distinct(column.as_primitive::<Int64Type>().iter().flatten(), |v| {
                     v as u64
                 }),
-                Encoding::DELTA_BINARY_PACKED,
+                Some(Encoding::DELTA_BINARY_PACKED),
             ),
             DataType::Timestamp(_, _) => (
                 mostly_distinct(
@@ -148,23 +156,26 @@ fn encodings(mut b: WriterPropertiesBuilder, records: &RecordBatch) -> WriterPro
                         .flatten(),
                     |v| v as u64,
                 ),
-                Encoding::DELTA_BINARY_PACKED,
+                Some(Encoding::DELTA_BINARY_PACKED),
             ),
-            DataType::Float64 => {
-                let floats = column.as_any().downcast_ref::<Float64Array>();
-                match floats {
-                    Some(f) => (
-                        mostly_distinct(f.iter().flatten(), f64::to_bits),
-                        Encoding::BYTE_STREAM_SPLIT,
-                    ),
-                    None => continue,
-                }
-            }
-            _ => continue,
+            DataType::Float64 => match column.as_any().downcast_ref::<Float64Array>() {
+                Some(f) => (
+                    mostly_distinct(f.iter().flatten(), f64::to_bits),
+                    Some(Encoding::BYTE_STREAM_SPLIT),
+                ),
+                None => continue,
+            },
+            // Parquet has no dictionary for booleans.
+            DataType::Boolean => continue,
+            _ => (false, None),
         };
-        b = b.set_column_encoding(path.clone(), encoding);
-        if distinct {
+        if let Some(encoding) = encoding {
+            b = b.set_column_encoding(path.clone(), encoding);
+        }
+        if distinct || dictionaries >= MAX_DICTIONARY_COLUMNS {
             b = b.set_column_dictionary_enabled(path, false);
+        } else {
+            dictionaries += 1;
         }
     }
     b

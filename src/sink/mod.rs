@@ -123,6 +123,15 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Si
     }
 }
 
+/// Makes the written temp file `tmp` durable and gives it its name `path`: fsync, rename,
+/// fsync of the folder.
+fn settle(file: File, tmp: &Path, path: &Path) -> Result<(), SinkError> {
+    file.sync_all().map_err(io("fsync", tmp))?;
+    drop(file);
+    fs::rename(tmp, path).map_err(io("rename", tmp))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -156,17 +165,7 @@ impl LocalSink {
         let path = self.root.join(relative_path(table, part, &self.node));
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         self.create_dirs(&dir)?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(self.modes.file)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        // Exactly the configured mode: the umask may have taken bits away.
-        set_mode(&tmp, self.modes.file)?;
+        let (tmp, file) = self.create_temp(&path)?;
         let writer = write_parquet(part, &self.opts, BufWriter::with_capacity(256 * 1024, file))
             .map_err(|source| SinkError::Encode {
                 path: tmp.clone(),
@@ -177,11 +176,8 @@ impl LocalSink {
             path: tmp.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io("fsync", &tmp))?;
         let bytes = file.metadata().map_err(io("stat", &tmp))?.len();
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-        fsync_dir(&dir)?;
+        settle(file, &tmp, &path)?;
         Ok(Published {
             path,
             rows: part.records.num_rows(),
@@ -229,7 +225,22 @@ impl LocalSink {
             return Ok(());
         }
         self.create_dirs(&dir)?;
-        let tmp = dir.join(format!(".{SCHEMA_FILE}.tmp"));
+        let (tmp, file) = self.create_temp(&path)?;
+        let schema = Arc::new(Schema::new(fields));
+        let encode = |source| SinkError::Encode {
+            path: tmp.clone(),
+            source,
+        };
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(encode)?;
+        let file = writer.into_inner().map_err(encode)?;
+        settle(file, &tmp, &path)
+    }
+
+    /// Creates the hidden temp file `.{name}.tmp` beside `path`, with exactly the configured
+    /// mode (the umask may have taken bits away).
+    fn create_temp(&self, path: &Path) -> Result<(PathBuf, File), SinkError> {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -238,17 +249,7 @@ impl LocalSink {
             .open(&tmp)
             .map_err(io("create", &tmp))?;
         set_mode(&tmp, self.modes.file)?;
-        let schema = Arc::new(Schema::new(fields));
-        let encode = |source| SinkError::Encode {
-            path: tmp.clone(),
-            source,
-        };
-        let writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(encode)?;
-        let file = writer.into_inner().map_err(encode)?;
-        file.sync_all().map_err(io("fsync", &tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-        fsync_dir(&dir)
+        Ok((tmp, file))
     }
 
     /// Creates `dir` and its missing parents below the root, fsyncing each new entry's parent.

@@ -236,3 +236,49 @@ fn the_integer_sort_orders_rows_like_a_string_sort_and_ties_by_arrival() {
     });
     assert_eq!(got, want);
 }
+
+#[test]
+fn at_most_max_dictionary_columns_of_a_wide_file_get_a_dictionary() {
+    use parquet::basic::Encoding;
+    let mut b = TableBuilder::new(Arc::from("t"));
+    for i in 0..10_i64 {
+        let m = Message {
+            table: Arc::from("t"),
+            device_id: Arc::from("d"),
+            received_at: 0,
+            columns: Vec::new(),
+            rows: vec![Row {
+                time: i,
+                fields: (0..100)
+                    .map(|c| (format!("c{c}"), Scalar::Str(format!("{}", i % 2))))
+                    .collect(),
+            }],
+            topic: String::new(),
+            payload: Bytes::new(),
+            seq: 0,
+            source: crate::decode::Source::Mqtt,
+            rejected: None,
+        };
+        b.append(&m, i as u64).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let batch = b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"));
+    let parts = partition(&batch).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = write_parquet(&parts[0], &opts(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rg = reader.metadata().row_group(0);
+    let with_dictionary = (0..rg.num_columns())
+        .filter(|&c| {
+            rg.column(c)
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY)
+        })
+        .count();
+    assert_eq!(with_dictionary, MAX_DICTIONARY_COLUMNS);
+    assert!(
+        rg.column(2)
+            .encodings()
+            .any(|e| e == Encoding::RLE_DICTIONARY),
+        "device_id keeps one"
+    );
+}
