@@ -280,6 +280,7 @@ impl RawConfig {
                 time_fields: default_time_fields(),
                 columns: Vec::new(),
                 unknown_fields: default_unknown_fields(),
+                strict: None,
             }],
             ..Self::default()
         }

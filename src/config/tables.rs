@@ -29,6 +29,9 @@ pub struct RawTable {
     /// What a field no declared column takes does: `accept`, `reject` or `drop`.
     #[serde(default = "default_unknown_fields")]
     pub unknown_fields: String,
+    /// `strict = true` is `unknown_fields = "reject"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 /// `[[tables]] columns = [{ name, type, required, from }]`.
@@ -58,8 +61,18 @@ pub(super) fn validate_declared(raw: &[RawTable]) -> Result<Vec<Declared>, Confi
     let mut declared = Vec::new();
     for (i, table) in raw.iter().enumerate() {
         let key = format!("tables[{i}]");
-        let unknown_fields: UnknownFields =
+        let mut unknown_fields: UnknownFields =
             choice(&format!("{key}.unknown_fields"), &table.unknown_fields)?;
+        match (table.strict, unknown_fields) {
+            (Some(true), UnknownFields::Accept) => unknown_fields = UnknownFields::Reject,
+            (Some(true), UnknownFields::Drop) => {
+                return Err(invalid(
+                    format!("{key}.strict"),
+                    "contradicts unknown_fields = \"drop\" (strict = true is unknown_fields = \"reject\")",
+                ));
+            }
+            _ => {}
+        }
         if unknown_fields != UnknownFields::Accept && table.columns.is_empty() {
             return Err(invalid(
                 format!("{key}.unknown_fields"),

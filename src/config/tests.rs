@@ -253,6 +253,24 @@ columns = [
         let got = err_key(&table(body));
         assert!(got.starts_with(key), "{body}: {got}");
     }
+    // `strict = true` is `unknown_fields = "reject"`.
+    let strict = table(
+        r#"strict = true
+columns = [{ name = "t", type = "float64" }]"#,
+    );
+    let config = RawConfig::parse(&strict, "test")
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.declared[0].unknown_fields,
+        crate::columnar::UnknownFields::Reject
+    );
+    let both = table(
+        r#"strict = true
+unknown_fields = "drop"
+columns = [{ name = "t", type = "float64" }]"#,
+    );
+    assert_eq!(err_key(&both), "tables[0].strict");
     // A table with columns and no topics declares the schema of a gRPC (or `{table}`) table.
     let grpc_only = "[[tables]]\nname = \"m\"\ncolumns = [{ name = \"n\", type = \"int64\" }]\n[[tables]]\nname = \"t\"\ntopics = [\"#\"]\n";
     assert_eq!(err_key(grpc_only), "ok");

@@ -75,6 +75,50 @@ fn read_schema(path: &Path) -> Option<SchemaRef> {
     Some(reader.schema().clone())
 }
 
+/// The Arrow schema of a Parquet file held in memory; `None` when it is not one.
+pub fn schema_of(bytes: bytes::Bytes) -> Option<SchemaRef> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).ok()?;
+    Some(reader.schema().clone())
+}
+
+/// A schema file: a Parquet file with `schema` and no rows.
+pub fn schema_file(schema: Schema) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    parquet::arrow::ArrowWriter::try_new(Vec::new(), Arc::new(schema), None)?.into_inner()
+}
+
+/// The columns of a table's schema file `before` (another node's, or an earlier run's) with
+/// the columns of `schema` added, then `date` and `hour`; `None` when that is what `before`
+/// holds already. A column `before` holds with another type keeps that type (logged).
+pub fn merge_schema(before: Option<&Schema>, schema: &Schema, table: &str) -> Option<Schema> {
+    let before: Vec<Arc<Field>> = before
+        .map(|s| s.fields().iter().cloned().collect())
+        .unwrap_or_default();
+    let partition = |name: &str| PARTITION_COLUMNS.iter().any(|(p, _)| *p == name);
+    let mut fields: Vec<Arc<Field>> = before
+        .iter()
+        .filter(|f| !partition(f.name()))
+        .cloned()
+        .collect();
+    for f in schema.fields().iter().filter(|f| !partition(f.name())) {
+        match fields.iter().find(|g| g.name() == f.name()) {
+            Some(g) if g.data_type() != f.data_type() => tracing::warn!(
+                table,
+                column = %f.name(),
+                kept = %g.data_type(),
+                this_node = %f.data_type(),
+                "the lake's schema file holds this column with another type (declared differently on another node?)"
+            ),
+            Some(_) => {}
+            None => fields.push(Arc::new(f.as_ref().clone().with_nullable(true))),
+        }
+    }
+    for (name, data_type) in PARTITION_COLUMNS {
+        fields.push(Arc::new(Field::new(name, data_type, true)));
+    }
+    (fields != before).then(|| Schema::new(fields))
+}
+
 /// A published file.
 #[derive(Clone, Debug)]
 pub struct Published {
@@ -191,49 +235,28 @@ impl LocalSink {
     /// convention for a dataset's schema) hold every column of `schema` and of what it held
     /// before (another node's columns), then the hive partition columns `date` (string) and
     /// `hour` (int32), so a reader given it reads every column of every file; replaced
-    /// atomically, and only when it changes. A column it already holds with another type keeps
-    /// that type (logged).
-    pub fn publish_schema(&self, table: &str, schema: &Schema) -> Result<(), SinkError> {
+    /// atomically, and only when it changes. Returns the file and its size when written. (With
+    /// an object store, the uploader merges it with the bucket's likewise.)
+    pub fn publish_schema(
+        &self,
+        table: &str,
+        schema: &Schema,
+    ) -> Result<Option<(PathBuf, u64)>, SinkError> {
         let dir = self.root.join(table);
         let path = dir.join(SCHEMA_FILE);
-        let before: Vec<Arc<Field>> = read_schema(&path)
-            .map(|s| s.fields().iter().cloned().collect())
-            .unwrap_or_default();
-        let partition = |name: &str| PARTITION_COLUMNS.iter().any(|(p, _)| *p == name);
-        let mut fields: Vec<Arc<Field>> = before
-            .iter()
-            .filter(|f| !partition(f.name()))
-            .cloned()
-            .collect();
-        for f in schema.fields() {
-            match fields.iter().find(|g| g.name() == f.name()) {
-                Some(g) if g.data_type() != f.data_type() => tracing::warn!(
-                    table,
-                    column = %f.name(),
-                    kept = %g.data_type(),
-                    this_node = %f.data_type(),
-                    "the lake's schema file holds this column with another type (declared differently on another node?)"
-                ),
-                Some(_) => {}
-                None => fields.push(Arc::new(f.as_ref().clone().with_nullable(true))),
-            }
-        }
-        for (name, data_type) in PARTITION_COLUMNS {
-            fields.push(Arc::new(Field::new(name, data_type, true)));
-        }
-        if fields == before {
-            return Ok(());
-        }
+        let before = read_schema(&path);
+        let Some(merged) = merge_schema(before.as_deref(), schema, table) else {
+            return Ok(None);
+        };
         self.create_dirs(&dir)?;
-        let (tmp, file) = self.create_temp(&path)?;
-        let schema = Arc::new(Schema::new(fields));
-        let encode = |source| SinkError::Encode {
+        let (tmp, mut file) = self.create_temp(&path)?;
+        let bytes = schema_file(merged).map_err(|source| SinkError::Encode {
             path: tmp.clone(),
             source,
-        };
-        let writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(encode)?;
-        let file = writer.into_inner().map_err(encode)?;
-        settle(file, &tmp, &path)
+        })?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(io("write", &tmp))?;
+        settle(file, &tmp, &path)?;
+        Ok(Some((path, bytes.len() as u64)))
     }
 
     /// Creates the hidden temp file `.{name}.tmp` beside `path`, with exactly the configured

@@ -10,6 +10,7 @@
 //! mark; the WAL writer then deletes the segments below that mark.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -161,6 +162,17 @@ impl Publisher {
                 }
                 Ok(files)
             };
+            // The table's schema file goes first (its first batch in this run, and whenever
+            // columns were added), so it holds every column of every file.
+            let lake_schema = |sink: &LocalSink| -> Result<Option<(PathBuf, u64)>, PublishError> {
+                let mut done = lake_schemas.lock().unwrap_or_else(PoisonError::into_inner);
+                if schema.is_none() && done.contains(&batch.table) {
+                    return Ok(None);
+                }
+                let written = sink.publish_schema(&batch.table, &batch.records.schema())?;
+                done.insert(batch.table.clone());
+                Ok(written)
+            };
             let rejected = &*batch.table == REJECTED_TABLE;
             let kept = |files: &[Published], dir: &RetainedDir| {
                 for f in files {
@@ -176,13 +188,7 @@ impl Publisher {
                     files
                 }
                 (Output::Local(sink), _) => {
-                    // The table's schema file first, so it holds every column of every file.
-                    let mut done = lake_schemas.lock().unwrap_or_else(PoisonError::into_inner);
-                    if schema.is_some() || !done.contains(&batch.table) {
-                        sink.publish_schema(&batch.table, &batch.records.schema())?;
-                        done.insert(batch.table.clone());
-                    }
-                    drop(done);
+                    lake_schema(sink)?;
                     let files = write(sink, &batch.table)?;
                     if let Some(dir) = &retained.lake {
                         kept(&files, dir);
@@ -190,6 +196,10 @@ impl Publisher {
                     files
                 }
                 (Output::Spool(sink, spool), _) => {
+                    if let Some((path, bytes)) = lake_schema(sink)? {
+                        let dropped = spool.add(&path, bytes);
+                        spool.evict(&dropped);
+                    }
                     let files = write(sink, &batch.table)?;
                     for f in &files {
                         let dropped = spool.add(&f.path, f.bytes);

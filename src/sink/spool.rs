@@ -313,7 +313,8 @@ fn remove_empty_dirs(dir: &Path) {
     }
 }
 
-/// Collects `*.parquet` files below `dir` (temp files start with `.` and are skipped).
+/// Collects `*.parquet` files and tables' schema files below `dir` (temp files start with `.`
+/// and are skipped).
 fn scan(root: &Path, dir: &Path, out: &mut Vec<Spooled>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -327,7 +328,9 @@ fn scan(root: &Path, dir: &Path, out: &mut Vec<Spooled>) {
         let name = name.to_string_lossy();
         if meta.is_dir() {
             scan(root, &path, out);
-        } else if name.ends_with(".parquet") && !name.starts_with('.') {
+        } else if (name.ends_with(".parquet") || name == super::SCHEMA_FILE)
+            && !name.starts_with('.')
+        {
             let since = meta
                 .modified()
                 .ok()

@@ -125,6 +125,43 @@ pub async fn upload_file(
     }
 }
 
+/// Puts a table's spooled schema file (`_common_metadata`) at `key`, merged with the one the
+/// bucket holds (another node's columns stay). Unlike data files it is replaced: a
+/// read-modify-write, so two nodes putting it at the same instant may drop the other's new
+/// column until either adds a column again or restarts.
+pub async fn upload_schema(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    path: &Path,
+) -> Result<Sent, UploadError> {
+    let local = |source| UploadError::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    let ours = tokio::fs::read(path).await.map_err(local)?;
+    let Some(schema) = super::schema_of(bytes::Bytes::from(ours.clone())) else {
+        let bad = std::io::Error::new(std::io::ErrorKind::InvalidData, "not a schema file");
+        return Err(local(bad));
+    };
+    let theirs = match store.get(key).await {
+        Ok(found) => super::schema_of(found.bytes().await?),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let data = match theirs {
+        Some(theirs) => match super::merge_schema(Some(&theirs), &schema, key.as_ref()) {
+            Some(merged) => {
+                super::schema_file(merged).map_err(|e| local(std::io::Error::other(e)))?
+            }
+            None => return Ok(Sent::AlreadyThere),
+        },
+        None => ours,
+    };
+    let opts = PutOptions::from(PutMode::Overwrite);
+    store.put_opts(key, PutPayload::from(data), opts).await?;
+    Ok(Sent::Uploaded)
+}
+
 /// Reads the file in [`PART_SIZE`] parts and uploads them, a few at a time.
 async fn send_parts(
     upload: &mut dyn object_store::MultipartUpload,
@@ -296,12 +333,24 @@ impl Uploader {
         let path = self.spool.root().join(&file.rel);
         let key = object_key(&self.prefix, &file.rel);
         let started = Instant::now();
-        match upload_file(&*self.store, &key, &path, self.multipart_threshold).await {
+        let schema = file.rel.file_name() == Some(std::ffi::OsStr::new(super::SCHEMA_FILE));
+        let sent = if schema {
+            upload_schema(&*self.store, &key, &path).await
+        } else {
+            upload_file(&*self.store, &key, &path, self.multipart_threshold).await
+        };
+        match sent {
             Ok(sent) => {
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot delete an uploaded file from the spool");
                 }
                 self.spool.done();
+                if schema {
+                    // Not a data file: not counted in files_uploaded_total.
+                    let changed = sent == Sent::Uploaded;
+                    tracing::info!(key = %key, changed, "table schema file merged into the bucket's");
+                    return Ok(());
+                }
                 Stats::add(&self.stats.files_uploaded, 1);
                 Stats::add(&self.stats.upload_bytes, file.bytes);
                 tracing::info!(

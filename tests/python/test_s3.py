@@ -16,6 +16,7 @@ import urllib.request
 import boto3
 import paho.mqtt.client as mqtt
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pyarrow.fs as pafs
 import pytest
 
@@ -65,18 +66,21 @@ class Moto:
             aws_access_key_id="testing", aws_secret_access_key="testing",
         )
 
-    def keys(self):
+    def keys(self, schema_files=False):
+        """Data file keys (and tables' `_common_metadata` schema files when asked)."""
         keys = []
         for page in self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
             keys += [o["Key"] for o in page.get("Contents", [])]
-        return sorted(keys)
+        return sorted(k for k in keys if schema_files or not k.endswith("/_common_metadata"))
 
-    def table(self, columns=("device_id", "seq")):
-        fs = pafs.S3FileSystem(
+    def fs(self):
+        return pafs.S3FileSystem(
             endpoint_override=f"127.0.0.1:{self.port}", scheme="http", region="us-east-1",
             access_key="testing", secret_key="testing",
         )
-        dataset = ds.dataset(f"{BUCKET}/{PREFIX}/telemetry", filesystem=fs, format="parquet",
+
+    def table(self, columns=("device_id", "seq")):
+        dataset = ds.dataset(f"{BUCKET}/{PREFIX}/telemetry", filesystem=self.fs(), format="parquet",
                              partitioning="hive")
         return dataset.to_table(columns=list(columns))
 
@@ -148,6 +152,19 @@ def test_mqtt_rows_arrive_in_the_bucket_in_the_hive_layout(daemon_factory, aws_e
     assert m["fleetlake_upload_lag_seconds"] == 0
     spool = d.dir / "data" / "spool"
     assert not list(spool.rglob("*.parquet")), "uploaded files leave the spool"
+
+    # A late column: the table's schema file in the bucket gains it before the file that holds
+    # it, so pyarrow given that file reads every column of every file.
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(d.port), "-q", "1", "-i", "dev-c",
+                    "-t", "sensors/dev-c/telemetry", "-m", json.dumps({"seq": 1500, "late": "yes"})],
+                   check=True, timeout=20)
+    wait_for("the late row in the bucket", lambda: uploaded_rows(moto) == 1501, deadline=60)
+    assert f"{PREFIX}/telemetry/_common_metadata" in moto.keys(schema_files=True)
+    t = f"{BUCKET}/{PREFIX}/telemetry"
+    schema = pq.read_schema(f"{t}/_common_metadata", filesystem=moto.fs())
+    table = ds.dataset(t, filesystem=moto.fs(), format="parquet", partitioning="hive", schema=schema).to_table()
+    assert table.num_rows == 1501 and table.column("late").to_pylist().count("yes") == 1
+    assert table.column_names[-2:] == ["date", "hour"]
     d.stop()
 
 

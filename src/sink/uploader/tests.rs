@@ -424,3 +424,43 @@ async fn a_same_size_object_counts_as_sent() {
     assert_eq!(stats.files_uploaded.load(Ordering::Relaxed), 1);
     assert_eq!(store.objects().await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_schema_file_is_merged_into_the_buckets_and_put_only_when_it_adds_columns()
+-> Result<(), Box<dyn std::error::Error>> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let store = InMemory::new();
+    let key = ObjectPath::from("p/t/_common_metadata");
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("_common_metadata");
+    let schema = |names: &[&str]| {
+        Schema::new(
+            names
+                .iter()
+                .map(|n| Field::new(*n, DataType::Float64, true))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let names = |bytes: bytes::Bytes| -> Vec<String> {
+        crate::sink::schema_of(bytes)
+            .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
+            .unwrap_or_default()
+    };
+    // Another node put `a`; this one knows `b`.
+    let theirs = crate::sink::schema_file(schema(&["a"]))?;
+    store.put(&key, PutPayload::from(theirs)).await?;
+    std::fs::write(&path, crate::sink::schema_file(schema(&["b"]))?)?;
+    assert_eq!(upload_schema(&store, &key, &path).await?, Sent::Uploaded);
+    let merged = store.get(&key).await?.bytes().await?;
+    assert_eq!(names(merged), ["a", "b", "date", "hour"]);
+    // Nothing new: left as it is.
+    assert_eq!(
+        upload_schema(&store, &key, &path).await?,
+        Sent::AlreadyThere
+    );
+    // An empty bucket takes the file as it is.
+    let fresh = ObjectPath::from("p/u/_common_metadata");
+    assert_eq!(upload_schema(&store, &fresh, &path).await?, Sent::Uploaded);
+    assert_eq!(names(store.get(&fresh).await?.bytes().await?), ["b"]);
+    Ok(())
+}
