@@ -522,7 +522,10 @@ impl TableBuilder {
                     false => self.renames.get(name.as_str()).cloned(),
                 };
                 let name = renamed.as_deref().unwrap_or(name);
-                if self.is_unknown(name, self.lookup(name, offset + pos)) {
+                // (No lookup at all in a table that accepts every field: the common case.)
+                if self.unknown != UnknownFields::Accept
+                    && self.is_unknown(name, self.lookup(name, offset + pos))
+                {
                     self.dropped += 1; // `check` refused the message if that was the policy
                     continue;
                 }
