@@ -92,4 +92,6 @@ fn record_commit() {
     println!("cargo:rustc-env=FLEETLAKE_OBJECT_STORES={stores}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
+    // Written on every commit and checkout, even when HEAD names the same branch.
+    println!("cargo:rerun-if-changed=.git/logs/HEAD");
 }
