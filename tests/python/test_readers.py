@@ -1,15 +1,13 @@
 """Every reader, every column: a lake written in rounds (a late column, nested fields, a
 declared timestamp, `_rejected` rows, a restart) is read by DuckDB, pyarrow, Polars, DataFusion
-and Spark with the calls README shows ("Reading the lake"), each giving the exact row count,
-rows per device and column sums."""
+and Spark with README's "Reading the lake" block, run as written (only `t` points at this lake),
+each giving the exact row count, rows per device and column sums."""
 
-import os
+import re
 import shutil
+from pathlib import Path
 
 import duckdb
-import polars as pl
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import publish_json
@@ -72,10 +70,36 @@ def expected(sent):
     return sum(rows.values()), rows, v, late, seen, fw
 
 
-def test_duckdb(lake):
-    t, sent = lake
-    rel = duckdb.sql(f"""SELECT * FROM read_parquet('{t}/**/*.parquet',
-                         hive_partitioning = true, union_by_name = true)""")
+@pytest.fixture(scope="module")
+def readers(lake):
+    """What README's block leaves behind: rel (DuckDB), table (pyarrow), df (Polars), ctx
+    (DataFusion), sdf (Spark)."""
+    if not shutil.which("java"):
+        pytest.skip("Spark needs Java 17 (tests/run.sh installs it)")
+    from pyspark.sql import SparkSession
+
+    t, _ = lake
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Reading the lake"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 't = "fleetlake-data/lake/telemetry"\n' in block
+    block = block.replace('t = "fleetlake-data/lake/telemetry"', f"t = {str(t)!r}")
+    # The block's getOrCreate() takes this session: local, on loopback, no web UI.
+    spark = (SparkSession.builder.master("local[1]").appName("fleetlake-readers")
+             .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+             .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC")
+             .getOrCreate())
+    names = {}
+    try:
+        exec(compile(block, "README.md (Reading the lake)", "exec"), names)
+        yield names
+    finally:
+        spark.stop()
+
+
+def test_duckdb(lake, readers):
+    _, sent = lake
+    rel = readers["rel"]
     got = duckdb.sql("""SELECT count(*), sum(v), sum(late), count(seen), count(*) FILTER ("meta.fw" = '1.1')
                         FROM rel""").fetchall()[0]
     per_device = dict(duckdb.sql("SELECT device_id, count(*) FROM rel GROUP BY ALL").fetchall())
@@ -83,10 +107,9 @@ def test_duckdb(lake):
     assert (got, per_device) == ((total, v, late, seen, fw), rows)
 
 
-def test_pyarrow(lake):
-    t, sent = lake
-    table = ds.dataset(t, format="parquet", partitioning="hive",
-                       schema=pq.read_schema(f"{t}/_common_metadata")).to_table()
+def test_pyarrow(lake, readers):
+    _, sent = lake
+    table = readers["table"]
     total, rows, v, late, seen, fw = expected(sent)
     assert table.num_rows == total
     devices = table.column("device_id").to_pylist()
@@ -98,10 +121,11 @@ def test_pyarrow(lake):
     assert table.column("hour").to_pylist()[0] is not None
 
 
-def test_polars(lake):
-    t, sent = lake
-    df = pl.scan_parquet(f"{t}/**/*.parquet", schema=pl.read_parquet_schema(f"{t}/_common_metadata"),
-                         hive_partitioning=True, missing_columns="insert").collect()
+def test_polars(lake, readers):
+    import polars as pl
+
+    _, sent = lake
+    df = readers["df"]
     total, rows, v, late, seen, fw = expected(sent)
     assert df.height == total
     assert dict(df.group_by("device_id").len().iter_rows()) == rows
@@ -109,15 +133,12 @@ def test_polars(lake):
     assert df["late"].sum() == late
     assert df["seen"].count() == seen
     assert (df["meta.fw"] == "1.1").sum() == fw
+    assert df.schema["hour"] == pl.Int32
 
 
-def test_datafusion(lake):
-    import datafusion
-
-    t, sent = lake
-    ctx = datafusion.SessionContext()
-    ctx.register_parquet("telemetry", str(t), table_partition_cols=[("date", "string"), ("hour", "string")],
-                         file_extension=".parquet")
+def test_datafusion(lake, readers):
+    _, sent = lake
+    ctx = readers["ctx"]
     got = ctx.sql("""SELECT count(*), sum(v), sum(late), count(seen), sum(CASE WHEN "meta.fw" = '1.1' THEN 1 ELSE 0 END)
                      FROM telemetry""").to_pylist()[0]
     per_device = {r["device_id"]: r["n"] for r in
@@ -127,24 +148,15 @@ def test_datafusion(lake):
     assert list(got.values())[1:] == [pytest.approx(v), late, seen, fw]
 
 
-@pytest.mark.skipif(not shutil.which("java"), reason="Spark needs Java 17 (tests/run.sh installs it)")
-def test_spark(lake):
-    from pyspark.sql import SparkSession
-
-    t, sent = lake
-    spark = (SparkSession.builder.master("local[1]").appName("fleetlake-readers")
-             .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
-             .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC")
-             .getOrCreate())
-    try:
-        df = spark.read.option("mergeSchema", "true").parquet(str(t))
-        df.createOrReplaceTempView("telemetry")
-        got = spark.sql("""SELECT count(*), sum(v), sum(late), count(seen),
-                                  sum(CASE WHEN `meta.fw` = '1.1' THEN 1 ELSE 0 END) FROM telemetry""").collect()[0]
-        per_device = {r[0]: r[1] for r in spark.sql(
-            "SELECT device_id, count(*) FROM telemetry GROUP BY device_id").collect()}
-    finally:
-        spark.stop()
+def test_spark(lake, readers):
+    _, sent = lake
+    sdf = readers["sdf"]
+    sdf.createOrReplaceTempView("telemetry")
+    spark = sdf.sparkSession
+    got = spark.sql("""SELECT count(*), sum(v), sum(late), count(seen),
+                              sum(CASE WHEN `meta.fw` = '1.1' THEN 1 ELSE 0 END) FROM telemetry""").collect()[0]
+    per_device = {r[0]: r[1] for r in spark.sql(
+        "SELECT device_id, count(*) FROM telemetry GROUP BY device_id").collect()}
     total, rows, v, late, seen, fw = expected(sent)
     assert (got[0], per_device) == (total, rows)
     assert (got[1], got[2], got[3], got[4]) == (pytest.approx(v), late, seen, fw)
