@@ -421,12 +421,9 @@ pub struct ClockPolicy {
 }
 
 impl Default for ClockPolicy {
+    /// The policy of the default `[clock]` (one place holds the defaults: [`RawClock`]).
     fn default() -> Self {
-        Self {
-            max_ahead_us: 86_400_000_000,
-            max_behind_us: 3650 * 86_400_000_000,
-            action: OutOfRange::ReceiveTime,
-        }
+        Config::builtin().clock
     }
 }
 

@@ -132,28 +132,31 @@ fn mixed_batch(n: i64) -> Batch {
     });
     let mut b = TableBuilder::new(Arc::from("t")).with_schema(&ints);
     for i in 0..n {
-        let m = Message {
-            table: Arc::from("t"),
-            device_id: Arc::from("d"),
-            received_at: 1_000_000 + i * 7,
-            columns: Vec::new(),
-            rows: vec![Row {
-                time: i * 1000,
-                fields: vec![
-                    ("counter".into(), Scalar::Int(i * 3)),
-                    ("level".into(), Scalar::Int(i % 3)),
-                    ("reading".into(), Scalar::Float(20.0 + i as f64 / 7.0)),
-                ],
-            }],
-            topic: String::new(),
-            payload: Bytes::new(),
-            seq: 0,
-            source: crate::decode::Source::Mqtt,
-            rejected: None,
-        };
+        let fields = vec![
+            ("counter".into(), Scalar::Int(i * 3)),
+            ("level".into(), Scalar::Int(i % 3)),
+            ("reading".into(), Scalar::Float(20.0 + i as f64 / 7.0)),
+        ];
+        let m = one_row(i * 1000, 1_000_000 + i * 7, fields);
         b.append(&m, i as u64).unwrap_or_else(|e| panic!("{e}"));
     }
     b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"))
+}
+
+/// A message of device `d` with one row at `time`.
+fn one_row(time: i64, received_at: i64, fields: Vec<(String, Scalar)>) -> Message {
+    Message {
+        table: Arc::from("t"),
+        device_id: Arc::from("d"),
+        received_at,
+        columns: Vec::new(),
+        rows: vec![Row { time, fields }],
+        topic: String::new(),
+        payload: Bytes::new(),
+        seq: 0,
+        source: crate::decode::Source::Mqtt,
+        rejected: None,
+    }
 }
 
 #[test]
@@ -242,23 +245,10 @@ fn at_most_max_dictionary_columns_of_a_wide_file_get_a_dictionary() {
     use parquet::basic::Encoding;
     let mut b = TableBuilder::new(Arc::from("t"));
     for i in 0..10_i64 {
-        let m = Message {
-            table: Arc::from("t"),
-            device_id: Arc::from("d"),
-            received_at: 0,
-            columns: Vec::new(),
-            rows: vec![Row {
-                time: i,
-                fields: (0..100)
-                    .map(|c| (format!("c{c}"), Scalar::Str(format!("{}", i % 2))))
-                    .collect(),
-            }],
-            topic: String::new(),
-            payload: Bytes::new(),
-            seq: 0,
-            source: crate::decode::Source::Mqtt,
-            rejected: None,
-        };
+        let fields = (0..100)
+            .map(|c| (format!("c{c}"), Scalar::Str(format!("{}", i % 2))))
+            .collect();
+        let m = one_row(i, 0, fields);
         b.append(&m, i as u64).unwrap_or_else(|e| panic!("{e}"));
     }
     let batch = b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"));
