@@ -73,7 +73,7 @@ fn hot_paths(c: &mut Criterion) {
         b.iter_batched(
             || wire.clone(),
             |mut buf| {
-                let mut codec = Codec::new(1 << 20, u16::MAX);
+                let mut codec = Codec::new(1 << 20, u16::MAX, true);
                 let mut n = 0;
                 while let Ok(Some(p)) = codec.decode(&mut buf) {
                     black_box(p);
@@ -138,7 +138,7 @@ fn hot_paths(c: &mut Criterion) {
                 record::encode(
                     &mut out,
                     m.seq,
-                    Source::Mqtt,
+                    record::head(Source::Mqtt, 0),
                     0,
                     "bench",
                     &m.topic,

@@ -49,6 +49,7 @@ fn main() -> std::io::Result<()> {
             );
             log.stage(
                 fleetlake::decode::Source::Mqtt,
+                0,
                 now,
                 &clients[d],
                 &topics[d],

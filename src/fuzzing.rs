@@ -34,7 +34,7 @@ pub fn mqtt_session(data: &[u8]) {
         return;
     };
     let chunk = usize::from(chunk).max(1);
-    let mut codec = Codec::new(64 * 1024, 16);
+    let mut codec = Codec::new(64 * 1024, 16, true);
     let mut session = Session::with(Some(Arc::from("fuzz-cn")), 16);
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();

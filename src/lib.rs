@@ -30,6 +30,7 @@ pub mod app;
 pub mod auth;
 pub mod batch;
 pub mod bridge;
+pub mod broker;
 pub mod budget;
 pub mod columnar;
 pub mod config;

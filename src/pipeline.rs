@@ -8,7 +8,9 @@
 //! has read); once the last source's handle is gone the WAL writer writes what it holds and
 //! ends; the batcher sees its input close and flushes every partial batch; the publisher ends
 //! after the last file; the uploader gets a few seconds; then the WAL segments the checkpoint
-//! covers are deleted. A WAL write or fsync error, or a stage ending on its own, is a
+//! covers are deleted. In the broker role the broker (with its retained messages, from their
+//! snapshot and the WAL) exists before the replay, and its fan-out thread starts with the WAL
+//! writer and ends after it. A WAL write or fsync error, or a stage ending on its own, is a
 //! [`Failure`]: the daemon exits non-zero and the restart replays the log.
 
 use std::collections::HashMap;
@@ -26,11 +28,12 @@ use crate::admit::Ingest;
 use crate::auth::{Authenticator, GrpcPolicy};
 use crate::batch::{Batcher, Batches};
 use crate::bridge::{Bridge, Redelivery, redelivery};
+use crate::broker::{Broker, fanout};
 use crate::budget::Budget;
 use crate::columnar::SchemaDir;
 use crate::config::{Config, FileModes, OutputTarget};
 use crate::grpc::server::GrpcServer;
-use crate::mqtt::Listener;
+use crate::mqtt::{Listener, Routes};
 use crate::recovery::{Recovered, Replay};
 use crate::sink::publisher::{Progress, Publisher, Retained};
 use crate::sink::retention::RetainedDir;
@@ -102,6 +105,8 @@ pub struct Pipeline {
     batcher: JoinHandle<()>,
     wal_end: oneshot::Receiver<WriterResult<DiskFs>>,
     low_water: Arc<AtomicU64>,
+    /// The broker's fan-out thread and its WAL hold (broker role only).
+    fanout: Option<(std::thread::JoinHandle<()>, Arc<AtomicU64>)>,
     shutdown: watch::Sender<bool>,
     /// Where the sources listen.
     pub addrs: Addrs,
@@ -154,12 +159,46 @@ impl Pipeline {
         }
         let batcher = Batcher::new(batch_rx, ready_tx, batches, shared.heartbeats.clone());
         let batcher = tokio::spawn(batcher.run());
-        // 4. Recovery: the WAL replayed into the batcher.
+        // 4. Recovery: the WAL replayed into the batcher (and retained messages into the broker).
+        let broker = match config.broker.enabled {
+            true => Some(Arc::new(
+                start_broker(config, &stats)
+                    .await?
+                    .with_acl(security.mqtt.acl()),
+            )),
+            false => None,
+        };
         let Recovered {
             fs,
             log: found,
             redelivery,
-        } = recover(config, &shared, &checkpoint, fs, batch_tx.clone()).await?;
+        } = recover(
+            config,
+            &shared,
+            &checkpoint,
+            fs,
+            batch_tx.clone(),
+            broker.clone(),
+        )
+        .await?;
+        let hold = Arc::new(AtomicU64::new(u64::MAX));
+        let fanout = match &broker {
+            Some(b) => {
+                // Retained records replayed above the snapshot go into a new snapshot first.
+                let (b2, dir) = (b.clone(), config.data_dir.clone());
+                tokio::task::spawn_blocking(move || fanout::snapshot_now(&b2, &dir))
+                    .await?
+                    .context("writing the retained-message snapshot")?;
+                let (feed, thread) = fanout::spawn(b.clone(), &config.data_dir, hold.clone())
+                    .context("starting the broker's fan-out thread")?;
+                Some((feed, thread))
+            }
+            None => None,
+        };
+        let (feed, fanout) = match fanout {
+            Some((feed, thread)) => (Some(feed), Some((thread, hold.clone()))),
+            None => (None, None),
+        };
         // 5. The WAL writer, on a new segment after everything found.
         let next_seq = found.next_seq().max(checkpoint.next_seq_floor());
         let log = Log::start(fs, found.segments, next_seq, config.wal.segment_size)
@@ -175,6 +214,8 @@ impl Pipeline {
             },
             stats: stats.clone(),
             heartbeats: shared.heartbeats.clone(),
+            fanout: feed,
+            hold,
         };
         let (wal, wal_end) =
             wal::writer::spawn(log, parts).context("starting the WAL writer thread")?;
@@ -186,13 +227,14 @@ impl Pipeline {
             stats: stats.clone(),
             shutdown: shutdown_rx,
         };
-        let (addrs, tls) = sources.start(config, security, redelivery).await?;
+        let (addrs, tls) = sources.start(config, security, redelivery, broker).await?;
         Ok(Self {
             uploads,
             publisher,
             batcher,
             wal_end,
             low_water,
+            fanout,
             shutdown,
             addrs,
             recovered_records: found.records,
@@ -228,6 +270,7 @@ impl Pipeline {
             batcher,
             mut wal_end,
             low_water,
+            fanout,
             shutdown,
             stats,
             ..
@@ -245,6 +288,14 @@ impl Pipeline {
             let _ = batcher.await;
             let _ = publisher.await;
         };
+        // The fan-out ends once the WAL writer dropped its feed (after its last snapshot).
+        let hold = match fanout {
+            Some((thread, hold)) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                hold.load(Ordering::Acquire)
+            }
+            None => u64::MAX,
+        };
         let started = Instant::now();
         let clean = tokio::select! {
             () = drained => true,
@@ -259,7 +310,7 @@ impl Pipeline {
             uploads.finish(left.min(UPLOAD_DRAIN)).await;
         }
         if let Some(mut log) = wal_log.filter(|_| clean) {
-            match log.release(low_water.load(Ordering::Acquire), true) {
+            match log.release(low_water.load(Ordering::Acquire).min(hold), true) {
                 Ok(n) => Stats::add(&stats.wal_segments_released, n as u64),
                 Err(e) => tracing::warn!(error = %e, "cannot delete published WAL segments"),
             }
@@ -283,6 +334,7 @@ impl Sources {
         config: &Config,
         security: Security,
         mut redelivery: HashMap<String, Redelivery>,
+        broker: Option<Arc<Broker>>,
     ) -> Result<(Addrs, Vec<Arc<ServerTls>>)> {
         let mut tls = Vec::new();
         let grpc = match config.grpc.listen {
@@ -323,10 +375,14 @@ impl Sources {
             .with_context(|| format!("starting bridge `{}`", b.name))?;
             tokio::spawn(bridge.run());
         }
+        let routes = Routes {
+            router: config.router(),
+            broker,
+        };
         let listener = Listener::bind(
             &config.mqtt,
             &config.node_id,
-            config.router(),
+            routes,
             security.mqtt,
             self.ingest,
             self.stats,
@@ -481,6 +537,7 @@ async fn recover(
     checkpoint: &Checkpoint,
     fs: DiskFs,
     out: mpsc::Sender<Admitted>,
+    broker: Option<Arc<Broker>>,
 ) -> Result<Recovered> {
     let replay = Replay {
         bridges: config
@@ -493,11 +550,22 @@ async fn recover(
         out,
         budget: shared.budget.clone(),
         stats: shared.stats.clone(),
+        broker,
     };
     let report = tokio::spawn(report_replay(shared.notifier.clone(), shared.stats.clone()));
     let replayed = replay.run(fs).await.context("replaying the WAL");
     report.abort();
     replayed
+}
+
+/// The broker with the retained messages of its snapshot (the WAL replay adds later ones).
+async fn start_broker(config: &Config, stats: &Arc<Stats>) -> Result<Broker> {
+    let limits = config.broker.limits.clone();
+    let dir = config.data_dir.clone();
+    let (max, max_bytes) = (limits.retained_max, limits.retained_max_bytes);
+    let retained =
+        tokio::task::spawn_blocking(move || fanout::load_retained(&dir, max, max_bytes)).await??;
+    Ok(Broker::new(limits, retained, stats.clone()))
 }
 
 /// While the WAL replays: a status line and more start time for systemd every few seconds.

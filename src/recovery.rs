@@ -48,6 +48,8 @@ pub struct Replay {
     pub budget: Budget,
     /// Counters (`wal_replayed`, `wal_damaged_segments`).
     pub stats: Arc<Stats>,
+    /// The broker, which takes the retained messages of every record still in the WAL.
+    pub broker: Option<Arc<crate::broker::Broker>>,
 }
 
 impl Replay {
@@ -99,6 +101,12 @@ impl Replay {
             {
                 // Published or not: a redelivery of it must not be stored again.
                 r.insert(redelivery::fingerprint(&entry.topic, &entry.payload));
+            }
+            if entry.retain
+                && let Some(b) = &self.broker
+            {
+                // Published or not: the snapshot may not have it (the store skips what it has).
+                b.replay_retained(entry.seq, &entry.topic, entry.payload.clone(), entry.qos);
             }
             if entry.seq < self.checkpoint.low_water {
                 return Ok(());

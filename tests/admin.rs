@@ -50,6 +50,7 @@ fn readyz_is_503_while_the_wal_replays_and_200_after() -> TestResult {
         let payload = format!(r#"{{"seq": {i}, "temp": 21.5}}"#);
         log.stage(
             fleetlake::decode::Source::Mqtt,
+            0,
             1_767_225_600_000_000,
             "dev",
             "sensors/dev/t",

@@ -167,8 +167,8 @@ fn bad_clients_are_dropped_while_a_good_client_keeps_being_served() -> TestResul
 }
 
 #[test]
-fn a_subscribe_is_refused_with_a_failure_code() -> TestResult {
-    let daemon = Daemon::start("")?;
+fn without_the_broker_role_a_subscribe_is_refused_with_a_failure_code() -> TestResult {
+    let daemon = Daemon::start("[broker]\nenabled = false\n")?;
     let mut c = Client::connect(daemon.addr, "sub")?;
     c.send(Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
         "#",

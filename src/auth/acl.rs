@@ -1,10 +1,13 @@
 //! Mosquitto `acl_file`s: `topic [read|write|readwrite|deny] <filter>` lines apply to the user
 //! named by the last `user <name>` line (before any: to clients without a user name);
 //! `pattern [access] <filter>` lines apply to every client, with `%c` replaced by its client id
-//! and `%u` by its user name. Access defaults to `readwrite`. fleetlake only takes PUBLISH, so
-//! only write access matters: a topic is writable when some rule of the client grants write
-//! (`write` or `readwrite`) and no rule of the client with `deny` matches it (deny wins, as in
-//! Mosquitto 2). No matching rule: denied.
+//! and `%u` by its user name. Access defaults to `readwrite`. A topic is writable when some rule
+//! of the client grants write (`write` or `readwrite`) and no rule of the client with `deny`
+//! matches it (deny wins, as in Mosquitto 2); readable likewise with `read` or `readwrite`. No
+//! matching rule: denied. A SUBSCRIBE filter is checked like a topic whose `+` and `#` are
+//! plain text (as Mosquitto does): `topic read sensors/#` allows subscribing to
+//! `sensors/+/temp`, not to `#`; every delivery is checked again against its own topic, so a
+//! `deny` rule inside a granted filter still holds.
 //!
 //! Matching is level by level and allocates nothing: a `%c`/`%u` is compared in place, so a
 //! client id containing `/`, `+` or `#` can never widen a pattern.
@@ -114,6 +117,15 @@ impl Acl {
 
     /// Whether `client` may publish to `topic`.
     pub fn may_write(&self, client: Client<'_>, topic: &str) -> bool {
+        self.grants(client, topic, true)
+    }
+
+    /// Whether `client` may receive `topic` (or subscribe to a filter, taken literally).
+    pub fn may_read(&self, client: Client<'_>, topic: &str) -> bool {
+        self.grants(client, topic, false)
+    }
+
+    fn grants(&self, client: Client<'_>, topic: &str, write: bool) -> bool {
         let own: &[Rule] = match client.username {
             Some(u) => self.users.get(u).map_or(&[], Vec::as_slice),
             None => &self.anonymous,
@@ -125,8 +137,9 @@ impl Acl {
             }
             match rule.access {
                 Access::Deny => return false,
-                Access::Write | Access::ReadWrite => granted = true,
-                Access::Read => {}
+                Access::ReadWrite => granted = true,
+                Access::Write => granted |= write,
+                Access::Read => granted |= !write,
             }
         }
         granted

@@ -91,7 +91,7 @@ pub struct Principal {
 #[derive(Debug, Default)]
 pub struct Authenticator {
     passwords: Option<PasswordFile>,
-    acl: Option<Acl>,
+    acl: Option<Arc<Acl>>,
     allow_anonymous: bool,
     identity: Identity,
 }
@@ -123,10 +123,27 @@ impl Authenticator {
     ) -> Self {
         Self {
             passwords,
-            acl,
+            acl: acl.map(Arc::new),
             allow_anonymous,
             identity,
         }
+    }
+
+    /// The ACL, if one is configured (the broker checks every delivery against it).
+    pub fn acl(&self) -> Option<Arc<Acl>> {
+        self.acl.clone()
+    }
+
+    /// Decides a SUBSCRIBE filter (taken literally against the ACL's read rules); without an
+    /// ACL every filter is allowed.
+    pub fn may_subscribe(&self, p: &Principal, client_id: &str, filter: &str) -> bool {
+        self.acl.as_ref().is_none_or(|acl| {
+            let client = acl::Client {
+                client_id,
+                username: p.user.as_deref(),
+            };
+            acl.may_read(client, filter)
+        })
     }
 
     /// Reads and parses the password and ACL files.
@@ -341,6 +358,43 @@ mod tests {
         assert_eq!(
             a.may_publish(&gw, "gw", "sensors/dev-2/t", Some("dev-2")),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn read_rules_decide_subscriptions_taking_wildcards_literally() {
+        let acl = Acl::parse(
+            "pattern read cmd/%c/#\nuser gw\ntopic read sensors/#\ntopic deny sensors/secret\ntopic write up/#",
+        )
+        .expect("acl");
+        let a = Authenticator::new(None, Some(acl), true, Identity::ClientId);
+        let dev = a.connect(creds("dev-1", None, None, None)).expect("ok");
+        assert!(a.may_subscribe(&dev, "dev-1", "cmd/dev-1/#"));
+        assert!(a.may_subscribe(&dev, "dev-1", "cmd/dev-1/+/x"));
+        assert!(
+            !a.may_subscribe(&dev, "dev-1", "cmd/+/#"),
+            "would see other devices"
+        );
+        assert!(!a.may_subscribe(&dev, "dev-1", "#"));
+        let gw = Principal {
+            user: Some(Arc::from("gw")),
+            device: Arc::from("gw"),
+            authenticated: true,
+        };
+        assert!(a.may_subscribe(&gw, "gw", "sensors/+/t"));
+        assert!(
+            !a.may_subscribe(&gw, "gw", "up/#"),
+            "write does not grant read"
+        );
+        let acl = a.acl().expect("an ACL");
+        let client = acl::Client {
+            client_id: "gw",
+            username: Some("gw"),
+        };
+        assert!(acl.may_read(client, "sensors/a"));
+        assert!(
+            !acl.may_read(client, "sensors/secret"),
+            "deny wins inside a granted filter"
         );
     }
 }

@@ -259,6 +259,10 @@ impl Batches {
             self.rebuilding = None;
             self.flush(h, FlushReason::Replay, out);
         }
+        if msg.mqtt.route_only {
+            // For subscribers only: no rows (its budget share goes back with the group's).
+            return;
+        }
         let appended = match self
             .check_clock(&mut msg)
             .map_err(|reason| (RejectReason::TimeRange, reason))

@@ -30,6 +30,7 @@ fn admitted(table: &str, value: Scalar, seq: u64) -> Message {
         seq,
         source: crate::decode::Source::Mqtt,
         rejected: None,
+        mqtt: crate::decode::MqttMeta::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! can tell the operator exactly what to fix.
 
 mod bridge;
+mod broker;
 mod grpc;
 mod mqtt;
 mod output;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::topic::{Router, TableRule};
 use crate::sink::retention::RetainLimits;
 pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
+pub use broker::{BrokerConfig, BrokerLimits, RawBroker};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
 pub use output::{FileModes, OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
@@ -75,6 +77,8 @@ pub struct RawConfig {
     pub node: RawNode,
     /// `[mqtt]`
     pub mqtt: RawMqtt,
+    /// `[broker]`
+    pub broker: RawBroker,
     /// `[grpc]`
     pub grpc: RawGrpc,
     /// `[output]`
@@ -362,6 +366,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// MQTT listener settings.
     pub mqtt: MqttConfig,
+    /// The broker role.
+    pub broker: BrokerConfig,
     /// gRPC service settings.
     pub grpc: GrpcConfig,
     /// Where Parquet files go.
@@ -492,6 +498,7 @@ impl Config {
             ));
         }
         let grpc = raw.grpc.validate()?;
+        let broker = raw.broker.validate()?;
         let output = output::output_target(&raw)?;
         let lake_modes = output::file_modes(&raw.output)?;
         let (retain_lake, retain_rejected) = output::retention(&raw.output, &output)?;
@@ -553,6 +560,7 @@ impl Config {
             data_dir: raw.node.data_dir.clone(),
             shutdown_grace: nonzero("node.shutdown_grace", raw.node.shutdown_grace)?,
             mqtt,
+            broker,
             grpc,
             output,
             bridges: bridge::validate_bridges(&raw.bridge, &raw.node.id)?,
@@ -597,7 +605,7 @@ impl Config {
 
     /// A router over the configured tables.
     pub fn router(&self) -> Router {
-        Router::new(self.tables.clone())
+        Router::new(self.tables.clone()).with_route_only(&self.broker.route_only)
     }
 }
 

@@ -5,6 +5,7 @@
 //! takes, becomes a message for the `_rejected` table with the reason and the raw bytes:
 //! nothing is dropped silently.
 
+pub mod filter;
 pub mod json;
 pub mod points;
 pub mod topic;
@@ -131,6 +132,26 @@ pub struct Message {
     pub source: Source,
     /// Why it is bound for `_rejected` (`None`: it is not).
     pub rejected: Option<RejectReason>,
+    /// What the broker role needs of an MQTT PUBLISH.
+    pub mqtt: MqttMeta,
+}
+
+/// MQTT 5 PUBLISH properties, carried from publisher to subscribers as received (the topic
+/// alias taken out: aliases belong to one connection).
+pub type Props = rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+/// The PUBLISH attributes subscribers get besides topic and payload (defaults: QoS 0, not
+/// retained, stored as rows, no properties).
+#[derive(Clone, Debug, Default)]
+pub struct MqttMeta {
+    /// QoS it was published with.
+    pub qos: u8,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// `broker.route_only`: delivered to subscribers, never stored as rows.
+    pub route_only: bool,
+    /// MQTT 5 properties.
+    pub props: Option<Arc<Props>>,
 }
 
 /// Now, in µs since the epoch (the `received_at` of a message).
@@ -186,12 +207,38 @@ impl Message {
             seq: 0,
             source: Source::Mqtt,
             rejected: Some(why),
+            mqtt: MqttMeta::default(),
         }
     }
 
     /// Whether this message is bound for the `_rejected` table.
     pub fn is_rejected(&self) -> bool {
         &*self.table == REJECTED_TABLE
+    }
+
+    /// A message for subscribers only (`broker.route_only`): no rows, no table.
+    pub fn route_only(
+        topic: String,
+        payload: Bytes,
+        device_id: Arc<str>,
+        received_at: i64,
+    ) -> Self {
+        Self {
+            table: Arc::from(""),
+            device_id,
+            received_at,
+            columns: Vec::new(),
+            rows: Vec::new(),
+            topic,
+            payload,
+            seq: 0,
+            source: Source::Mqtt,
+            rejected: None,
+            mqtt: MqttMeta {
+                route_only: true,
+                ..MqttMeta::default()
+            },
+        }
     }
 }
 
@@ -203,6 +250,9 @@ pub fn decode_publish(
     client_id: &Arc<str>,
     received_at: i64,
 ) -> Message {
+    if router.is_route_only(&topic) {
+        return Message::route_only(topic, payload, client_id.clone(), received_at);
+    }
     let route = match router.route(&topic) {
         Some(Ok(route)) => route,
         Some(Err(reason)) => {
@@ -236,6 +286,7 @@ pub fn decode_publish(
                 seq: 0,
                 source: Source::Mqtt,
                 rejected: None,
+                mqtt: MqttMeta::default(),
             }
         }
         Err(e) => Message::rejected(

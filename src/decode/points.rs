@@ -125,6 +125,7 @@ pub fn to_messages(points: Vec<Point>, default_table: &Arc<str>, received_at: i6
                 seq: 0,
                 source: Source::Grpc,
                 rejected: None,
+                mqtt: crate::decode::MqttMeta::default(),
             });
         }
         encoding::encode_key(1, WireType::LengthDelimited, &mut buf);

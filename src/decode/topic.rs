@@ -153,12 +153,30 @@ impl TableRule {
 #[derive(Clone, Debug)]
 pub struct Router {
     rules: Vec<TableRule>,
+    /// `broker.route_only` filters: topics only delivered to subscribers, never stored as rows.
+    route_only: Arc<[String]>,
 }
 
 impl Router {
     /// A router over `rules` (in priority order).
     pub fn new(rules: Vec<TableRule>) -> Self {
-        Self { rules }
+        Self {
+            rules,
+            route_only: Arc::from([]),
+        }
+    }
+
+    /// Topics matching one of `filters` (valid MQTT filters) become no rows.
+    pub fn with_route_only(mut self, filters: &[String]) -> Self {
+        self.route_only = filters.into();
+        self
+    }
+
+    /// Whether `topic` is only routed to subscribers (`broker.route_only`).
+    pub fn is_route_only(&self, topic: &str) -> bool {
+        self.route_only
+            .iter()
+            .any(|f| super::filter::matches(f, topic))
     }
 
     /// The first matching rule's route; `None` when no table takes the topic.

@@ -16,6 +16,10 @@ pub enum Protocol {
     V5,
 }
 
+pub use crate::broker::outbox::PublishOut;
+pub use crate::broker::{SubCode, SubFilter};
+pub use crate::decode::Props;
+
 /// A will message from CONNECT.
 #[derive(Clone, Debug)]
 pub struct Will {
@@ -23,6 +27,10 @@ pub struct Will {
     pub topic: String,
     /// Payload of the will.
     pub payload: Bytes,
+    /// QoS of the will.
+    pub qos: u8,
+    /// Publish it retained.
+    pub retain: bool,
 }
 
 /// The fields of CONNECT the session needs.
@@ -42,6 +50,13 @@ pub struct ConnectInfo {
     pub username: Option<String>,
     /// Password.
     pub password: Option<Bytes>,
+    /// MQTT 5 session expiry interval in seconds (0: the session ends with the connection).
+    /// MQTT 3.1.1 without clean session: `u32::MAX` (never expires).
+    pub session_expiry: u32,
+    /// The client's receive maximum: QoS 1/2 deliveries it takes in flight (MQTT 5).
+    pub receive_max: u16,
+    /// The client's maximum packet size (MQTT 5), 0: none.
+    pub max_packet: u32,
 }
 
 /// A received PUBLISH.
@@ -53,10 +68,36 @@ pub struct PublishIn {
     pub pkid: u16,
     /// Retransmission flag.
     pub dup: bool,
-    /// Topic name.
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name (empty when an MQTT 5 topic alias stands for it).
     pub topic: String,
     /// Payload.
     pub payload: Bytes,
+    /// MQTT 5 topic alias.
+    pub alias: Option<u16>,
+    /// MQTT 5 properties (without the topic alias), if any.
+    pub props: Option<Box<Props>>,
+}
+
+/// A SUBSCRIBE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Packet id.
+    pub pkid: u16,
+    /// The filters.
+    pub filters: Vec<SubFilter>,
+    /// MQTT 5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// An UNSUBSCRIBE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsubscribe {
+    /// Packet id.
+    pub pkid: u16,
+    /// The filters.
+    pub filters: Vec<String>,
 }
 
 /// A packet from the client.
@@ -70,26 +111,24 @@ pub enum Inbound {
     PubRel(u16),
     /// PINGREQ.
     PingReq,
-    /// SUBSCRIBE with its number of filters.
-    Subscribe {
-        /// Packet id.
-        pkid: u16,
-        /// Filter count.
-        filters: usize,
-    },
-    /// UNSUBSCRIBE with its number of filters.
-    Unsubscribe {
-        /// Packet id.
-        pkid: u16,
-        /// Filter count.
-        filters: usize,
-    },
+    /// SUBSCRIBE.
+    Subscribe(Subscribe),
+    /// UNSUBSCRIBE.
+    Unsubscribe(Unsubscribe),
+    /// PUBACK for a QoS 1 delivery to this client.
+    PubAck(u16),
+    /// PUBREC for a QoS 2 delivery; `false` when its reason code refuses the message.
+    PubRec(u16, bool),
+    /// PUBCOMP for a QoS 2 delivery.
+    PubComp(u16),
     /// DISCONNECT; `with_will` for MQTT 5 reason 0x04.
     Disconnect {
         /// Publish the will anyway.
         with_will: bool,
+        /// MQTT 5: a new session expiry interval.
+        session_expiry: Option<u32>,
     },
-    /// A packet a server never expects from a client (acks for publishes we never send).
+    /// A packet a server never expects from a client.
     Unexpected(&'static str),
 }
 
@@ -143,22 +182,35 @@ pub enum Outbound {
     },
     /// PINGRESP.
     PingResp,
-    /// SUBACK refusing every filter.
-    SubAckRefused {
+    /// SUBACK.
+    SubAck {
         /// Packet id.
         pkid: u16,
-        /// Filter count.
-        filters: usize,
+        /// One per filter.
+        codes: Vec<SubCode>,
     },
     /// UNSUBACK.
     UnsubAck {
         /// Packet id.
         pkid: u16,
-        /// Filter count.
-        filters: usize,
+        /// Per filter, whether a subscription existed (MQTT 5 reason codes).
+        found: Vec<bool>,
     },
+    /// PUBLISH to a subscriber.
+    Publish(Box<PublishOut>),
+    /// PUBREL for a QoS 2 delivery.
+    PubRel(u16),
     /// MQTT 5 DISCONNECT from the server with a reason code (not sent on 3.1.1).
     Disconnect(u8),
+}
+
+impl From<crate::broker::outbox::Packet> for Outbound {
+    fn from(p: crate::broker::outbox::Packet) -> Self {
+        match p {
+            crate::broker::outbox::Packet::Publish(p) => Self::Publish(p),
+            crate::broker::outbox::Packet::PubRel(id) => Self::PubRel(id),
+        }
+    }
 }
 
 /// Why bytes could not be framed.
@@ -185,18 +237,23 @@ pub struct Codec {
     protocol: Option<Protocol>,
     max_packet_size: usize,
     receive_max: u16,
+    broker: bool,
 }
+
+/// Topic aliases a client may use toward us (CONNACK Topic Alias Maximum, MQTT 5).
+pub const TOPIC_ALIAS_MAX: u16 = 64;
 
 const CONNECT: u8 = 1;
 
 impl Codec {
     /// A codec for a new connection; MQTT 5 clients are told `receive_max` (QoS 1/2
-    /// messages in flight) in CONNACK.
-    pub fn new(max_packet_size: usize, receive_max: u16) -> Self {
+    /// messages in flight) in CONNACK, and whether subscriptions are available (`broker`).
+    pub fn new(max_packet_size: usize, receive_max: u16, broker: bool) -> Self {
         Self {
             protocol: None,
             max_packet_size,
             receive_max,
+            broker,
         }
     }
 
@@ -236,7 +293,7 @@ impl Codec {
     /// Appends `packet` to `buf` in the connection's protocol.
     pub fn encode(&self, packet: Outbound, buf: &mut BytesMut) {
         let result = match self.protocol {
-            Some(Protocol::V5) => encode_v5(packet, buf, self.max_packet_size, self.receive_max),
+            Some(Protocol::V5) => encode_v5(packet, buf, self),
             _ => encode_v4(packet, buf).map_err(|e| e.to_string()),
         };
         // Our packets are small and well-formed; a failure here is a bug worth a log line.
@@ -278,9 +335,14 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
             client_id: c.client_id,
             clean: c.clean_session,
             keep_alive: c.keep_alive,
+            session_expiry: if c.clean_session { 0 } else { u32::MAX },
+            receive_max: u16::MAX,
+            max_packet: 0,
             will: c.last_will.map(|w| Will {
                 topic: w.topic,
                 payload: w.message,
+                qos: w.qos as u8,
+                retain: w.retain,
             }),
             username: c.login.as_ref().map(|l| l.username.clone()),
             password: c.login.map(|l| Bytes::from(l.password)),
@@ -289,20 +351,40 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
             qos: p.qos as u8,
             pkid: p.pkid,
             dup: p.dup,
+            retain: p.retain,
             topic: p.topic,
             payload: detach(p.payload),
+            alias: None,
+            props: None,
         }),
         v4::Packet::PubRel(p) => Inbound::PubRel(p.pkid),
+        v4::Packet::PubAck(p) => Inbound::PubAck(p.pkid),
+        v4::Packet::PubRec(p) => Inbound::PubRec(p.pkid, true),
+        v4::Packet::PubComp(p) => Inbound::PubComp(p.pkid),
         v4::Packet::PingReq => Inbound::PingReq,
-        v4::Packet::Subscribe(s) => Inbound::Subscribe {
+        v4::Packet::Subscribe(s) => Inbound::Subscribe(Subscribe {
             pkid: s.pkid,
-            filters: s.filters.len(),
-        },
-        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| SubFilter {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                })
+                .collect(),
+            id: None,
+        }),
+        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe(Unsubscribe {
             pkid: u.pkid,
-            filters: u.topics.len(),
+            filters: u.topics,
+        }),
+        v4::Packet::Disconnect => Inbound::Disconnect {
+            with_will: false,
+            session_expiry: None,
         },
-        v4::Packet::Disconnect => Inbound::Disconnect { with_will: false },
         other => Inbound::Unexpected(v4_name(&other)),
     })
 }
@@ -310,9 +392,6 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
 fn v4_name(p: &v4::Packet) -> &'static str {
     match p {
         v4::Packet::ConnAck(_) => "CONNACK",
-        v4::Packet::PubAck(_) => "PUBACK",
-        v4::Packet::PubRec(_) => "PUBREC",
-        v4::Packet::PubComp(_) => "PUBCOMP",
         v4::Packet::SubAck(_) => "SUBACK",
         v4::Packet::UnsubAck(_) => "UNSUBACK",
         v4::Packet::PingResp => "PINGRESP",
@@ -324,44 +403,85 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
     // An MQTT 5 DISCONNECT may have no body (reason 0, no properties); mqttbytes wants one.
     if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
         let _ = buf.split_to(2);
-        return Ok(Inbound::Disconnect { with_will: false });
+        return Ok(Inbound::Disconnect {
+            with_will: false,
+            session_expiry: None,
+        });
     }
     let max = u32::try_from(max).unwrap_or(u32::MAX);
     Ok(match v5::Packet::read(buf, Some(max)).map_err(malformed)? {
-        v5::Packet::Connect(c, will, login) => Inbound::Connect(ConnectInfo {
-            username: login.as_ref().map(|l| l.username.clone()),
-            password: login.map(|l| Bytes::from(l.password)),
-            protocol: Protocol::V5,
-            client_id: c.client_id,
-            clean: c.clean_start,
-            keep_alive: c.keep_alive,
-            will: match will {
-                Some(w) => Some(Will {
-                    topic: utf8(w.topic)?,
-                    payload: w.message,
-                }),
-                None => None,
-            },
-        }),
-        v5::Packet::Publish(p) => Inbound::Publish(PublishIn {
-            qos: p.qos as u8,
-            pkid: p.pkid,
-            dup: p.dup,
-            topic: utf8(p.topic)?,
-            payload: detach(p.payload),
-        }),
+        v5::Packet::Connect(c, will, login) => {
+            let props = c.properties.as_ref();
+            Inbound::Connect(ConnectInfo {
+                username: login.as_ref().map(|l| l.username.clone()),
+                password: login.map(|l| Bytes::from(l.password)),
+                protocol: Protocol::V5,
+                session_expiry: props.and_then(|p| p.session_expiry_interval).unwrap_or(0),
+                receive_max: props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX),
+                max_packet: props.and_then(|p| p.max_packet_size).unwrap_or(0),
+                client_id: c.client_id,
+                clean: c.clean_start,
+                keep_alive: c.keep_alive,
+                will: match will {
+                    Some(w) => Some(Will {
+                        topic: utf8(w.topic)?,
+                        payload: w.message,
+                        qos: w.qos as u8,
+                        retain: w.retain,
+                    }),
+                    None => None,
+                },
+            })
+        }
+        v5::Packet::Publish(p) => {
+            let mut props = p.properties;
+            let alias = props.as_mut().and_then(|p| p.topic_alias.take());
+            let props = props.filter(|p| *p != Props::default()).map(Box::new);
+            Inbound::Publish(PublishIn {
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                dup: p.dup,
+                retain: p.retain,
+                topic: utf8(p.topic)?,
+                payload: detach(p.payload),
+                alias,
+                props,
+            })
+        }
         v5::Packet::PubRel(p) => Inbound::PubRel(p.pkid),
+        v5::Packet::PubAck(p) => Inbound::PubAck(p.pkid),
+        v5::Packet::PubRec(p) => Inbound::PubRec(p.pkid, (p.reason as u8) < 0x80),
+        v5::Packet::PubComp(p) => Inbound::PubComp(p.pkid),
         v5::Packet::PingReq(_) => Inbound::PingReq,
-        v5::Packet::Subscribe(s) => Inbound::Subscribe {
+        v5::Packet::Subscribe(s) => Inbound::Subscribe(Subscribe {
             pkid: s.pkid,
-            filters: s.filters.len(),
-        },
-        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            id: s
+                .properties
+                .and_then(|p| p.id)
+                .and_then(|id| u32::try_from(id).ok()),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| SubFilter {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => 0,
+                        v5::RetainForwardRule::OnNewSubscribe => 1,
+                        v5::RetainForwardRule::Never => 2,
+                    },
+                })
+                .collect(),
+        }),
+        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe(Unsubscribe {
             pkid: u.pkid,
-            filters: u.filters.len(),
-        },
+            filters: u.filters,
+        }),
         v5::Packet::Disconnect(d) => Inbound::Disconnect {
             with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
         },
         v5::Packet::Auth(_) => Inbound::Unexpected("AUTH"),
         _ => Inbound::Unexpected("server-bound ack or response packet"),
@@ -407,20 +527,49 @@ fn encode_v4(packet: Outbound, buf: &mut BytesMut) -> Result<usize, mb::Error> {
         Outbound::PubComp(id) => v4::PubComp::new(id).write(buf),
         Outbound::QuotaExceeded { .. } | Outbound::NotAuthorized { .. } => Ok(0),
         Outbound::PingResp => v4::PingResp.write(buf),
-        Outbound::SubAckRefused { pkid, filters } => {
-            v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters]).write(buf)
+        Outbound::SubAck { pkid, codes } => {
+            let codes = codes
+                .into_iter()
+                .map(|c| match c {
+                    SubCode::Granted(q) => v4::SubscribeReasonCode::Success(qos(q)),
+                    _ => v4::SubscribeReasonCode::Failure,
+                })
+                .collect();
+            v4::SubAck::new(pkid, codes).write(buf)
         }
         Outbound::UnsubAck { pkid, .. } => v4::UnsubAck::new(pkid).write(buf),
+        Outbound::Publish(p) => v4::Publish {
+            dup: p.dup,
+            qos: qos(p.qos),
+            retain: p.retain,
+            topic: p.topic.to_string(),
+            pkid: p.pkid,
+            payload: p.payload,
+        }
+        .write(buf),
+        Outbound::PubRel(id) => v4::PubRel::new(id).write(buf),
         Outbound::Disconnect(_) => Ok(0),
     }
 }
 
-fn encode_v5(
-    packet: Outbound,
-    buf: &mut BytesMut,
-    max_packet_size: usize,
-    receive_max: u16,
-) -> Result<usize, String> {
+fn qos(q: u8) -> mb::QoS {
+    match q {
+        0 => mb::QoS::AtMostOnce,
+        1 => mb::QoS::AtLeastOnce,
+        _ => mb::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS;
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn encode_v5(packet: Outbound, buf: &mut BytesMut, codec: &Codec) -> Result<usize, String> {
     let packet = match packet {
         Outbound::ConnAck {
             code,
@@ -434,8 +583,7 @@ fn encode_v5(
                 ConnCode::BadClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
                 ConnCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
             };
-            let properties =
-                accepted.then(|| connack_properties(assigned_id, max_packet_size, receive_max));
+            let properties = accepted.then(|| connack_properties(assigned_id, codec));
             v5::Packet::ConnAck(v5::ConnAck {
                 session_present,
                 code,
@@ -466,16 +614,63 @@ fn encode_v5(
             properties: None,
         }),
         Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
-        Outbound::SubAckRefused { pkid, filters } => v5::Packet::SubAck(v5::SubAck {
+        Outbound::SubAck { pkid, codes } => v5::Packet::SubAck(v5::SubAck {
             pkid,
-            return_codes: vec![v5::SubscribeReasonCode::ImplementationSpecific; filters],
+            return_codes: codes
+                .into_iter()
+                .map(|c| match c {
+                    SubCode::Granted(q) => v5::SubscribeReasonCode::Success(qos5(q)),
+                    SubCode::InvalidFilter => v5::SubscribeReasonCode::TopicFilterInvalid,
+                    SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
+                    SubCode::Quota => v5::SubscribeReasonCode::QuotaExceeded,
+                    SubCode::Unspecified => v5::SubscribeReasonCode::Unspecified,
+                })
+                .collect(),
             properties: None,
         }),
-        Outbound::UnsubAck { pkid, filters } => v5::Packet::UnsubAck(v5::UnsubAck {
+        Outbound::UnsubAck { pkid, found } => v5::Packet::UnsubAck(v5::UnsubAck {
             pkid,
-            reasons: vec![v5::UnsubAckReason::NoSubscriptionExisted; filters],
+            reasons: found
+                .into_iter()
+                .map(|f| {
+                    if f {
+                        v5::UnsubAckReason::Success
+                    } else {
+                        v5::UnsubAckReason::NoSubscriptionExisted
+                    }
+                })
+                .collect(),
             properties: None,
         }),
+        Outbound::Publish(p) => {
+            let PublishOut {
+                topic,
+                payload,
+                qos,
+                pkid,
+                retain,
+                dup,
+                props,
+                sub_ids,
+            } = *p;
+            let properties = if props.is_none() && sub_ids.is_empty() {
+                None
+            } else {
+                let mut pr = props.map(|p| (*p).clone()).unwrap_or_default();
+                pr.subscription_identifiers = sub_ids.into_iter().map(|i| i as usize).collect();
+                Some(pr)
+            };
+            v5::Packet::Publish(v5::Publish {
+                dup,
+                qos: qos5(qos),
+                retain,
+                topic: Bytes::copy_from_slice(topic.as_bytes()),
+                pkid,
+                payload,
+                properties,
+            })
+        }
+        Outbound::PubRel(id) => v5::Packet::PubRel(v5::PubRel::new(id, None)),
         Outbound::Disconnect(reason) => {
             // 3-byte packet: type, remaining length 1, reason code.
             buf.extend_from_slice(&[0xE0, 1, reason]);
@@ -485,24 +680,21 @@ fn encode_v5(
     packet.write(buf, None).map_err(|e| e.to_string())
 }
 
-fn connack_properties(
-    assigned_id: Option<String>,
-    max_packet_size: usize,
-    receive_max: u16,
-) -> v5::ConnAckProperties {
+fn connack_properties(assigned_id: Option<String>, codec: &Codec) -> v5::ConnAckProperties {
+    let broker = u8::from(codec.broker);
     v5::ConnAckProperties {
         session_expiry_interval: None,
-        receive_max: (receive_max < u16::MAX).then_some(receive_max),
+        receive_max: (codec.receive_max < u16::MAX).then_some(codec.receive_max),
         max_qos: None,
-        retain_available: None,
-        max_packet_size: u32::try_from(max_packet_size).ok(),
+        retain_available: Some(broker),
+        max_packet_size: u32::try_from(codec.max_packet_size).ok(),
         assigned_client_identifier: assigned_id,
-        topic_alias_max: None,
+        topic_alias_max: Some(TOPIC_ALIAS_MAX),
         reason_string: None,
         user_properties: Vec::new(),
-        wildcard_subscription_available: Some(0),
-        subscription_identifiers_available: Some(0),
-        shared_subscription_available: Some(0),
+        wildcard_subscription_available: Some(broker),
+        subscription_identifiers_available: Some(broker),
+        shared_subscription_available: Some(broker),
         server_keep_alive: None,
         response_information: None,
         server_reference: None,

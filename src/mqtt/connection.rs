@@ -7,6 +7,10 @@
 //! [`MAX_INFLIGHT`] groups wait for their fsync), so one busy client is not held to one fsync
 //! round trip per read. When the memory budget is spent, too many groups wait, or the WAL
 //! volume is full, this task stops reading its socket and sends no acks.
+//!
+//! In the broker role the task also owns its session's outbox while connected: it wakes when
+//! the fan-out queued deliveries, takes them (within the client's in-flight window) as PUBLISH
+//! packets behind the replies already waiting, and settles them on PUBACK/PUBREC/PUBCOMP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +25,12 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn};
-use super::session::{Session, Step};
+use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn, SubCode};
+use super::session::{Session, Settle, Step};
 use super::session_store::SessionStore;
 use crate::admit::{Ingest, Submit};
+use crate::broker::outbox::{Claim, Outbox, Packet};
+use crate::broker::{Broker, table::SessionId};
 use crate::decode::{Message, decode_publish, topic::Router};
 use crate::telemetry::Stats;
 use crate::tls::Stream;
@@ -59,6 +65,16 @@ pub(crate) struct ConnContext {
     pub(crate) id_prefix: String,
     pub(crate) next_id: AtomicU64,
     pub(crate) sessions: SessionStore,
+    /// The broker role (`None`: `broker.enabled = false`, SUBSCRIBE is refused).
+    pub(crate) broker: Option<Arc<Broker>>,
+}
+
+/// A connection's hold on its broker session.
+#[derive(Debug)]
+struct BrokerSession {
+    id: SessionId,
+    outbox: Arc<Outbox>,
+    claim: Claim,
 }
 
 /// How a connection ended without an error.
@@ -70,6 +86,8 @@ enum End {
     Shutdown,
     /// The pipeline no longer accepts messages.
     PipelineClosed,
+    /// The broker ended the connection: its session was taken over, or it reads too slowly.
+    Kicked(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +130,11 @@ pub(crate) struct Connection {
     group: Vec<Message>,
     group_cost: usize,
     group_qos0_only: bool,
+    /// The broker session, once connected (broker role only).
+    bsession: Option<BrokerSession>,
+    /// Deliveries a resumed session had in flight, sent again after CONNACK.
+    /// Scratch for packets taken from the outbox.
+    taken: Vec<Packet>,
 }
 
 /// Resolves once shutdown is signalled (or its sender is gone).
@@ -132,7 +155,7 @@ impl Connection {
         ingest: Ingest,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let codec = Codec::new(ctx.max_packet_size, ctx.max_inflight);
+        let codec = Codec::new(ctx.max_packet_size, ctx.max_inflight, ctx.broker.is_some());
         let session = Session::with(cert_cn, ctx.max_inflight);
         Self {
             stream,
@@ -153,6 +176,8 @@ impl Connection {
             group: Vec::new(),
             group_cost: 0,
             group_qos0_only: true,
+            bsession: None,
+            taken: Vec::new(),
         }
     }
 
@@ -162,7 +187,8 @@ impl Connection {
         async move {
             let result = self.serve().await;
             // Parked before anything is logged: a log line about this connection's end means
-            // its session is already back in the store.
+            // its session is already back in the store (and the broker's).
+            self.leave_broker();
             if let Some((client_id, qos2_pending)) = self.session.park()
                 && !self.ctx.sessions.park(client_id, qos2_pending)
             {
@@ -171,6 +197,16 @@ impl Connection {
             let will = match &result {
                 Ok(End::Closed(reason)) => {
                     tracing::debug!(client = %self.client_id, reason, "connection closed");
+                    true
+                }
+                Ok(End::Kicked(reason)) => {
+                    let _ = self.write_acks(0).await;
+                    if self.codec.protocol() == Some(Protocol::V5) {
+                        let code = if reason.starts_with("session taken over") { 0x8E } else { 0x97 };
+                        self.codec.encode(Outbound::Disconnect(code), &mut self.wbuf);
+                        let _ = self.flush().await;
+                    }
+                    tracing::info!(client = %self.client_id, reason, "connection closed by the broker");
                     true
                 }
                 Ok(End::Shutdown) => {
@@ -266,8 +302,16 @@ impl Connection {
                 shutdown,
                 session,
                 held,
+                bsession,
                 ..
             } = self;
+            // Resolves when the fan-out queued deliveries or the session was taken over.
+            let woken = async {
+                match bsession {
+                    Some(b) => b.outbox.woken().await,
+                    None => std::future::pending().await,
+                }
+            };
             // Resolves when the oldest held group is durable (or never will be).
             let oldest_durable = async {
                 match held.front_mut() {
@@ -296,6 +340,12 @@ impl Connection {
                 () = shutdown_signalled(shutdown) => return Ok(End::Shutdown),
                 // Cancel-safe: `Durable::wait` keeps its receiver when cancelled.
                 () = oldest_durable => {}
+                // Cancel-safe: a `Notify` permit stays stored until a wait consumes it.
+                () = woken => {
+                    if let Err(reason) = self.take_deliveries() {
+                        return Ok(End::Kicked(reason));
+                    }
+                }
                 n = read => if n? == 0 {
                     return Err(ConnError::PeerClosed);
                 },
@@ -374,9 +424,6 @@ impl Connection {
     }
 
     async fn handle(&mut self, packet: Inbound) -> Result<Option<End>, ConnError> {
-        if let Inbound::Subscribe { filters, .. } = &packet {
-            tracing::info!(client = %self.client_id, filters, "SUBSCRIBE refused: fleetlake does not deliver messages to clients");
-        }
         let was_connected = self.session.is_connected();
         let mut steps = std::mem::take(&mut self.steps);
         let ctx = self.ctx.clone();
@@ -393,7 +440,31 @@ impl Connection {
         let mut end = None;
         for step in steps.drain(..) {
             match step {
+                Step::Reply(Outbound::ConnAck {
+                    code,
+                    session_present,
+                    assigned_id,
+                }) => {
+                    let resumed = self.join_broker(code == super::codec::ConnCode::Accepted);
+                    self.replies.push(Outbound::ConnAck {
+                        code,
+                        session_present: session_present || resumed,
+                        assigned_id,
+                    });
+                    // What was in flight to a resumed session goes again, after CONNACK.
+                    self.replies
+                        .extend(self.taken.drain(..).map(Outbound::from));
+                }
                 Step::Reply(packet) => self.replies.push(packet),
+                Step::Subscribe(s) => self.subscribe(s.pkid, &s.filters, s.id),
+                Step::Unsubscribe(super::codec::Unsubscribe { pkid, filters }) => {
+                    let found = match (&self.ctx.broker, &self.bsession) {
+                        (Some(broker), Some(b)) => broker.unsubscribe(b.id, &filters),
+                        _ => vec![false; filters.len()],
+                    };
+                    self.replies.push(Outbound::UnsubAck { pkid, found });
+                }
+                Step::Settle(settle) => self.settle(settle),
                 Step::Deliver(publish) => {
                     end = self.deliver(publish).await;
                     if end.is_some() {
@@ -408,7 +479,125 @@ impl Connection {
         }
         steps.clear();
         self.steps = steps;
+        if end.is_none()
+            && let Err(reason) = self.take_deliveries()
+        {
+            end = Some(End::Kicked(reason));
+        }
         Ok(end)
+    }
+
+    /// Attaches the connection to its broker session after CONNECT was accepted; `true` when
+    /// a stored session was resumed (its in-flight deliveries are then in `self.taken`).
+    fn join_broker(&mut self, accepted: bool) -> bool {
+        let Some(broker) = self.ctx.broker.as_ref().filter(|_| accepted) else {
+            return false;
+        };
+        let clean = !self.session.resumable();
+        let user = self.session.principal().and_then(|p| p.user.clone());
+        let attached = broker.attach(&self.client_id, user, clean, self.session.is_persistent());
+        let (receive_max, max_packet) = self.session.client_limits();
+        let window = usize::from(receive_max.min(broker.max_inflight()));
+        let claim = attached
+            .outbox
+            .claim(window, max_packet as usize, &mut self.taken);
+        self.bsession = Some(BrokerSession {
+            id: attached.id,
+            outbox: attached.outbox,
+            claim,
+        });
+        attached.present
+    }
+
+    /// Gives the broker session back when the connection ends.
+    fn leave_broker(&mut self) {
+        let (Some(broker), Some(b)) = (&self.ctx.broker, self.bsession.take()) else {
+            return;
+        };
+        let still_owner = b.outbox.check(b.claim) != Err(crate::broker::outbox::TAKEN_OVER);
+        b.outbox.release(b.claim);
+        broker.detach(b.id, still_owner, self.session.is_persistent());
+    }
+
+    fn subscribe(&mut self, pkid: u16, filters: &[super::codec::SubFilter], id: Option<u32>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        match (&self.ctx.broker, &self.bsession) {
+            (Some(broker), Some(b)) => {
+                let (auth, principal) = (&self.ctx.auth, self.session.principal());
+                let may_read = |filter: &str| {
+                    principal.is_some_and(|p| auth.may_subscribe(p, &self.client_id, filter))
+                };
+                broker.subscribe(b.id, filters, id, may_read, &mut codes);
+            }
+            _ => codes.resize(filters.len(), SubCode::Unspecified),
+        }
+        let refused = codes
+            .iter()
+            .filter(|c| !matches!(c, SubCode::Granted(_)))
+            .count();
+        if refused > 0 {
+            Stats::add(&self.ctx.stats.broker_subscribes_refused, refused as u64);
+            tracing::info!(client = %self.client_id, refused, "SUBSCRIBE filters refused");
+        }
+        self.replies.push(Outbound::SubAck { pkid, codes });
+    }
+
+    /// A subscriber's ack settles a delivery (and may open its in-flight window).
+    fn settle(&mut self, settle: Settle) {
+        let Some(b) = &self.bsession else {
+            return;
+        };
+        let mut q = b.outbox.lock();
+        match settle {
+            Settle::PubAck(pkid) => {
+                q.puback(pkid);
+            }
+            Settle::PubRec(pkid, true) => {
+                q.pubrec(pkid);
+                drop(q);
+                self.replies.push(Outbound::PubRel(pkid));
+            }
+            // A refusing PUBREC ends the exchange (MQTT 5 §4.3.3).
+            Settle::PubRec(pkid, false) | Settle::PubComp(pkid) => {
+                q.pubcomp_or_refused(pkid);
+            }
+        }
+    }
+
+    /// Takes what the outbox lets go now into the replies (behind earlier acks). `Err` when
+    /// the connection must close: the session was taken over, or it read too slowly.
+    fn take_deliveries(&mut self) -> Result<(), &'static str> {
+        let (Some(broker), Some(b)) = (&self.ctx.broker, &self.bsession) else {
+            return Ok(());
+        };
+        if let Err(reason) = b.outbox.check(b.claim) {
+            if reason != crate::broker::outbox::TAKEN_OVER {
+                Stats::add(&self.ctx.stats.broker_slow_disconnects, 1);
+            }
+            return Err(reason);
+        }
+        b.outbox.lock().take(broker.bounds(), &mut self.taken);
+        if !self.taken.is_empty() {
+            broker.note_queued();
+        }
+        let stats = &self.ctx.stats;
+        for r in &self.taken {
+            if let Packet::Publish(p) = r {
+                let counter = match p.qos {
+                    0 => &stats.broker_delivered_qos0,
+                    1 => &stats.broker_delivered_qos1,
+                    _ => &stats.broker_delivered_qos2,
+                };
+                Stats::add(counter, 1);
+            }
+        }
+        self.replies
+            .extend(self.taken.drain(..).map(Outbound::from));
+        let too_large = b.outbox.take_too_large();
+        if too_large > 0 {
+            Stats::add(&stats.broker_dropped_too_large, too_large);
+        }
+        Ok(())
     }
 
     /// Decodes one message into the group; admits the group once it is large.
@@ -424,15 +613,27 @@ impl Connection {
         if p.qos > 0 {
             self.delivered.push((p.qos, p.pkid));
         }
-        self.add_to_group(p.topic, p.payload, p.qos);
+        let meta = crate::decode::MqttMeta {
+            qos: p.qos,
+            retain: p.retain,
+            route_only: false,
+            props: p.props.map(|b| Arc::new(*b)),
+        };
+        self.add_to_group(p.topic, p.payload, meta);
         if self.group_cost >= self.ingest.group_limit() {
             return self.admit_group().await;
         }
         None
     }
 
-    fn add_to_group(&mut self, topic: String, payload: bytes::Bytes, qos: u8) {
-        let msg = decode_publish(
+    fn add_to_group(
+        &mut self,
+        topic: String,
+        payload: bytes::Bytes,
+        meta: crate::decode::MqttMeta,
+    ) {
+        let qos = meta.qos;
+        let mut msg = decode_publish(
             &self.ctx.router,
             topic,
             payload,
@@ -443,6 +644,9 @@ impl Connection {
             self.ctx.stats.reject(why);
             tracing::debug!(client = %self.client_id, topic = %msg.topic, "payload rejected");
         }
+        msg.mqtt.qos = meta.qos;
+        msg.mqtt.retain = meta.retain;
+        msg.mqtt.props = meta.props;
         self.group_cost += msg.cost();
         self.group_qos0_only &= qos == 0;
         self.group.push(msg);
@@ -498,7 +702,14 @@ impl Connection {
         if let Some(will) = self.session.take_will() {
             Stats::add(&self.ctx.stats.messages_will, 1);
             let topic = will.topic.clone();
-            self.add_to_group(will.topic, will.payload, 1);
+            let meta = crate::decode::MqttMeta {
+                qos: will.qos,
+                retain: will.retain,
+                ..crate::decode::MqttMeta::default()
+            };
+            self.add_to_group(will.topic, will.payload, meta);
+            // Stored like QoS 1 whatever its QoS: never shed.
+            self.group_qos0_only = false;
             if self.admit_group().await.is_none() {
                 tracing::info!(client = %self.client_id, %topic, "will published");
             }

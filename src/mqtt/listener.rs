@@ -34,6 +34,15 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
 }
 
+/// Where accepted messages go: the table routing and, in the broker role, the broker.
+#[derive(Debug)]
+pub struct Routes {
+    /// Topic → table.
+    pub router: Router,
+    /// Subscriptions (`None`: `broker.enabled = false`).
+    pub broker: Option<Arc<crate::broker::Broker>>,
+}
+
 /// The MQTT listeners (plain and/or TLS), bound and not yet accepting.
 #[derive(Debug)]
 pub struct Listener {
@@ -48,7 +57,7 @@ impl Listener {
     pub async fn bind(
         cfg: &MqttConfig,
         node_id: &str,
-        router: Router,
+        routes: Routes,
         auth: Authenticator,
         ingest: Ingest,
         stats: Arc<Stats>,
@@ -76,7 +85,8 @@ impl Listener {
             .is_some_and(|t| t.files.client_ca.is_some());
         let checks_publishes = mtls || !auth.publishes_unchecked();
         let ctx = Arc::new(ConnContext {
-            router,
+            router: routes.router,
+            broker: routes.broker,
             stats,
             auth,
             checks_publishes,

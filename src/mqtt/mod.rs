@@ -10,4 +10,4 @@ pub mod listener;
 pub mod session;
 pub mod session_store;
 
-pub use listener::Listener;
+pub use listener::{Listener, Routes};

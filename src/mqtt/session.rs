@@ -16,7 +16,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::codec::{ConnCode, ConnectInfo, Inbound, Outbound, Protocol, PublishIn, Will};
+use super::codec::{
+    ConnCode, ConnectInfo, Inbound, Outbound, Protocol, PublishIn, Subscribe, TOPIC_ALIAS_MAX,
+    Unsubscribe, Will,
+};
 use crate::auth::{Credentials, Denied, Principal, Refused};
 
 /// What the connection task must do next.
@@ -28,6 +31,23 @@ pub enum Step {
     Deliver(PublishIn),
     /// Close the connection. The will, if still held ([`Session::take_will`]), is published.
     Close(&'static str),
+    /// Subscribe (the broker answers with the SUBACK).
+    Subscribe(Subscribe),
+    /// Unsubscribe (the broker answers with the UNSUBACK).
+    Unsubscribe(Unsubscribe),
+    /// The client acknowledged a delivery (PUBACK, PUBREC with whether it took it, PUBCOMP).
+    Settle(Settle),
+}
+
+/// A subscriber's acknowledgement of a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// PUBACK.
+    PubAck(u16),
+    /// PUBREC; `false` when its reason code refused the message.
+    PubRec(u16, bool),
+    /// PUBCOMP.
+    PubComp(u16),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -87,6 +107,12 @@ pub struct Session {
     check_publishes: bool,
     /// The last topic found writable (most devices publish to one topic).
     allowed_topic: String,
+    /// CONNECT asked for a clean session / clean start.
+    clean: bool,
+    /// MQTT 5 topic aliases set by the client (index = alias − 1).
+    aliases: Vec<Option<String>>,
+    /// The client's receive maximum and maximum packet size (MQTT 5).
+    client_limits: (u16, u32),
 }
 
 impl Default for Session {
@@ -111,6 +137,9 @@ impl Session {
             principal: None,
             check_publishes: false,
             allowed_topic: String::new(),
+            clean: true,
+            aliases: Vec::new(),
+            client_limits: (u16::MAX, 0),
         }
     }
 
@@ -129,6 +158,11 @@ impl Session {
         self.principal.as_ref().map(|p| &p.device)
     }
 
+    /// Who CONNECT proved to be.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
     /// The client id (assigned when the client sent none).
     pub fn client_id(&self) -> &str {
         &self.client_id
@@ -137,6 +171,27 @@ impl Session {
     /// Whether CONNECT was accepted.
     pub fn is_connected(&self) -> bool {
         self.state == State::Connected
+    }
+
+    /// Whether the session outlives the connection (3.1.1 without clean session, MQTT 5 with
+    /// a session expiry interval).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Whether a stored session may be resumed (CONNECT without clean session / clean start).
+    pub fn resumable(&self) -> bool {
+        !self.clean
+    }
+
+    /// The protocol of CONNECT.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The client's receive maximum and maximum packet size (0: none), from CONNECT.
+    pub fn client_limits(&self) -> (u16, u32) {
+        self.client_limits
     }
 
     /// For a persistent session, its client id and QoS 2 state to store when the connection
@@ -180,15 +235,31 @@ impl Session {
                 out.push(Step::Reply(Outbound::PubComp(pkid)));
             }
             (State::Connected, Inbound::PingReq) => out.push(Step::Reply(Outbound::PingResp)),
-            (State::Connected, Inbound::Subscribe { pkid, filters }) => {
-                out.push(Step::Reply(Outbound::SubAckRefused { pkid, filters }));
+            (State::Connected, Inbound::Subscribe(s)) => out.push(Step::Subscribe(s)),
+            (State::Connected, Inbound::Unsubscribe(u)) => out.push(Step::Unsubscribe(u)),
+            (State::Connected, Inbound::PubAck(pkid)) => {
+                out.push(Step::Settle(Settle::PubAck(pkid)))
             }
-            (State::Connected, Inbound::Unsubscribe { pkid, filters }) => {
-                out.push(Step::Reply(Outbound::UnsubAck { pkid, filters }));
+            (State::Connected, Inbound::PubRec(pkid, ok)) => {
+                out.push(Step::Settle(Settle::PubRec(pkid, ok)));
             }
-            (State::Connected, Inbound::Disconnect { with_will }) => {
+            (State::Connected, Inbound::PubComp(pkid)) => {
+                out.push(Step::Settle(Settle::PubComp(pkid)));
+            }
+            (
+                State::Connected,
+                Inbound::Disconnect {
+                    with_will,
+                    session_expiry,
+                },
+            ) => {
                 if !with_will {
                     self.will = None;
+                }
+                // MQTT 5 §3.14.2.2.2: a client may shorten or end its session on the way out
+                // (not create one it did not ask for at CONNECT).
+                if session_expiry == Some(0) {
+                    self.persistent = false;
                 }
                 self.close("client disconnected", out);
             }
@@ -235,15 +306,15 @@ impl Session {
         }
         self.check_publishes = env.checks_publishes();
         let mut session_present = false;
+        self.persistent = info.session_expiry > 0;
+        self.clean = info.clean;
         if info.clean {
             env.discard(&self.client_id);
-        } else {
-            self.persistent = true;
-            if let Some(pending) = env.resume(&self.client_id) {
-                self.qos2_pending = pending;
-                session_present = true;
-            }
+        } else if let Some(pending) = env.resume(&self.client_id) {
+            self.qos2_pending = pending;
+            session_present = true;
         }
+        self.client_limits = (info.receive_max, info.max_packet);
         self.keep_alive = info.keep_alive;
         self.will = info.will;
         self.state = State::Connected;
@@ -255,7 +326,40 @@ impl Session {
         }));
     }
 
-    fn publish(&mut self, p: PublishIn, env: &impl SessionEnv, out: &mut Vec<Step>) {
+    /// Resolves an MQTT 5 topic alias into `p.topic`; `Err` closes the connection.
+    fn resolve_alias(&mut self, p: &mut PublishIn, out: &mut Vec<Step>) -> Result<(), ()> {
+        let Some(alias) = p.alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > TOPIC_ALIAS_MAX {
+            // MQTT 5 §3.3.2.3.4: "Topic Alias invalid".
+            out.push(Step::Reply(Outbound::Disconnect(0x94)));
+            self.close("topic alias outside 1..=Topic Alias Maximum", out);
+            return Err(());
+        }
+        let slot = usize::from(alias - 1);
+        if self.aliases.len() <= slot {
+            self.aliases.resize(slot + 1, None);
+        }
+        if p.topic.is_empty() {
+            match &self.aliases[slot] {
+                Some(topic) => p.topic.clone_from(topic),
+                None => {
+                    out.push(Step::Reply(Outbound::Disconnect(0x82)));
+                    self.close("PUBLISH with an unknown topic alias and no topic", out);
+                    return Err(());
+                }
+            }
+        } else {
+            self.aliases[slot] = Some(p.topic.clone());
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, mut p: PublishIn, env: &impl SessionEnv, out: &mut Vec<Step>) {
+        if self.resolve_alias(&mut p, out).is_err() {
+            return;
+        }
         if p.topic.is_empty() || p.topic.contains(['+', '#', '\0']) {
             return self.close("invalid topic name in PUBLISH", out);
         }

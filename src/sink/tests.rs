@@ -23,6 +23,7 @@ fn part() -> Part {
         seq: 0,
         source: crate::decode::Source::Mqtt,
         rejected: None,
+        mqtt: crate::decode::MqttMeta::default(),
     };
     b.append(&m, 42).unwrap_or_else(|e| panic!("{e}"));
     let batch = b.finish().ok().flatten().unwrap_or_else(|| panic!("empty"));

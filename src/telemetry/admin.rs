@@ -329,6 +329,30 @@ pub fn render_metrics(state: &AdminState) -> String {
         "Parquet files waiting in the spool for upload.",
         load(&stats.spool_files) as f64,
     );
+    for (name, help, g) in [
+        (
+            "broker_subscriptions",
+            "Broker subscriptions held.",
+            &stats.broker_subscriptions,
+        ),
+        (
+            "broker_sessions",
+            "Broker sessions (connected, and persistent ones whose client is away).",
+            &stats.broker_sessions,
+        ),
+        (
+            "broker_retained_messages",
+            "Retained messages held.",
+            &stats.broker_retained,
+        ),
+        (
+            "broker_queued_bytes",
+            "Bytes queued for subscribers.",
+            &stats.broker_queued_bytes,
+        ),
+    ] {
+        gauge(name, help, load(g) as f64);
+    }
     let oldest = load(&stats.spool_oldest_unix);
     gauge(
         "upload_lag_seconds",

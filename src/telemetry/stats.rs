@@ -28,6 +28,14 @@ macro_rules! counters {
             pub spool_files: AtomicU64,
             /// When the oldest spooled file entered the spool, seconds since the epoch; 0: none.
             pub spool_oldest_unix: AtomicU64,
+            /// Broker subscriptions held (a gauge).
+            pub broker_subscriptions: AtomicU64,
+            /// Broker sessions: connected ones and persistent ones whose client is away (a gauge).
+            pub broker_sessions: AtomicU64,
+            /// Retained messages held (a gauge).
+            pub broker_retained: AtomicU64,
+            /// Bytes queued for subscribers (a gauge).
+            pub broker_queued_bytes: AtomicU64,
             /// Failed uploads by [`UploadErrorKind`] (in `UploadErrorKind::ALL` order).
             upload_errors: [AtomicU64; UploadErrorKind::ALL.len()],
             /// Messages sent to `_rejected`, by [`RejectReason`] (in `RejectReason::ALL` order).
@@ -46,6 +54,10 @@ macro_rules! counters {
                     spool_bytes: AtomicU64::new(0),
                     spool_files: AtomicU64::new(0),
                     spool_oldest_unix: AtomicU64::new(0),
+                    broker_subscriptions: AtomicU64::new(0),
+                    broker_sessions: AtomicU64::new(0),
+                    broker_retained: AtomicU64::new(0),
+                    broker_queued_bytes: AtomicU64::new(0),
                     upload_errors: Default::default(),
                     rejected: Default::default(),
                     tables: Mutex::default(),
@@ -178,6 +190,31 @@ counters! {
     bridge_connection_errors,
     /// Messages a broker delivered again (DUP) that the bridge had already stored: acknowledged, not stored twice.
     bridge_redeliveries_skipped,
+    /// Subscriptions granted (SUBSCRIBE filters accepted, re-subscriptions included).
+    broker_subscribes,
+    /// SUBSCRIBE filters refused (invalid, denied by the ACL, over `broker.max_subscriptions`).
+    broker_subscribes_refused,
+    /// Messages delivered to subscribers with QoS 0.
+    broker_delivered_qos0,
+    /// Messages delivered to subscribers with QoS 1.
+    broker_delivered_qos1,
+    /// Messages delivered to subscribers with QoS 2.
+    broker_delivered_qos2,
+    /// QoS 0 deliveries dropped because the subscriber's queue was full.
+    broker_dropped_qos0,
+    /// QoS 1/2 deliveries dropped because the subscriber's queue was full (its client is disconnected).
+    broker_dropped_qos12,
+    /// Deliveries not sent because they exceed the subscriber's maximum packet size (MQTT 5).
+    broker_dropped_too_large,
+    /// Subscribers disconnected because their queue was full (too slow).
+    broker_slow_disconnects,
+    /// Deliveries not made because the ACL denies the subscriber reading the topic (a
+    /// wildcard subscription granted by a read rule, with a `deny` rule inside it).
+    broker_denied_acl,
+    /// Queued deliveries dropped with a session that ended (clean session, takeover with clean start).
+    broker_messages_discarded,
+    /// Retained messages not kept: `broker.retained_max` or `broker.retained_max_bytes` reached.
+    broker_retained_refused,
     /// Records appended to the WAL.
     wal_records,
     /// Bytes appended to the WAL.
@@ -195,6 +232,11 @@ counters! {
 }
 
 impl Stats {
+    /// Sets a gauge.
+    pub fn set_gauge(&self, gauge: &AtomicU64, value: usize) {
+        gauge.store(value as u64, Ordering::Relaxed);
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);

@@ -162,6 +162,7 @@ impl<F: WalFs> Log<F> {
     pub fn stage(
         &mut self,
         source: crate::decode::Source,
+        flags: u8,
         received_at: i64,
         client: &str,
         topic: &str,
@@ -172,7 +173,7 @@ impl<F: WalFs> Log<F> {
         record::encode(
             &mut self.staged,
             seq,
-            source,
+            record::head(source, flags),
             received_at,
             client,
             topic,

@@ -37,4 +37,4 @@ pub use checkpoint::{Checkpoint, CheckpointFile, Cut};
 pub use durable::{Admitted, Done, Durable, NotStored};
 pub use fs::{DiskFs, WalFs};
 pub use log::{Log, Recovery, replay};
-pub use writer::{Append, WalHandle};
+pub use writer::{Append, Feed, Routed, WalHandle};

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! len u32 LE | crc u32 LE | seq u64 LE | body (len bytes)
-//! body = source u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic | payload
+//! body = head u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic | payload
+//! head = source (bits 0–3) | MQTT QoS (bits 4–5) | MQTT RETAIN (bit 7)
 //! ```
+//!
+//! The QoS and RETAIN bits let a start rebuild the retained messages from the WAL; records
+//! written before they existed have them zero.
 //!
 //! `crc` is CRC32C over `len`, `seq` and `body`, so a torn length, a torn body and a record
 //! from an unrelated write are all caught. Integers are little-endian.
@@ -31,6 +35,10 @@ pub struct Entry {
     pub seq: u64,
     /// Where it came from (its first body byte): says how to decode the payload.
     pub source: Source,
+    /// The MQTT QoS it was published with (0 for gRPC).
+    pub qos: u8,
+    /// It was published with RETAIN.
+    pub retain: bool,
     /// Receive time, µs since the epoch.
     pub received_at: i64,
     /// MQTT client id of the sender.
@@ -46,7 +54,7 @@ pub struct Entry {
 pub fn encode(
     out: &mut Vec<u8>,
     seq: u64,
-    source: Source,
+    head: u8,
     received_at: i64,
     client: &str,
     topic: &str,
@@ -60,7 +68,7 @@ pub fn encode(
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.push(source as u8);
+    out.push(head);
     out.extend_from_slice(&received_at.to_le_bytes());
     out.extend_from_slice(&(client.len() as u16).to_le_bytes());
     out.extend_from_slice(client);
@@ -69,6 +77,16 @@ pub fn encode(
     out.extend_from_slice(payload);
     let crc = crc_of(&out[start..start + 4], &out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The head byte of a record: its source and (MQTT) [`flags`].
+pub fn head(source: Source, flags: u8) -> u8 {
+    source as u8 | flags
+}
+
+/// The head-byte flags of an MQTT record.
+pub fn flags(qos: u8, retain: bool) -> u8 {
+    ((qos & 3) << 4) | if retain { 0x80 } else { 0 }
 }
 
 /// Bytes `entry` takes in a segment, framing included.
@@ -196,7 +214,8 @@ impl<R: Read> SegmentReader<R> {
     }
 
     fn parse(&mut self, seq: u64, body: Vec<u8>) -> Option<Entry> {
-        let source = match body[0] {
+        let head = body[0];
+        let source = match head & 0x0f {
             1 => Source::Mqtt,
             2 => Source::Grpc,
             3 => Source::Bridge,
@@ -223,6 +242,8 @@ impl<R: Read> SegmentReader<R> {
         Some(Entry {
             seq,
             source,
+            qos: (head >> 4) & 3,
+            retain: head & 0x80 != 0,
             received_at,
             client,
             topic,
@@ -255,7 +276,7 @@ mod tests {
             encode(
                 &mut out,
                 *seq,
-                Source::Mqtt,
+                head(Source::Mqtt, flags(1, *seq == 8)),
                 1_700_000_000_000_000,
                 "dev-1",
                 topic,
@@ -289,6 +310,13 @@ mod tests {
         assert_eq!(&entries[0].payload[..], b"{\"x\":1}");
         assert_eq!(entries[0].received_at, 1_700_000_000_000_000);
         assert_eq!(entries[1].seq, 8);
+        assert_eq!((entries[0].qos, entries[0].retain), (1, false));
+        assert_eq!(
+            (entries[1].qos, entries[1].retain),
+            (1, true),
+            "head flags round-trip"
+        );
+        assert_eq!(entries[1].source, Source::Mqtt);
         let total: usize = entries.iter().map(framed_len).sum();
         assert_eq!(total + MAGIC.len(), bytes.len());
         assert!(entries[1].payload.is_empty());

@@ -95,6 +95,7 @@ impl Model {
                     let payload = format!("{s}:{c}");
                     let seq = self.log.stage(
                         Source::Mqtt,
+                        0,
                         7,
                         &format!("client-{s}"),
                         "t",
@@ -190,7 +191,7 @@ fn a_clean_release_deletes_every_segment_and_the_next_start_continues_the_number
     let fs = MemFs::default();
     let mut log = Log::start(fs.clone(), Vec::new(), 0, SEGMENT)?;
     for i in 0..50 {
-        log.stage(Source::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(Source::Mqtt, 0, 0, "c", "t", format!("{i:040}").as_bytes());
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -213,7 +214,7 @@ fn damage_in_one_segment_stops_only_that_segment_and_is_counted() -> io::Result<
     let dir = tempfile::tempdir()?;
     let mut log = Log::start(DiskFs::open(dir.path())?, Vec::new(), 0, SEGMENT)?;
     for i in 0..12 {
-        log.stage(Source::Mqtt, 0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(Source::Mqtt, 0, 0, "c", "t", format!("{i:040}").as_bytes());
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -252,6 +253,7 @@ fn message(topic: &str) -> Message {
         seq: 0,
         source: crate::decode::Source::Mqtt,
         rejected: None,
+        mqtt: crate::decode::MqttMeta::default(),
     }
 }
 
@@ -278,6 +280,8 @@ async fn the_writer_acks_after_sync_in_order_and_holds_acks_while_the_disk_is_fu
         release_grace: Duration::ZERO,
         stats: stats.clone(),
         heartbeats: crate::telemetry::Heartbeats::new(),
+        fanout: None,
+        hold: Arc::new(AtomicU64::new(u64::MAX)),
     };
     let (wal, end) = writer::spawn(log, parts)?;
     let client: Arc<str> = Arc::from("c1");

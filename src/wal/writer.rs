@@ -19,8 +19,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::durable::{Admitted, Done, NotStored};
 use super::fs::WalFs;
 use super::log::Log;
+use super::record;
+use crate::decode::{Props, Source};
 use crate::telemetry::{Heartbeats, Stage, Stats};
+use bytes::Bytes;
 
 /// Most bytes written per round, so one round's latency stays bounded under a flood.
 const ROUND_BYTES: usize = 8 << 20;
@@ -48,6 +51,50 @@ pub struct Append {
     pub done: Option<Done>,
     /// While the volume is full, hand the group back instead of holding it.
     pub refuse_when_full: bool,
+}
+
+/// A durable message on its way to subscribers.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    /// WAL sequence number.
+    pub seq: u64,
+    /// Client id of the publisher (for no-local).
+    pub origin: Arc<str>,
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// MQTT 5 properties.
+    pub props: Option<Arc<Props>>,
+}
+
+/// The WAL writer's end: which messages to hand over, and the channel.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    tx: SyncSender<Vec<Routed>>,
+    active: Arc<AtomicBool>,
+}
+
+impl Feed {
+    /// Whether a message with this RETAIN flag is to be handed over (retained ones always;
+    /// others while any subscription exists).
+    pub fn wants(&self, retain: bool) -> bool {
+        retain || self.active.load(Ordering::Acquire)
+    }
+
+    /// A feed over `tx`, handing over while `active` is set (and retained messages always).
+    pub fn new(tx: SyncSender<Vec<Routed>>, active: Arc<AtomicBool>) -> Self {
+        Self { tx, active }
+    }
+
+    /// Hands over one round; waits while the channel is full. `false` once the fan-out ended.
+    pub fn send(&self, round: Vec<Routed>) -> bool {
+        self.tx.send(round).is_ok()
+    }
 }
 
 /// Cloneable handle to the writer thread. The thread ends once every handle is dropped and
@@ -84,6 +131,11 @@ pub struct WriterParts {
     pub stats: Arc<Stats>,
     /// The writer beats here at least once a second while alive (watchdog).
     pub heartbeats: Arc<Heartbeats>,
+    /// The broker's fan-out: MQTT messages go there once fsynced (`None`: no broker role).
+    pub fanout: Option<Feed>,
+    /// No segment holding a record at or above this is deleted (retained messages the
+    /// broker's snapshot does not cover yet); `u64::MAX`: no hold.
+    pub hold: Arc<AtomicU64>,
 }
 
 /// Starts the writer thread. The returned receiver resolves when the thread ends.
@@ -98,6 +150,8 @@ pub fn spawn<F: WalFs>(
         release_grace,
         stats,
         heartbeats,
+        fanout,
+        hold,
     } = parts;
     let (tx, rx) = std_mpsc::channel();
     let (end_tx, end_rx) = oneshot::channel();
@@ -115,6 +169,8 @@ pub fn spawn<F: WalFs>(
         closed: false,
         full: false,
         heartbeats,
+        fanout,
+        hold,
         #[cfg(debug_assertions)]
         stall: StallHook::from_env(),
     };
@@ -172,13 +228,15 @@ struct Writer<F: WalFs> {
     delay: ReleaseDelay,
     released: u64,
     stats: Arc<Stats>,
-    waiting: Vec<(Admitted, Option<Done>)>,
+    waiting: Vec<(Admitted, Option<Done>, Arc<str>)>,
     /// Reused list of senders to tell after a sync.
     dones: Vec<Done>,
     closed: bool,
     /// The last write failed for lack of space.
     full: bool,
     heartbeats: Arc<Heartbeats>,
+    fanout: Option<Feed>,
+    hold: Arc<AtomicU64>,
     #[cfg(debug_assertions)]
     stall: StallHook,
 }
@@ -235,7 +293,7 @@ impl<F: WalFs> Writer<F> {
                             records = self
                                 .waiting
                                 .iter()
-                                .map(|(g, _)| g.msgs.len())
+                                .map(|(g, _, _)| g.msgs.len())
                                 .sum::<usize>(),
                             "WAL volume is full: acks are withheld and sources paused until space is freed"
                         );
@@ -264,9 +322,10 @@ impl<F: WalFs> Writer<F> {
             Stats::add(&self.stats.wal_bytes, written as u64);
             // One send to the batcher per sync, not per group: a busy round carries hundreds
             // of small groups, and each send may wake the batcher's thread.
+            self.hand_to_broker()?;
             let mut merged: Option<Admitted> = None;
             let mut dones = std::mem::take(&mut self.dones);
-            for (mut group, done) in self.waiting.drain(..) {
+            for (mut group, done, _) in self.waiting.drain(..) {
                 Stats::add(&self.stats.wal_records, group.msgs.len() as u64);
                 match &mut merged {
                     None => merged = Some(group),
@@ -309,15 +368,52 @@ impl<F: WalFs> Writer<F> {
         #[cfg(debug_assertions)]
         self.stall.check(&group);
         for msg in &mut group.msgs {
+            let flags = match msg.source {
+                Source::Mqtt | Source::Bridge => record::flags(msg.mqtt.qos, msg.mqtt.retain),
+                Source::Grpc => 0,
+            };
             msg.seq = self.log.stage(
                 msg.source,
+                flags,
                 msg.received_at,
                 &client,
                 &msg.topic,
                 &msg.payload,
             );
         }
-        self.waiting.push((group, done));
+        self.waiting.push((group, done, client));
+    }
+
+    /// Hands the fsynced MQTT messages to the broker's fan-out (in sequence order). A retained
+    /// one holds its segment until the broker's snapshot has it.
+    fn hand_to_broker(&mut self) -> io::Result<()> {
+        let Some(feed) = &self.fanout else {
+            return Ok(());
+        };
+        let mut round = Vec::new();
+        for (group, _, client) in &self.waiting {
+            for m in &group.msgs {
+                if matches!(m.source, Source::Grpc) || !feed.wants(m.mqtt.retain) {
+                    continue;
+                }
+                if m.mqtt.retain {
+                    self.hold.fetch_min(m.seq, Ordering::AcqRel);
+                }
+                round.push(Routed {
+                    seq: m.seq,
+                    origin: client.clone(),
+                    topic: Arc::from(m.topic.as_str()),
+                    payload: m.payload.clone(),
+                    qos: m.mqtt.qos,
+                    retain: m.mqtt.retain,
+                    props: m.mqtt.props.clone(),
+                });
+            }
+        }
+        if !round.is_empty() && !feed.send(round) {
+            return Err(io::Error::other("the broker's fan-out stopped"));
+        }
+        Ok(())
     }
 
     /// Stages what else is queued, waiting until `due` (the earliest next sync) for more.
@@ -373,6 +469,8 @@ impl<F: WalFs> Writer<F> {
         let Some(lw) = self.delay.effective(seen, Instant::now()) else {
             return;
         };
+        // Segments the broker still needs stay (a later release deletes them).
+        let lw = lw.min(self.hold.load(Ordering::Acquire));
         if lw > self.released {
             match self.log.release(lw, false) {
                 Ok(n) => {

@@ -24,6 +24,7 @@ fn msg(device: &str, fields: Vec<(&str, Scalar)>) -> Message {
         seq: 0,
         source: crate::decode::Source::Mqtt,
         rejected: None,
+        mqtt: crate::decode::MqttMeta::default(),
     }
 }
 

@@ -29,6 +29,7 @@ fn batch(rows: &[(&str, i64, u64)]) -> Batch {
             seq: 0,
             source: crate::decode::Source::Mqtt,
             rejected: None,
+            mqtt: crate::decode::MqttMeta::default(),
         };
         b.append(&m, *seq).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -156,6 +157,7 @@ fn one_row(time: i64, received_at: i64, fields: Vec<(String, Scalar)>) -> Messag
         seq: 0,
         source: crate::decode::Source::Mqtt,
         rejected: None,
+        mqtt: crate::decode::MqttMeta::default(),
     }
 }
 

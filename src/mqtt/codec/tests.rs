@@ -17,7 +17,7 @@ fn v5_bytes(p: v5::Packet) -> BytesMut {
 
 #[test]
 fn a_v311_connect_then_publish_are_framed_even_when_split_across_reads() {
-    let mut codec = Codec::new(1 << 20, u16::MAX);
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
     let mut all = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
     let mut publish = v4::Publish::new("a/b", QoS::AtLeastOnce, b"{}".to_vec());
     publish.pkid = 1;
@@ -38,7 +38,7 @@ fn a_v311_connect_then_publish_are_framed_even_when_split_across_reads() {
 
 #[test]
 fn a_v5_connect_selects_the_v5_codec() {
-    let mut codec = Codec::new(1 << 20, u16::MAX);
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
     let connect = v5::Connect {
         keep_alive: 30,
         client_id: "dev5".into(),
@@ -53,13 +53,16 @@ fn a_v5_connect_selects_the_v5_codec() {
     let mut buf = BytesMut::from(&[0xE0u8, 0][..]);
     assert!(matches!(
         codec.decode(&mut buf),
-        Ok(Some(Inbound::Disconnect { with_will: false }))
+        Ok(Some(Inbound::Disconnect {
+            with_will: false,
+            ..
+        }))
     ));
 }
 
 #[test]
 fn bytes_that_are_not_mqtt_are_refused_at_the_first_byte() {
-    let mut codec = Codec::new(1 << 20, u16::MAX);
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
     let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
     assert!(matches!(
         codec.decode(&mut buf),
@@ -69,7 +72,7 @@ fn bytes_that_are_not_mqtt_are_refused_at_the_first_byte() {
 
 #[test]
 fn an_oversized_packet_is_refused_from_its_header_alone() {
-    let mut codec = Codec::new(1 << 20, u16::MAX);
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
     let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
     assert!(matches!(codec.decode(&mut buf), Ok(Some(_))));
     // PUBLISH header announcing 10 MiB; no body sent.
@@ -79,7 +82,7 @@ fn an_oversized_packet_is_refused_from_its_header_alone() {
 
 #[test]
 fn mqtt_3_1_is_refused_as_unsupported() {
-    let mut codec = Codec::new(1 << 20, u16::MAX);
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
     // CONNECT, MQIsdp level 3, flags 2, keep-alive 60, client id "a".
     let body = [
         0u8, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 1, b'a',
@@ -94,7 +97,7 @@ fn mqtt_3_1_is_refused_as_unsupported() {
 
 #[test]
 fn replies_encode_in_the_connection_protocol() {
-    let mut codec = Codec::new(1 << 20, u16::MAX);
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
     let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
     let _ = codec.decode(&mut buf);
     let mut out = BytesMut::new();
@@ -110,4 +113,119 @@ fn replies_encode_in_the_connection_protocol() {
         &mut out,
     );
     assert_eq!(&out[..], &[0x20, 2, 0, 0]);
+}
+
+fn v5_codec() -> Codec {
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: "dev5".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let mut buf = v5_bytes(v5::Packet::Connect(connect, None, None));
+    let _ = codec.decode(&mut buf);
+    codec
+}
+
+#[test]
+fn a_v5_subscribe_keeps_its_options_and_identifier() {
+    let mut codec = v5_codec();
+    let mut filter = v5::Filter::new("a/+", rumqttc::v5::mqttbytes::QoS::ExactlyOnce);
+    filter.nolocal = true;
+    filter.preserve_retain = true;
+    filter.retain_forward_rule = v5::RetainForwardRule::Never;
+    let sub = v5::Subscribe {
+        pkid: 7,
+        filters: vec![filter],
+        properties: Some(v5::SubscribeProperties {
+            id: Some(42),
+            user_properties: Vec::new(),
+        }),
+    };
+    let mut buf = v5_bytes(v5::Packet::Subscribe(sub));
+    let Ok(Some(Inbound::Subscribe(Subscribe { pkid, filters, id }))) = codec.decode(&mut buf)
+    else {
+        panic!("not a SUBSCRIBE");
+    };
+    assert_eq!((pkid, id), (7, Some(42)));
+    assert_eq!(
+        filters,
+        [SubFilter {
+            filter: "a/+".into(),
+            qos: 2,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: 2,
+        }]
+    );
+}
+
+fn publish_out(props: Option<Props>) -> Outbound {
+    Outbound::Publish(Box::new(PublishOut {
+        topic: std::sync::Arc::from("cmd/dev-1"),
+        payload: Bytes::from_static(b"on"),
+        qos: 1,
+        pkid: 9,
+        retain: true,
+        dup: true,
+        props: props.map(std::sync::Arc::new),
+        sub_ids: vec![42],
+    }))
+}
+
+#[test]
+fn a_delivery_encodes_as_a_publish_a_client_reads_back() {
+    let mut v4codec = Codec::new(1 << 20, u16::MAX, true);
+    let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
+    let _ = v4codec.decode(&mut buf);
+    let mut out = BytesMut::new();
+    v4codec.encode(publish_out(None), &mut out);
+    let Ok(v4::Packet::Publish(p)) = v4::Packet::read(&mut out, 1 << 20) else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.pkid, p.dup, p.retain),
+        ("cmd/dev-1", &b"on"[..], 9, true, true)
+    );
+    let codec = v5_codec();
+    let props = Props {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Props::default()
+    };
+    let mut out = BytesMut::new();
+    codec.encode(publish_out(Some(props)), &mut out);
+    let Ok(v5::Packet::Publish(p)) = v5::Packet::read(&mut out, None) else {
+        panic!("not a v5 PUBLISH");
+    };
+    let pr = p.properties.unwrap_or_default();
+    assert_eq!(pr.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(pr.user_properties, [("k".to_string(), "v".to_string())]);
+    assert_eq!(pr.subscription_identifiers, [42]);
+}
+
+#[test]
+fn suback_codes_are_failure_on_3_1_1_and_specific_on_5() {
+    let mut v4codec = Codec::new(1 << 20, u16::MAX, true);
+    let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
+    let _ = v4codec.decode(&mut buf);
+    let codes = vec![
+        SubCode::Granted(1),
+        SubCode::InvalidFilter,
+        SubCode::NotAuthorized,
+    ];
+    let mut out = BytesMut::new();
+    v4codec.encode(
+        Outbound::SubAck {
+            pkid: 3,
+            codes: codes.clone(),
+        },
+        &mut out,
+    );
+    assert_eq!(&out[..], &[0x90, 5, 0, 3, 1, 0x80, 0x80]);
+    let codec = v5_codec();
+    let mut out = BytesMut::new();
+    codec.encode(Outbound::SubAck { pkid: 3, codes }, &mut out);
+    assert_eq!(&out[..], &[0x90, 6, 0, 3, 0, 1, 0x8F, 0x87]);
 }

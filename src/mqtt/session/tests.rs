@@ -14,9 +14,14 @@ fn connect(protocol: Protocol, client_id: &str, clean: bool, will: bool) -> Inbo
         will: will.then(|| Will {
             topic: "status/x".into(),
             payload: Bytes::from_static(b"{\"up\":false}"),
+            qos: 1,
+            retain: false,
         }),
         username: None,
         password: None,
+        session_expiry: if clean { 0 } else { u32::MAX },
+        receive_max: u16::MAX,
+        max_packet: 0,
     })
 }
 
@@ -25,9 +30,20 @@ fn publish(qos: u8, pkid: u16, topic: &str) -> Inbound {
         qos,
         pkid,
         dup: false,
+        retain: false,
         topic: topic.into(),
         payload: Bytes::from_static(b"{}"),
+        alias: None,
+        props: None,
     })
+}
+
+fn aliased(alias: u16, topic: &str) -> Inbound {
+    let Inbound::Publish(mut p) = publish(1, 9, topic) else {
+        unreachable!()
+    };
+    p.alias = Some(alias);
+    Inbound::Publish(p)
 }
 
 /// An in-memory environment: one stored-session map, a fixed assigned id.
@@ -69,6 +85,13 @@ fn kinds(steps: &[Step]) -> Vec<String> {
             Step::Reply(o) => format!("{o:?}"),
             Step::Deliver(p) => format!("Deliver({})", p.pkid),
             Step::Close(r) => format!("Close({r})"),
+            Step::Subscribe(Subscribe { pkid, filters, .. }) => {
+                format!("Subscribe({pkid}, {})", filters.len())
+            }
+            Step::Unsubscribe(Unsubscribe { pkid, filters }) => {
+                format!("Unsubscribe({pkid}, {filters:?})")
+            }
+            Step::Settle(s) => format!("{s:?}"),
         })
         .collect()
 }
@@ -154,7 +177,13 @@ fn a_wildcard_topic_in_publish_is_a_protocol_error() {
 #[test]
 fn a_normal_disconnect_discards_the_will() {
     let mut s = connected(Protocol::V4);
-    step(&mut s, Inbound::Disconnect { with_will: false });
+    step(
+        &mut s,
+        Inbound::Disconnect {
+            with_will: false,
+            session_expiry: None,
+        },
+    );
     assert!(s.take_will().is_none());
 }
 
@@ -168,22 +197,75 @@ fn an_abnormal_end_keeps_the_will_for_publishing_once() {
 #[test]
 fn v5_disconnect_with_will_keeps_the_will() {
     let mut s = connected(Protocol::V5);
-    step(&mut s, Inbound::Disconnect { with_will: true });
+    step(
+        &mut s,
+        Inbound::Disconnect {
+            with_will: true,
+            session_expiry: None,
+        },
+    );
     assert!(s.take_will().is_some());
 }
 
 #[test]
-fn subscribe_is_refused_and_ping_answered() {
+fn subscriptions_and_acks_of_deliveries_go_to_the_broker_and_ping_is_answered() {
     let mut s = connected(Protocol::V4);
-    let out = step(
-        &mut s,
-        Inbound::Subscribe {
-            pkid: 3,
-            filters: 2,
-        },
+    let filter = |f: &str| crate::mqtt::codec::SubFilter {
+        filter: f.into(),
+        qos: 1,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: 0,
+    };
+    let sub = Inbound::Subscribe(Subscribe {
+        pkid: 3,
+        filters: vec![filter("a/#"), filter("b")],
+        id: None,
+    });
+    assert_eq!(kinds(&step(&mut s, sub)), ["Subscribe(3, 2)"]);
+    let unsub = Inbound::Unsubscribe(Unsubscribe {
+        pkid: 4,
+        filters: vec!["a/#".into()],
+    });
+    assert_eq!(kinds(&step(&mut s, unsub)), ["Unsubscribe(4, [\"a/#\"])"]);
+    assert_eq!(kinds(&step(&mut s, Inbound::PubAck(5))), ["PubAck(5)"]);
+    assert_eq!(
+        kinds(&step(&mut s, Inbound::PubRec(6, true))),
+        ["PubRec(6, true)"]
     );
-    assert_eq!(kinds(&out), ["SubAckRefused { pkid: 3, filters: 2 }"]);
+    assert_eq!(kinds(&step(&mut s, Inbound::PubComp(6))), ["PubComp(6)"]);
     assert_eq!(kinds(&step(&mut s, Inbound::PingReq)), ["PingResp"]);
+}
+
+#[test]
+fn topic_aliases_resolve_and_an_alias_out_of_range_disconnects_with_0x94() {
+    let mut s = connected(Protocol::V5);
+    let out = step(&mut s, aliased(3, "sensors/a"));
+    assert_eq!(kinds(&out), ["Deliver(9)", "PubAck(9)"]);
+    let out = step(&mut s, aliased(3, ""));
+    let Step::Deliver(p) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        p.topic, "sensors/a",
+        "the alias stands for the topic it was set with"
+    );
+    let mut unknown = connected(Protocol::V5);
+    let out = step(&mut unknown, aliased(5, ""));
+    assert_eq!(kinds(&out)[0], "Disconnect(130)");
+    let out = step(&mut s, aliased(TOPIC_ALIAS_MAX + 1, "x"));
+    assert_eq!(
+        kinds(&out),
+        [
+            "Disconnect(148)",
+            "Close(topic alias outside 1..=Topic Alias Maximum)"
+        ]
+    );
+    let mut zero = connected(Protocol::V5);
+    assert_eq!(
+        kinds(&step(&mut zero, aliased(0, "x")))[0],
+        "Disconnect(148)"
+    );
 }
 
 #[test]

@@ -1,0 +1,590 @@
+//! The outbound side of one session: messages routed to it wait in a queue bounded by bytes,
+//! then go out as PUBLISH packets with packet ids, at most `receive maximum` of QoS 1/2 in
+//! flight; PUBACK, PUBREC and PUBCOMP settle them. A persistent session keeps its outbox while
+//! its client is away (routing goes on queueing into it) and resends what was in flight when
+//! the client comes back (MQTT 3.1.1 §4.4, MQTT 5 §4.4).
+//!
+//! [`OutQueue`] is the sans-IO core; [`Outbox`] puts it behind a lock with a wake-up for the
+//! connection task. Lock order: the broker's hub lock may be held while taking an outbox lock,
+//! never the reverse.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::decode::Props;
+
+/// A PUBLISH to a subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishOut {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: u8,
+    /// Packet id (0 for QoS 0).
+    pub pkid: u16,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// DUP flag (a resend).
+    pub dup: bool,
+    /// MQTT 5 properties of the original PUBLISH.
+    pub props: Option<Arc<Props>>,
+    /// MQTT 5 subscription identifiers.
+    pub sub_ids: Vec<u32>,
+}
+
+/// A packet the outbox has the connection send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// PUBLISH.
+    Publish(Box<PublishOut>),
+    /// PUBREL of a QoS 2 delivery.
+    PubRel(u16),
+}
+
+/// Why a connection lost its session to a newer one ([`Outbox::check`]).
+pub const TAKEN_OVER: &str = "session taken over by a new connection";
+
+/// Bytes a queued delivery is counted for besides topic and payload.
+const OVERHEAD: usize = 96;
+
+/// A message routed to one session.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Payload (shared with every other session it goes to).
+    pub payload: Bytes,
+    /// QoS it is delivered with: the lower of the published and the granted QoS.
+    pub qos: u8,
+    /// RETAIN flag as sent.
+    pub retain: bool,
+    /// MQTT 5 properties of the PUBLISH as received.
+    pub props: Option<Arc<Props>>,
+    /// Identifiers of the subscriptions it matched.
+    pub sub_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// Bytes it counts against queue bounds.
+    pub fn bytes(&self) -> usize {
+        OVERHEAD + self.topic.len() + self.payload.len()
+    }
+
+    fn packet(&self, pkid: u16, dup: bool) -> Packet {
+        Packet::Publish(Box::new(PublishOut {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            pkid,
+            retain: self.retain,
+            dup,
+            props: self.props.clone(),
+            sub_ids: self.sub_ids.clone(),
+        }))
+    }
+}
+
+/// What happened to a pushed delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// A QoS 0 delivery did not fit and was dropped.
+    DroppedQos0,
+    /// A QoS 1/2 delivery did not fit: dropped, and the session's client is to be disconnected.
+    Overflow,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited.
+    Published,
+    /// PUBREL sent, PUBCOMP awaited.
+    Released,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    pkid: u16,
+    phase: Phase,
+    msg: Delivery,
+}
+
+/// Queue bounds shared by every outbox.
+#[derive(Debug)]
+pub struct Bounds {
+    /// Most bytes queued in one session.
+    pub per_session: usize,
+    /// Most bytes queued in all sessions.
+    pub total: usize,
+    /// Bytes queued in all sessions now.
+    pub queued: AtomicUsize,
+}
+
+/// The sans-IO outbound state of one session.
+#[derive(Debug)]
+pub struct OutQueue {
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    inflight: VecDeque<InFlight>,
+    next_pkid: u16,
+    /// Most QoS 1/2 deliveries in flight (the client's receive maximum, capped by config).
+    max_inflight: usize,
+    /// The client's maximum packet size (MQTT 5), 0: none.
+    max_packet: usize,
+    /// Which connection owns the session; bumped when a connection takes it over.
+    owner: u64,
+    /// No connection owns it now.
+    away: bool,
+    /// Why its connection must close (slow subscriber), taken by that connection.
+    kick: Option<&'static str>,
+    /// Deliveries too large for the client's maximum packet size, not yet counted.
+    too_large: u64,
+}
+
+impl OutQueue {
+    fn new() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            next_pkid: 0,
+            max_inflight: 1,
+            max_packet: 0,
+            owner: 0,
+            away: true,
+            kick: None,
+            too_large: 0,
+        }
+    }
+
+    /// Queues `d` within `bounds`.
+    pub fn push(&mut self, d: Delivery, bounds: &Bounds) -> Pushed {
+        let n = d.bytes();
+        let over_session = self.queued_bytes + n > bounds.per_session;
+        let over_total = bounds.queued.load(Ordering::Relaxed) + n > bounds.total;
+        if over_session || over_total {
+            if d.qos == 0 {
+                return Pushed::DroppedQos0;
+            }
+            // Make room by dropping queued QoS 0 first; if still no room, the client is too slow.
+            if self.shed_qos0(n, bounds) {
+                self.queue_one(d, n, bounds);
+                return Pushed::Queued;
+            }
+            if !self.away {
+                self.kick = Some("subscriber too slow: its queue is full");
+            }
+            return Pushed::Overflow;
+        }
+        self.queue_one(d, n, bounds);
+        Pushed::Queued
+    }
+
+    fn queue_one(&mut self, d: Delivery, n: usize, bounds: &Bounds) {
+        self.queued_bytes += n;
+        bounds.queued.fetch_add(n, Ordering::Relaxed);
+        self.queue.push_back(d);
+    }
+
+    /// Drops queued QoS 0 deliveries until `n` more bytes fit; `false` if they cannot.
+    fn shed_qos0(&mut self, n: usize, bounds: &Bounds) -> bool {
+        let qos0: usize = self
+            .queue
+            .iter()
+            .filter(|d| d.qos == 0)
+            .map(Delivery::bytes)
+            .sum();
+        let fits = |queued: usize, total: usize| {
+            queued + n <= bounds.per_session && total + n <= bounds.total
+        };
+        let total = bounds.queued.load(Ordering::Relaxed);
+        if !fits(self.queued_bytes - qos0, total - qos0.min(total)) {
+            return false;
+        }
+        let mut freed = 0;
+        self.queue.retain(|d| {
+            let drop = d.qos == 0 && !fits(self.queued_bytes - freed, total - freed.min(total));
+            if drop {
+                freed += d.bytes();
+            }
+            !drop
+        });
+        self.queued_bytes -= freed;
+        bounds.queued.fetch_sub(freed, Ordering::Relaxed);
+        true
+    }
+
+    /// Moves queued deliveries into `out` as PUBLISH packets while the in-flight window allows.
+    /// Returns how many QoS 0 deliveries were sent.
+    pub fn take(&mut self, bounds: &Bounds, out: &mut Vec<Packet>) -> usize {
+        let mut sent0 = 0;
+        while self.inflight.len() < self.max_inflight
+            || self.queue.front().is_some_and(|d| d.qos == 0)
+        {
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            let n = d.bytes();
+            self.queued_bytes -= n;
+            bounds.queued.fetch_sub(n, Ordering::Relaxed);
+            if self.max_packet > 0 && n - OVERHEAD + 64 > self.max_packet {
+                // MQTT 5 §3.1.2.11.4: never sent; it counts as delivered.
+                self.too_large += 1;
+                continue;
+            }
+            if d.qos == 0 {
+                out.push(d.packet(0, false));
+                sent0 += 1;
+                continue;
+            }
+            let pkid = self.next_free_pkid();
+            out.push(d.packet(pkid, false));
+            self.inflight.push_back(InFlight {
+                pkid,
+                phase: Phase::Published,
+                msg: d,
+            });
+        }
+        sent0
+    }
+
+    fn next_free_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            let id = self.next_pkid;
+            if !self.inflight.iter().any(|f| f.pkid == id) {
+                return id;
+            }
+        }
+    }
+
+    /// PUBACK from the client: `true` if it settled a QoS 1 delivery.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        self.settle(pkid, |f| {
+            matches!(f.phase, Phase::Published) && f.msg.qos == 1
+        })
+    }
+
+    /// PUBREC from the client: the delivery awaits PUBCOMP now. The caller answers with
+    /// PUBREL either way (MQTT 5 answers an unknown id with PUBREL too, reason "packet
+    /// identifier not found"; we answer plainly).
+    pub fn pubrec(&mut self, pkid: u16) {
+        if let Some(f) = self.inflight.iter_mut().find(|f| f.pkid == pkid) {
+            f.phase = Phase::Released;
+        }
+    }
+
+    /// PUBCOMP from the client: `true` if it settled a QoS 2 delivery.
+    pub fn pubcomp(&mut self, pkid: u16) -> bool {
+        self.settle(pkid, |f| matches!(f.phase, Phase::Released))
+    }
+
+    /// PUBCOMP, or a PUBREC whose reason code refused the message (MQTT 5 §4.3.3: that ends
+    /// the exchange): the delivery is settled either way.
+    pub fn pubcomp_or_refused(&mut self, pkid: u16) -> bool {
+        self.settle(pkid, |f| f.msg.qos == 2)
+    }
+
+    fn settle(&mut self, pkid: u16, ok: impl Fn(&InFlight) -> bool) -> bool {
+        match self.inflight.iter().position(|f| f.pkid == pkid && ok(f)) {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// On a resumed session: what was in flight, again (PUBLISH with DUP, or PUBREL).
+    fn resend(&mut self, out: &mut Vec<Packet>) {
+        for f in &self.inflight {
+            out.push(match f.phase {
+                Phase::Published => f.msg.packet(f.pkid, true),
+                Phase::Released => Packet::PubRel(f.pkid),
+            });
+        }
+    }
+
+    /// Bytes queued (not in flight).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Deliveries in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn clear(&mut self, bounds: &Bounds) {
+        bounds
+            .queued
+            .fetch_sub(self.queued_bytes, Ordering::Relaxed);
+        self.queued_bytes = 0;
+        self.queue.clear();
+        self.inflight.clear();
+    }
+}
+
+/// One session's outbound state, shared by the broker (which pushes) and the connection that
+/// owns the session (which takes and settles).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutQueue>,
+    wake: Notify,
+}
+
+/// A connection's claim on an outbox: only the current owner takes from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim(u64);
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(OutQueue::new()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl Outbox {
+    /// The locked state. A poisoned lock (a panic while holding it) is taken over: the state
+    /// is a queue that stays consistent between statements.
+    pub fn lock(&self) -> MutexGuard<'_, OutQueue> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes the owning connection.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when something was pushed or the session was taken over since the last call.
+    /// Cancel-safe (a `Notify` permit is kept until consumed).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// A connection takes the session: earlier owners are told to close, the window is set
+    /// from the client's receive maximum and maximum packet size, and what was in flight is
+    /// resent into `out`.
+    pub fn claim(&self, max_inflight: usize, max_packet: usize, out: &mut Vec<Packet>) -> Claim {
+        let mut q = self.lock();
+        q.owner += 1;
+        q.away = false;
+        q.kick = None;
+        q.max_inflight = max_inflight.max(1);
+        q.max_packet = max_packet;
+        q.resend(out);
+        let claim = Claim(q.owner);
+        drop(q);
+        // An earlier owner still waiting wakes, sees it lost the claim and closes.
+        self.wake.notify_waiters();
+        claim
+    }
+
+    /// Whether `claim` still owns the session, and if so why it must close (if it must).
+    pub fn check(&self, claim: Claim) -> Result<(), &'static str> {
+        let mut q = self.lock();
+        if q.owner != claim.0 {
+            return Err(TAKEN_OVER);
+        }
+        q.kick.take().map_or(Ok(()), Err)
+    }
+
+    /// The connection of `claim` ended; the session stays (persistent) until it is claimed
+    /// again or discarded.
+    pub fn release(&self, claim: Claim) {
+        let mut q = self.lock();
+        if q.owner == claim.0 {
+            q.away = true;
+        }
+    }
+
+    /// Ends the session: queued deliveries are dropped (returned count) and any owner is told
+    /// to close.
+    pub fn discard(&self, bounds: &Bounds) -> usize {
+        let mut q = self.lock();
+        let n = q.queue.len();
+        q.clear(bounds);
+        q.owner += 1;
+        q.away = true;
+        drop(q);
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+        n
+    }
+
+    /// Whether a connection owns the session now.
+    pub fn is_online(&self) -> bool {
+        !self.lock().away
+    }
+
+    /// Deliveries dropped for the client's maximum packet size since the last call.
+    pub fn take_too_large(&self) -> u64 {
+        std::mem::take(&mut self.lock().too_large)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(per_session: usize, total: usize) -> Bounds {
+        Bounds {
+            per_session,
+            total,
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn d(qos: u8, payload: &str) -> Delivery {
+        Delivery {
+            topic: Arc::from("t"),
+            payload: Bytes::from(payload.to_string()),
+            qos,
+            retain: false,
+            props: None,
+            sub_ids: Vec::new(),
+        }
+    }
+
+    fn pkids(out: &[Packet]) -> Vec<(u16, bool)> {
+        out.iter()
+            .map(|o| match o {
+                Packet::Publish(p) => (p.pkid, p.dup),
+                Packet::PubRel(id) => (*id, false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_in_flight_window_holds_back_qos1_but_not_qos0() {
+        let b = bounds(1 << 20, 1 << 20);
+        let ob = Outbox::default();
+        let claim = ob.claim(2, 0, &mut Vec::new());
+        let mut q = ob.lock();
+        for p in ["a", "b", "c"] {
+            assert_eq!(q.push(d(1, p), &b), Pushed::Queued);
+        }
+        q.push(d(0, "z"), &b);
+        let mut out = Vec::new();
+        q.take(&b, &mut out);
+        assert_eq!(pkids(&out), [(1, false), (2, false)], "window of 2");
+        out.clear();
+        assert!(q.puback(1));
+        assert!(!q.puback(1), "settled once");
+        q.take(&b, &mut out);
+        assert_eq!(pkids(&out), [(3, false), (0, false)]);
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(b.queued.load(Ordering::Relaxed), 0);
+        drop(q);
+        assert_eq!(ob.check(claim), Ok(()));
+    }
+
+    #[test]
+    fn qos2_goes_through_pubrec_and_pubcomp() {
+        let b = bounds(1 << 20, 1 << 20);
+        let ob = Outbox::default();
+        ob.claim(10, 0, &mut Vec::new());
+        let mut q = ob.lock();
+        q.push(d(2, "x"), &b);
+        let mut out = Vec::new();
+        q.take(&b, &mut out);
+        assert!(!q.puback(1), "a PUBACK does not settle QoS 2");
+        q.pubrec(1);
+        assert!(q.pubcomp(1));
+        assert_eq!(q.inflight(), 0);
+    }
+
+    #[test]
+    fn a_resumed_session_resends_what_was_in_flight_with_dup() {
+        let b = bounds(1 << 20, 1 << 20);
+        let ob = Outbox::default();
+        let first = ob.claim(10, 0, &mut Vec::new());
+        {
+            let mut q = ob.lock();
+            q.push(d(1, "a"), &b);
+            q.push(d(2, "b"), &b);
+            let mut out = Vec::new();
+            q.take(&b, &mut out);
+            q.pubrec(2);
+            q.push(d(1, "queued while away"), &b);
+        }
+        ob.release(first);
+        assert!(!ob.is_online());
+        let mut out = Vec::new();
+        let second = ob.claim(10, 0, &mut out);
+        assert_eq!(pkids(&out), [(1, true), (2, false)]);
+        assert!(matches!(out[1], Packet::PubRel(2)));
+        assert_eq!(ob.check(first), Err(TAKEN_OVER));
+        assert_eq!(ob.check(second), Ok(()));
+        out.clear();
+        ob.lock().take(&b, &mut out);
+        assert_eq!(pkids(&out), [(3, false)]);
+    }
+
+    #[test]
+    fn a_full_queue_drops_qos0_first_then_kicks_the_slow_client() {
+        let one = d(1, "x").bytes();
+        let b = bounds(3 * one, 1 << 20);
+        let ob = Outbox::default();
+        let claim = ob.claim(1, 0, &mut Vec::new());
+        let mut q = ob.lock();
+        assert_eq!(q.push(d(0, "x"), &b), Pushed::Queued);
+        assert_eq!(q.push(d(1, "x"), &b), Pushed::Queued);
+        assert_eq!(q.push(d(1, "x"), &b), Pushed::Queued);
+        assert_eq!(q.push(d(0, "x"), &b), Pushed::DroppedQos0);
+        assert_eq!(
+            q.push(d(1, "x"), &b),
+            Pushed::Queued,
+            "the queued QoS 0 made room"
+        );
+        assert_eq!(q.push(d(1, "x"), &b), Pushed::Overflow);
+        drop(q);
+        assert_eq!(
+            ob.check(claim),
+            Err("subscriber too slow: its queue is full")
+        );
+        assert_eq!(b.queued.load(Ordering::Relaxed), 3 * one);
+        assert_eq!(ob.discard(&b), 3);
+        assert_eq!(b.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_total_bound_holds_across_sessions() {
+        let one = d(1, "x").bytes();
+        let b = bounds(10 * one, 2 * one);
+        let (x, y) = (Outbox::default(), Outbox::default());
+        assert_eq!(x.lock().push(d(1, "x"), &b), Pushed::Queued);
+        assert_eq!(y.lock().push(d(1, "x"), &b), Pushed::Queued);
+        assert_eq!(
+            y.lock().push(d(1, "x"), &b),
+            Pushed::Overflow,
+            "away: counted, no kick"
+        );
+    }
+
+    #[test]
+    fn deliveries_over_the_clients_packet_limit_are_skipped() {
+        let b = bounds(1 << 20, 1 << 20);
+        let ob = Outbox::default();
+        ob.claim(10, 100, &mut Vec::new());
+        let mut q = ob.lock();
+        q.push(d(1, &"x".repeat(200)), &b);
+        q.push(d(1, "small"), &b);
+        let mut out = Vec::new();
+        q.take(&b, &mut out);
+        assert_eq!(pkids(&out), [(1, false)]);
+        drop(q);
+        assert_eq!(ob.take_too_large(), 1);
+    }
+}

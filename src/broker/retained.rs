@@ -1,0 +1,271 @@
+//! Retained messages (MQTT 3.1.1 §3.3.1.3): the last retained PUBLISH of each topic, handed to
+//! every new matching subscription; an empty retained payload deletes it. Bounded by count and
+//! bytes (a retained message past either bound is not kept, and counted).
+//!
+//! Durability: a retained PUBLISH is in the WAL before anyone sees it (its record carries the
+//! retain flag). The store is written as a snapshot file (`{data_dir}/broker/retained`,
+//! temp + fsync + rename) at most once a second while it changes; the snapshot names the last
+//! WAL sequence number it covers, and WAL segments holding later retained records are kept
+//! until a snapshot covers them. A start loads the snapshot and applies the retained records
+//! of the WAL above it: a SIGKILL loses no retained message that was acknowledged.
+//!
+//! Snapshot format (little-endian): `FLRET\0\0\x01` | covered seq u64 | count u32 | entries
+//! (`topic_len u16 | topic | qos u8 | payload_len u32 | payload`) | CRC32C u32 of all before.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::decode::filter;
+
+const MAGIC: &[u8; 8] = b"FLRET\x00\x00\x01";
+
+/// One retained message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainedMsg {
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: u8,
+}
+
+/// Why a snapshot file cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("retained-message snapshot is damaged: {0}")]
+pub struct Damaged(&'static str);
+
+/// The retained messages by topic.
+#[derive(Debug, Default)]
+pub struct Retained {
+    map: BTreeMap<Arc<str>, RetainedMsg>,
+    bytes: usize,
+    max_count: usize,
+    max_bytes: usize,
+    /// Highest WAL sequence number applied.
+    applied: u64,
+}
+
+/// What [`Retained::set`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Set {
+    /// Stored (or replaced).
+    Stored,
+    /// An empty payload deleted the topic's message (or there was none).
+    Deleted,
+    /// Over `broker.retained_max` / `broker.retained_max_bytes`: not kept.
+    Full,
+}
+
+fn cost(topic: &str, payload: &[u8]) -> usize {
+    64 + topic.len() + payload.len()
+}
+
+impl Retained {
+    /// An empty store holding at most `max_count` messages and `max_bytes`.
+    pub fn new(max_count: usize, max_bytes: usize) -> Self {
+        Self {
+            max_count,
+            max_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Retained messages held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes held (topics, payloads, overhead).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The highest WAL sequence number applied (a snapshot covers up to it).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Applies the retained PUBLISH with WAL sequence number `seq`. Records at or below
+    /// [`applied`](Self::applied) are already in (a replay after a snapshot): ignored.
+    pub fn set(&mut self, seq: u64, topic: &str, payload: Bytes, qos: u8) -> Set {
+        if seq <= self.applied && seq != 0 {
+            return Set::Stored;
+        }
+        self.applied = self.applied.max(seq);
+        if let Some(old) = self.map.get(topic) {
+            self.bytes -= cost(topic, &old.payload);
+        }
+        if payload.is_empty() {
+            self.map.remove(topic);
+            return Set::Deleted;
+        }
+        let n = cost(topic, &payload);
+        let replaces = self.map.contains_key(topic);
+        if self.bytes + n > self.max_bytes || (!replaces && self.map.len() >= self.max_count) {
+            // The old value (if any) was already uncounted: remove it too, so the store never
+            // hands out a value older than one it refused.
+            self.map.remove(topic);
+            return Set::Full;
+        }
+        self.bytes += n;
+        self.map
+            .insert(Arc::from(topic), RetainedMsg { payload, qos });
+        Set::Stored
+    }
+
+    /// Calls `f` with every retained message whose topic matches the valid `filter`.
+    pub fn matching(&self, filter: &str, mut f: impl FnMut(&Arc<str>, &RetainedMsg)) {
+        // A filter without wildcards names one topic.
+        if !filter.contains(['+', '#']) {
+            if let Some((topic, msg)) = self.map.get_key_value(filter) {
+                f(topic, msg);
+            }
+            return;
+        }
+        // Topics under the filter's literal prefix only (sorted map): `a/b/+` scans `a/b/…`.
+        let literal = filter.find(['+', '#']).map_or(filter, |i| &filter[..i]);
+        let from: Arc<str> = Arc::from(literal);
+        for (topic, msg) in self.map.range(from..) {
+            if !topic.starts_with(literal) {
+                break;
+            }
+            if filter::matches(filter, topic) {
+                f(topic, msg);
+            }
+        }
+    }
+
+    /// The snapshot bytes (see the module docs).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.bytes);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.applied.to_le_bytes());
+        out.extend_from_slice(&(self.map.len() as u32).to_le_bytes());
+        for (topic, msg) in &self.map {
+            out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+            out.extend_from_slice(topic.as_bytes());
+            out.push(msg.qos);
+            out.extend_from_slice(&(msg.payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(&msg.payload);
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Loads a snapshot into this (empty) store, keeping its bounds.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<(), Damaged> {
+        let body_len = bytes.len().checked_sub(4).ok_or(Damaged("too short"))?;
+        let (body, crc) = bytes.split_at(body_len);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err(Damaged("checksum mismatch"));
+        }
+        let mut r = Reader(body);
+        if r.take(8)? != MAGIC {
+            return Err(Damaged("not a retained snapshot of this version"));
+        }
+        let applied = u64::from_le_bytes(r.array()?);
+        let count = u32::from_le_bytes(r.array()?);
+        for _ in 0..count {
+            let len = usize::from(u16::from_le_bytes(r.array()?));
+            let topic = std::str::from_utf8(r.take(len)?).map_err(|_| Damaged("topic"))?;
+            let qos = r.take(1)?[0];
+            let len = u32::from_le_bytes(r.array()?) as usize;
+            let payload = Bytes::copy_from_slice(r.take(len)?);
+            // Bounds may have shrunk since: what no longer fits is not loaded.
+            let _ = self.set(0, topic, payload, qos);
+        }
+        self.applied = applied;
+        Ok(())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
+        if self.0.len() < n {
+            return Err(Damaged("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Damaged> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(r: &Retained, filter: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        r.matching(filter, |t, _| v.push(t.to_string()));
+        v
+    }
+
+    #[test]
+    fn the_last_retained_message_wins_and_an_empty_one_deletes() {
+        let mut r = Retained::new(100, 1 << 20);
+        assert_eq!(r.set(1, "a/b", Bytes::from("1"), 1), Set::Stored);
+        assert_eq!(r.set(2, "a/b", Bytes::from("2"), 0), Set::Stored);
+        r.set(3, "a/c", Bytes::from("3"), 0);
+        r.set(4, "ab", Bytes::from("4"), 0);
+        r.set(5, "$SYS/x", Bytes::from("5"), 0);
+        assert_eq!(topics(&r, "a/+"), ["a/b", "a/c"]);
+        assert_eq!(topics(&r, "a/b"), ["a/b"]);
+        assert_eq!(topics(&r, "#"), ["a/b", "a/c", "ab"]);
+        assert_eq!(topics(&r, "$SYS/#"), ["$SYS/x"]);
+        assert_eq!(r.set(6, "a/b", Bytes::new(), 0), Set::Deleted);
+        assert_eq!(topics(&r, "a/#"), ["a/c"]);
+        assert_eq!(r.applied(), 6);
+    }
+
+    #[test]
+    fn bounds_refuse_new_topics_and_oversized_values() {
+        let mut r = Retained::new(2, 1 << 20);
+        r.set(1, "a", Bytes::from("1"), 0);
+        r.set(2, "b", Bytes::from("1"), 0);
+        assert_eq!(r.set(3, "c", Bytes::from("1"), 0), Set::Full);
+        assert_eq!(
+            r.set(4, "a", Bytes::from("2"), 0),
+            Set::Stored,
+            "replacing fits"
+        );
+        let mut small = Retained::new(10, 100);
+        assert_eq!(small.set(1, "a", Bytes::from(vec![0; 200]), 0), Set::Full);
+        assert!(small.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_replay_skips_what_it_covers() {
+        let mut r = Retained::new(100, 1 << 20);
+        r.set(7, "a/b", Bytes::from("x"), 1);
+        r.set(9, "c", Bytes::from(vec![0, 1, 2]), 2);
+        let bytes = r.encode();
+        let mut back = Retained::new(100, 1 << 20);
+        back.decode(&bytes).expect("a snapshot reads back");
+        assert_eq!(back.applied(), 9);
+        assert_eq!(topics(&back, "#"), ["a/b", "c"]);
+        back.set(8, "a/b", Bytes::new(), 0);
+        assert_eq!(
+            topics(&back, "#"),
+            ["a/b", "c"],
+            "seq 8 is in the snapshot already"
+        );
+        let mut damaged = bytes.clone();
+        damaged[12] ^= 1;
+        assert!(Retained::new(1, 1).decode(&damaged).is_err());
+    }
+}
