@@ -138,7 +138,7 @@ fn hot_paths(c: &mut Criterion) {
                 record::encode(
                     &mut out,
                     m.seq,
-                    record::head(Source::Mqtt, 0),
+                    record::Head::of(Source::Mqtt),
                     0,
                     "bench",
                     &m.topic,

@@ -48,8 +48,7 @@ fn main() -> std::io::Result<()> {
                 30 + seq % 40
             );
             log.stage(
-                fleetlake::decode::Source::Mqtt,
-                0,
+                fleetlake::wal::record::Head::of(fleetlake::decode::Source::Mqtt),
                 now,
                 &clients[d],
                 &topics[d],

@@ -21,10 +21,9 @@ impl SessionEnv for Env {
     fn assign_id(&self) -> String {
         "fuzz-assigned".into()
     }
-    fn resume(&self, _client_id: &str) -> Option<std::collections::HashSet<u16>> {
+    fn resume(&self, _client_id: &str) -> Option<crate::mqtt::session::Parked> {
         None
     }
-    fn discard(&self, _client_id: &str) {}
 }
 
 /// A device's byte stream into the MQTT codec and session: fed in chunks whose sizes come

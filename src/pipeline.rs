@@ -172,6 +172,7 @@ impl Pipeline {
             fs,
             log: found,
             redelivery,
+            recent,
         } = recover(
             config,
             &shared,
@@ -207,7 +208,12 @@ impl Pipeline {
             out: batch_tx,
             sync_interval: config.wal.sync_interval,
             low_water: low_water.clone(),
-            release_grace: if config.bridges.is_empty() {
+            // Published segments stay a while: their records seed the bridges' redelivery
+            // filters and the MQTT clients' recent messages after a crash.
+            release_grace: if config.bridges.is_empty()
+                && config.mqtt.listen.is_none()
+                && config.mqtt.tls.is_none()
+            {
                 Duration::ZERO
             } else {
                 crate::bridge::SEGMENT_GRACE
@@ -227,7 +233,12 @@ impl Pipeline {
             stats: stats.clone(),
             shutdown: shutdown_rx,
         };
-        let (addrs, tls) = sources.start(config, security, redelivery, broker).await?;
+        let routes = Routes {
+            router: config.router(),
+            broker,
+            recent,
+        };
+        let (addrs, tls) = sources.start(config, security, redelivery, routes).await?;
         Ok(Self {
             uploads,
             publisher,
@@ -334,7 +345,7 @@ impl Sources {
         config: &Config,
         security: Security,
         mut redelivery: HashMap<String, Redelivery>,
-        broker: Option<Arc<Broker>>,
+        routes: Routes,
     ) -> Result<(Addrs, Vec<Arc<ServerTls>>)> {
         let mut tls = Vec::new();
         let grpc = match config.grpc.listen {
@@ -375,10 +386,6 @@ impl Sources {
             .with_context(|| format!("starting bridge `{}`", b.name))?;
             tokio::spawn(bridge.run());
         }
-        let routes = Routes {
-            router: config.router(),
-            broker,
-        };
         let listener = Listener::bind(
             &config.mqtt,
             &config.node_id,

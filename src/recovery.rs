@@ -9,7 +9,7 @@
 //! per group of about [`admit::group_limit`] bytes, so a long log streams through the pipeline
 //! under the same budget as live traffic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +19,8 @@ use crate::admit;
 use crate::bridge::{Redelivery, redelivery};
 use crate::budget::Budget;
 use crate::decode::{self, Message, Source, topic::Router};
+use crate::mqtt::recent::{QOS1_WINDOW, Recent, fingerprint};
+use crate::mqtt::session::Parked;
 use crate::telemetry::Stats;
 use crate::wal::{self, Admitted, Checkpoint, DiskFs};
 
@@ -31,6 +33,9 @@ pub struct Recovered {
     pub log: wal::Recovery,
     /// Per bridge name, the fingerprints of its records still in the WAL.
     pub redelivery: HashMap<String, Redelivery>,
+    /// Per MQTT client id, its QoS 1/2 messages still in the WAL (so a resend after the
+    /// crash is recognised).
+    pub recent: HashMap<String, Parked>,
 }
 
 /// Feeds WAL records the checkpoint does not cover back into the batcher.
@@ -85,6 +90,7 @@ impl Replay {
             .iter()
             .map(|(name, cap)| (name.clone(), Redelivery::new(*cap)))
             .collect();
+        let mut recent = RecentSeeds::default();
         let group_limit = admit::group_limit(&self.budget);
         let mut group: Vec<Message> = Vec::new();
         let mut cost = 0;
@@ -101,6 +107,11 @@ impl Replay {
             {
                 // Published or not: a redelivery of it must not be stored again.
                 r.insert(redelivery::fingerprint(&entry.topic, &entry.payload));
+            }
+            if entry.source == Source::Mqtt
+                && let Some(pkid) = entry.pkid
+            {
+                recent.add(&entry.client, pkid, entry.qos, &entry.topic, &entry.payload);
             }
             if entry.retain
                 && let Some(b) = &self.broker
@@ -139,7 +150,47 @@ impl Replay {
             fs,
             log,
             redelivery,
+            recent: recent.finish(),
         };
         Ok((recovered, replayed))
+    }
+}
+
+/// The last QoS 1/2 messages of each client found in the WAL, oldest first, at most
+/// [`QOS1_WINDOW`] per client (a resend comes from what was in flight at the crash).
+#[derive(Debug, Default)]
+struct RecentSeeds(HashMap<Arc<str>, VecDeque<(u16, u8, u64)>>);
+
+impl RecentSeeds {
+    fn add(&mut self, client: &Arc<str>, pkid: u16, qos: u8, topic: &str, payload: &[u8]) {
+        let seen = self.0.entry(client.clone()).or_default();
+        if seen.len() == QOS1_WINDOW {
+            seen.pop_front();
+        }
+        seen.push_back((pkid, qos, fingerprint(topic, payload)));
+    }
+
+    fn finish(self) -> HashMap<String, Parked> {
+        self.0
+            .into_iter()
+            .map(|(client, seen)| {
+                let mut recent = Recent::default();
+                for (pkid, qos, fp) in seen {
+                    match qos {
+                        1 => recent.qos1_stored(pkid, fp),
+                        // Its PUBREL may have come before the crash: a new message under the
+                        // same id has another fingerprint and is stored.
+                        _ => {
+                            let _ = recent.qos2_resend(pkid, fp);
+                        }
+                    }
+                }
+                let parked = Parked {
+                    persistent: false,
+                    recent,
+                };
+                (client.to_string(), parked)
+            })
+            .collect()
     }
 }

@@ -49,8 +49,7 @@ fn readyz_is_503_while_the_wal_replays_and_200_after() -> TestResult {
     for i in 0..200_000u32 {
         let payload = format!(r#"{{"seq": {i}, "temp": 21.5}}"#);
         log.stage(
-            fleetlake::decode::Source::Mqtt,
-            0,
+            fleetlake::wal::record::Head::of(fleetlake::decode::Source::Mqtt),
             1_767_225_600_000_000,
             "dev",
             "sensors/dev/t",

@@ -148,6 +148,8 @@ pub struct MqttMeta {
     pub qos: u8,
     /// RETAIN flag.
     pub retain: bool,
+    /// Packet id (QoS 1/2 from a device; 0: none), kept in the WAL record.
+    pub pkid: u16,
     /// `broker.route_only`: delivered to subscribers, never stored as rows.
     pub route_only: bool,
     /// MQTT 5 properties.

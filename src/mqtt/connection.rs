@@ -407,9 +407,7 @@ impl Connection {
             };
             if h.delivered.contains(&(qos, pkid)) {
                 *reply = Outbound::QuotaExceeded { pkid, qos };
-                if qos == 2 {
-                    self.session.refused(pkid);
-                }
+                self.session.refused(pkid, qos);
             }
         }
     }
@@ -616,6 +614,7 @@ impl Connection {
         let meta = crate::decode::MqttMeta {
             qos: p.qos,
             retain: p.retain,
+            pkid: if p.qos > 0 { p.pkid } else { 0 },
             route_only: false,
             props: p.props.map(|b| Arc::new(*b)),
         };
@@ -646,6 +645,7 @@ impl Connection {
         }
         msg.mqtt.qos = meta.qos;
         msg.mqtt.retain = meta.retain;
+        msg.mqtt.pkid = meta.pkid;
         msg.mqtt.props = meta.props;
         self.group_cost += msg.cost();
         self.group_qos0_only &= qos == 0;

@@ -4,7 +4,7 @@
 //! in the accept loop, so a slow or silent client delays nobody else. Stops accepting when
 //! shutdown is signalled.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::connection::{ConnContext, Connection};
 use super::gate::Gate;
-use super::session::SessionEnv;
+use super::session::{Parked, SessionEnv};
 use super::session_store::SessionStore;
 use crate::admit::Ingest;
 use crate::auth::{Authenticator, Credentials, Denied, Principal, Refused};
@@ -41,6 +41,8 @@ pub struct Routes {
     pub router: Router,
     /// Subscriptions (`None`: `broker.enabled = false`).
     pub broker: Option<Arc<crate::broker::Broker>>,
+    /// What clients published recently, found in the WAL at start.
+    pub recent: HashMap<String, Parked>,
 }
 
 /// The MQTT listeners (plain and/or TLS), bound and not yet accepting.
@@ -95,7 +97,7 @@ impl Listener {
             connect_timeout: cfg.connect_timeout,
             id_prefix: format!("fleetlake-{node_id}-"),
             next_id: AtomicU64::new(0),
-            sessions: SessionStore::default(),
+            sessions: SessionStore::seeded(routes.recent),
         });
         let gate = Mutex::new(Gate::new(
             cfg.max_connections,
@@ -255,12 +257,12 @@ impl SessionEnv for ConnContext {
         format!("{}{n}", self.id_prefix)
     }
 
-    fn resume(&self, client_id: &str) -> Option<HashSet<u16>> {
+    fn resume(&self, client_id: &str) -> Option<Parked> {
         self.sessions.take(client_id)
     }
 
-    fn discard(&self, client_id: &str) {
-        self.sessions.discard(client_id);
+    fn resend_skipped(&self) {
+        Stats::add(&self.stats.messages_resends_skipped, 1);
     }
 
     fn authenticate(&self, c: Credentials<'_>) -> Result<Principal, Refused> {

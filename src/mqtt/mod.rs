@@ -7,6 +7,7 @@ pub mod codec;
 pub mod connection;
 pub mod gate;
 pub mod listener;
+pub mod recent;
 pub mod session;
 pub mod session_store;
 

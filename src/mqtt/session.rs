@@ -1,18 +1,19 @@
 //! The sans-IO MQTT session state machine: one per connection, fed decoded [`Inbound`]
 //! packets, answering with [`Step`]s for the connection task to carry out in order. It owns
 //! the protocol rules: CONNECT first and once, client id assignment, QoS 1/2 acknowledgement
-//! (QoS 2 delivered once per packet id until PUBREL, so a retransmitted QoS 2 PUBLISH is never
-//! a second row), keep-alive timing, and whether the will is published when the connection ends.
+//! (a resend of a stored message is acked without a second row, see [`super::recent`]),
+//! MQTT 5 topic aliases, keep-alive timing, and whether the will is published when the
+//! connection ends.
 //!
 //! The order of steps is the contract: a `Deliver` always comes before the ack of the same
 //! packet, so the connection task sends the ack only after the message was accepted.
 //!
-//! A client that connects without clean session (3.1.1) / clean start (5) gets a persistent
-//! session: the QoS 2 packet ids still awaiting PUBREL survive a reconnect (through
-//! [`SessionEnv`]), so a QoS 2 PUBLISH resent after a dropped connection is not stored twice.
-//! Sessions live in memory only (until the WAL lands, a restart forgets them).
+//! What a client published recently (its QoS 2 ids awaiting PUBREL, its last QoS 1 messages)
+//! is parked when the connection ends and taken back by its next connection (through
+//! [`SessionEnv`]); a start rebuilds it from the WAL. Whether a session is *persistent*
+//! (3.1.1 without clean session, MQTT 5 with a session expiry) decides CONNACK's session
+//! present and what the broker keeps.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use super::codec::{
     ConnCode, ConnectInfo, Inbound, Outbound, Protocol, PublishIn, Subscribe, TOPIC_ALIAS_MAX,
     Unsubscribe, Will,
 };
+use super::recent::{Recent, fingerprint};
 use crate::auth::{Credentials, Denied, Principal, Refused};
 
 /// What the connection task must do next.
@@ -61,11 +63,10 @@ enum State {
 pub trait SessionEnv {
     /// A fresh client id for a client that sent none.
     fn assign_id(&self) -> String;
-    /// Takes the stored persistent session of `client_id`: its QoS 2 packet ids awaiting
-    /// PUBREL. `None` when there is none.
-    fn resume(&self, client_id: &str) -> Option<HashSet<u16>>;
-    /// Forgets any stored session of `client_id` (a clean-session connect).
-    fn discard(&self, client_id: &str);
+    /// Takes what was parked for `client_id` (`None`: nothing).
+    fn resume(&self, client_id: &str) -> Option<Parked>;
+    /// A resend of a stored message was acknowledged without storing it again.
+    fn resend_skipped(&self) {}
     /// Decides a CONNECT (the default: everyone, device id = client id).
     fn authenticate(&self, c: Credentials<'_>) -> Result<Principal, Refused> {
         Ok(Principal {
@@ -86,6 +87,15 @@ pub trait SessionEnv {
     fn over_inflight(&self) {}
 }
 
+/// What a connection leaves for the next one of its client id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parked {
+    /// The session was persistent (the next CONNECT without clean session resumes it).
+    pub persistent: bool,
+    /// What the client published recently.
+    pub recent: Recent,
+}
+
 /// Session state of one connection.
 #[derive(Debug)]
 pub struct Session {
@@ -95,8 +105,8 @@ pub struct Session {
     protocol: Protocol,
     keep_alive: u16,
     will: Option<Will>,
-    /// QoS 2 packet ids delivered and awaiting PUBREL.
-    qos2_pending: HashSet<u16>,
+    /// QoS 2 ids awaiting PUBREL and the last QoS 1 messages stored.
+    recent: Recent,
     /// Most QoS 2 ids awaiting PUBREL.
     max_inflight: u16,
     /// CN of the client certificate (mTLS).
@@ -131,7 +141,7 @@ impl Session {
             protocol: Protocol::V4,
             keep_alive: 0,
             will: None,
-            qos2_pending: HashSet::new(),
+            recent: Recent::default(),
             max_inflight: u16::MAX,
             cert_cn: None,
             principal: None,
@@ -194,16 +204,17 @@ impl Session {
         self.client_limits
     }
 
-    /// For a persistent session, its client id and QoS 2 state to store when the connection
-    /// ends (taken once).
-    pub fn park(&mut self) -> Option<(String, HashSet<u16>)> {
-        if !std::mem::take(&mut self.persistent) {
+    /// What to keep for the client's next connection, once the connection ends (taken once;
+    /// `None` when there is nothing to keep).
+    pub fn park(&mut self) -> Option<(String, Parked)> {
+        let parked = Parked {
+            persistent: self.persistent && self.state != State::AwaitingConnect,
+            recent: std::mem::take(&mut self.recent),
+        };
+        if self.client_id.is_empty() || (!parked.persistent && parked.recent.is_empty()) {
             return None;
         }
-        Some((
-            self.client_id.clone(),
-            std::mem::take(&mut self.qos2_pending),
-        ))
+        Some((self.client_id.clone(), parked))
     }
 
     /// The will to publish when the connection ends abnormally, taken once.
@@ -216,10 +227,14 @@ impl Session {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 
-    /// Forgets a QoS 2 message that was refused (PUBREC with an error reason ends its
-    /// exchange), so a later resend of the same packet id is delivered again.
-    pub fn refused(&mut self, pkid: u16) {
-        self.qos2_pending.remove(&pkid);
+    /// Forgets a QoS 1/2 message that was refused (not stored; for QoS 2 a PUBREC with an
+    /// error reason ends its exchange), so a later resend of it is delivered again.
+    pub fn refused(&mut self, pkid: u16, qos: u8) {
+        if qos == 2 {
+            self.recent.qos2_release(pkid);
+        } else {
+            self.recent.qos1_refused(pkid);
+        }
     }
 
     /// Handles one packet, pushing what to do to `out`.
@@ -231,7 +246,7 @@ impl Session {
             (State::Connected, Inbound::Connect(_)) => self.close("second CONNECT", out),
             (State::Connected, Inbound::Publish(p)) => self.publish(p, env, out),
             (State::Connected, Inbound::PubRel(pkid)) => {
-                self.qos2_pending.remove(&pkid);
+                self.recent.qos2_release(pkid);
                 out.push(Step::Reply(Outbound::PubComp(pkid)));
             }
             (State::Connected, Inbound::PingReq) => out.push(Step::Reply(Outbound::PingResp)),
@@ -308,11 +323,11 @@ impl Session {
         let mut session_present = false;
         self.persistent = info.session_expiry > 0;
         self.clean = info.clean;
-        if info.clean {
-            env.discard(&self.client_id);
-        } else if let Some(pending) = env.resume(&self.client_id) {
-            self.qos2_pending = pending;
-            session_present = true;
+        // A clean session starts without the old one; what the client published recently is
+        // kept either way (many clients resend unacknowledged messages after any reconnect).
+        if let Some(parked) = env.resume(&self.client_id) {
+            session_present = parked.persistent && !info.clean;
+            self.recent = parked.recent;
         }
         self.client_limits = (info.receive_max, info.max_packet);
         self.keep_alive = info.keep_alive;
@@ -385,13 +400,20 @@ impl Session {
             0 => out.push(Step::Deliver(p)),
             1 => {
                 let pkid = p.pkid;
-                out.push(Step::Deliver(p));
+                let fp = fingerprint(&p.topic, &p.payload);
+                if p.dup && self.recent.qos1_resend(pkid, fp) {
+                    // Stored before; its PUBACK was lost (a dropped connection or a crash).
+                    env.resend_skipped();
+                } else {
+                    self.recent.qos1_stored(pkid, fp);
+                    out.push(Step::Deliver(p));
+                }
                 out.push(Step::Reply(Outbound::PubAck(pkid)));
             }
             _ => {
                 let pkid = p.pkid;
-                if self.qos2_pending.len() >= usize::from(self.max_inflight)
-                    && !self.qos2_pending.contains(&pkid)
+                if self.recent.qos2_pending() >= usize::from(self.max_inflight)
+                    && !self.recent.qos2_has(pkid)
                 {
                     env.over_inflight();
                     if self.protocol == Protocol::V5 {
@@ -404,7 +426,12 @@ impl Session {
                     );
                 }
                 // A retransmission before PUBREL was already delivered: ack again, no new row.
-                if self.qos2_pending.insert(pkid) {
+                if self
+                    .recent
+                    .qos2_resend(pkid, fingerprint(&p.topic, &p.payload))
+                {
+                    env.resend_skipped();
+                } else {
                     out.push(Step::Deliver(p));
                 }
                 out.push(Step::Reply(Outbound::PubRec(pkid)));

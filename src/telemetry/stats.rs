@@ -126,6 +126,9 @@ counters! {
     messages_qos1,
     /// PUBLISH packets received with QoS 2.
     messages_qos2,
+    /// QoS 1/2 PUBLISH resends of a message already stored (after a lost ack, a dropped
+    /// connection or a crash): acknowledged, not stored twice.
+    messages_resends_skipped,
     /// Will messages ingested.
     messages_will,
     /// QoS 0 messages dropped because the budget was full and `qos0_when_full = "shed"`.

@@ -161,8 +161,7 @@ impl<F: WalFs> Log<F> {
     /// a [`write`](Self::write) and a [`sync`](Self::sync) that both succeed.
     pub fn stage(
         &mut self,
-        source: crate::decode::Source,
-        flags: u8,
+        head: record::Head,
         received_at: i64,
         client: &str,
         topic: &str,
@@ -173,7 +172,7 @@ impl<F: WalFs> Log<F> {
         record::encode(
             &mut self.staged,
             seq,
-            record::head(source, flags),
+            head,
             received_at,
             client,
             topic,

@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! len u32 LE | crc u32 LE | seq u64 LE | body (len bytes)
-//! body = head u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic | payload
-//! head = source (bits 0–3) | MQTT QoS (bits 4–5) | MQTT RETAIN (bit 7)
+//! body = head u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic
+//!        | [pkid u16 LE, if head bit 6] | payload
+//! head = source (bits 0–3) | MQTT QoS (bits 4–5) | has packet id (bit 6) | MQTT RETAIN (bit 7)
 //! ```
 //!
-//! The QoS and RETAIN bits let a start rebuild the retained messages from the WAL; records
-//! written before they existed have them zero.
+//! The QoS, RETAIN and packet id let a start rebuild what the broker needs from the WAL:
+//! retained messages, and which QoS 1/2 messages of each client are already stored (so a
+//! resend after a crash is not stored twice). Records written before they existed have them
+//! zero.
 //!
 //! `crc` is CRC32C over `len`, `seq` and `body`, so a torn length, a torn body and a record
 //! from an unrelated write are all caught. Integers are little-endian.
@@ -28,6 +31,42 @@ const FIXED: usize = 1 + 8 + 2;
 
 use crate::decode::Source;
 
+/// What a record's head says: its source, and for MQTT its QoS, RETAIN and packet id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Where it came from.
+    pub source: Source,
+    /// MQTT QoS (0 for gRPC).
+    pub qos: u8,
+    /// MQTT RETAIN.
+    pub retain: bool,
+    /// MQTT packet id (QoS 1/2 from a device).
+    pub pkid: Option<u16>,
+}
+
+impl Head {
+    /// A record of `source` without MQTT attributes.
+    pub fn of(source: Source) -> Self {
+        Self {
+            source,
+            qos: 0,
+            retain: false,
+            pkid: None,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        let mut b = self.source as u8 | ((self.qos & 3) << 4);
+        if self.pkid.is_some() {
+            b |= 0x40;
+        }
+        if self.retain {
+            b |= 0x80;
+        }
+        b
+    }
+}
+
 /// One record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -39,6 +78,8 @@ pub struct Entry {
     pub qos: u8,
     /// It was published with RETAIN.
     pub retain: bool,
+    /// Its MQTT packet id, if it had one.
+    pub pkid: Option<u16>,
     /// Receive time, µs since the epoch.
     pub received_at: i64,
     /// MQTT client id of the sender.
@@ -54,7 +95,7 @@ pub struct Entry {
 pub fn encode(
     out: &mut Vec<u8>,
     seq: u64,
-    head: u8,
+    head: Head,
     received_at: i64,
     client: &str,
     topic: &str,
@@ -62,36 +103,31 @@ pub fn encode(
 ) {
     let client = &client.as_bytes()[..client.len().min(u16::MAX as usize)];
     let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
-    let body_len = FIXED + client.len() + 2 + topic.len() + payload.len();
+    let pkid_len = if head.pkid.is_some() { 2 } else { 0 };
+    let body_len = FIXED + client.len() + 2 + topic.len() + pkid_len + payload.len();
     let start = out.len();
     out.reserve(HEADER + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.push(head);
+    out.push(head.byte());
     out.extend_from_slice(&received_at.to_le_bytes());
     out.extend_from_slice(&(client.len() as u16).to_le_bytes());
     out.extend_from_slice(client);
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic);
+    if let Some(pkid) = head.pkid {
+        out.extend_from_slice(&pkid.to_le_bytes());
+    }
     out.extend_from_slice(payload);
     let crc = crc_of(&out[start..start + 4], &out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The head byte of a record: its source and (MQTT) [`flags`].
-pub fn head(source: Source, flags: u8) -> u8 {
-    source as u8 | flags
-}
-
-/// The head-byte flags of an MQTT record.
-pub fn flags(qos: u8, retain: bool) -> u8 {
-    ((qos & 3) << 4) | if retain { 0x80 } else { 0 }
-}
-
 /// Bytes `entry` takes in a segment, framing included.
 pub fn framed_len(entry: &Entry) -> usize {
-    HEADER + FIXED + entry.client.len() + 2 + entry.topic.len() + entry.payload.len()
+    let pkid_len = if entry.pkid.is_some() { 2 } else { 0 };
+    HEADER + FIXED + entry.client.len() + 2 + entry.topic.len() + pkid_len + entry.payload.len()
 }
 
 fn crc_of(len: &[u8], seq_and_body: &[u8]) -> u32 {
@@ -237,13 +273,21 @@ impl<R: Read> SegmentReader<R> {
         let topic = std::str::from_utf8(body.get(at + 2..at + 2 + topic_len)?)
             .ok()?
             .to_string();
-        let payload_at = at + 2 + topic_len;
+        let mut payload_at = at + 2 + topic_len;
+        let pkid = if head & 0x40 != 0 {
+            let id = u16::from_le_bytes(body.get(payload_at..payload_at + 2)?.try_into().ok()?);
+            payload_at += 2;
+            Some(id)
+        } else {
+            None
+        };
         let payload = Bytes::from(body).slice(payload_at..);
         Some(Entry {
             seq,
             source,
             qos: (head >> 4) & 3,
             retain: head & 0x80 != 0,
+            pkid,
             received_at,
             client,
             topic,
@@ -276,7 +320,12 @@ mod tests {
             encode(
                 &mut out,
                 *seq,
-                head(Source::Mqtt, flags(1, *seq == 8)),
+                Head {
+                    source: Source::Mqtt,
+                    qos: 1,
+                    retain: *seq == 8,
+                    pkid: (*seq == 8).then_some(300),
+                },
                 1_700_000_000_000_000,
                 "dev-1",
                 topic,
@@ -317,6 +366,7 @@ mod tests {
             "head flags round-trip"
         );
         assert_eq!(entries[1].source, Source::Mqtt);
+        assert_eq!((entries[0].pkid, entries[1].pkid), (None, Some(300)));
         let total: usize = entries.iter().map(framed_len).sum();
         assert_eq!(total + MAGIC.len(), bytes.len());
         assert!(entries[1].payload.is_empty());

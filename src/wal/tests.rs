@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Admitted;
 use super::fs::mem::MemFs;
+use super::record::Head;
 use super::*;
 use crate::budget::{Budget, Held};
 use crate::decode::Message;
@@ -94,8 +95,7 @@ impl Model {
                     self.counters[s as usize] += 1;
                     let payload = format!("{s}:{c}");
                     let seq = self.log.stage(
-                        Source::Mqtt,
-                        0,
+                        Head::of(Source::Mqtt),
                         7,
                         &format!("client-{s}"),
                         "t",
@@ -191,7 +191,13 @@ fn a_clean_release_deletes_every_segment_and_the_next_start_continues_the_number
     let fs = MemFs::default();
     let mut log = Log::start(fs.clone(), Vec::new(), 0, SEGMENT)?;
     for i in 0..50 {
-        log.stage(Source::Mqtt, 0, 0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(
+            Head::of(Source::Mqtt),
+            0,
+            "c",
+            "t",
+            format!("{i:040}").as_bytes(),
+        );
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;
@@ -214,7 +220,13 @@ fn damage_in_one_segment_stops_only_that_segment_and_is_counted() -> io::Result<
     let dir = tempfile::tempdir()?;
     let mut log = Log::start(DiskFs::open(dir.path())?, Vec::new(), 0, SEGMENT)?;
     for i in 0..12 {
-        log.stage(Source::Mqtt, 0, 0, "c", "t", format!("{i:040}").as_bytes());
+        log.stage(
+            Head::of(Source::Mqtt),
+            0,
+            "c",
+            "t",
+            format!("{i:040}").as_bytes(),
+        );
         log.write()?;
         log.sync()?;
         log.rotate_if_full()?;

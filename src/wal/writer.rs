@@ -368,18 +368,18 @@ impl<F: WalFs> Writer<F> {
         #[cfg(debug_assertions)]
         self.stall.check(&group);
         for msg in &mut group.msgs {
-            let flags = match msg.source {
-                Source::Mqtt | Source::Bridge => record::flags(msg.mqtt.qos, msg.mqtt.retain),
-                Source::Grpc => 0,
+            let head = match msg.source {
+                Source::Mqtt | Source::Bridge => record::Head {
+                    source: msg.source,
+                    qos: msg.mqtt.qos,
+                    retain: msg.mqtt.retain,
+                    pkid: (msg.mqtt.pkid != 0).then_some(msg.mqtt.pkid),
+                },
+                Source::Grpc => record::Head::of(Source::Grpc),
             };
-            msg.seq = self.log.stage(
-                msg.source,
-                flags,
-                msg.received_at,
-                &client,
-                &msg.topic,
-                &msg.payload,
-            );
+            msg.seq = self
+                .log
+                .stage(head, msg.received_at, &client, &msg.topic, &msg.payload);
         }
         self.waiting.push((group, done, client));
     }

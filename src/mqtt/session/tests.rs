@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -48,17 +47,14 @@ fn aliased(alias: u16, topic: &str) -> Inbound {
 
 /// An in-memory environment: one stored-session map, a fixed assigned id.
 #[derive(Default)]
-struct Env(std::cell::RefCell<std::collections::HashMap<String, HashSet<u16>>>);
+struct Env(std::cell::RefCell<std::collections::HashMap<String, Parked>>);
 
 impl SessionEnv for Env {
     fn assign_id(&self) -> String {
         "assigned-1".into()
     }
-    fn resume(&self, client_id: &str) -> Option<HashSet<u16>> {
+    fn resume(&self, client_id: &str) -> Option<Parked> {
         self.0.borrow_mut().remove(client_id)
-    }
-    fn discard(&self, client_id: &str) {
-        self.0.borrow_mut().remove(client_id);
     }
 }
 
@@ -312,9 +308,13 @@ fn a_persistent_session_keeps_qos2_state_across_a_reconnect() {
 }
 
 #[test]
-fn a_clean_session_connect_discards_the_stored_session() {
+fn a_clean_session_connect_is_not_a_resumed_session_but_still_recognises_resends() {
     let env = Env::default();
-    env.0.borrow_mut().insert("dev".into(), HashSet::from([4]));
+    let mut first = Session::new();
+    step_in(&env, &mut first, connect(Protocol::V4, "dev", false, false));
+    step_in(&env, &mut first, publish(1, 7, "a"));
+    let (id, parked) = first.park().unwrap_or_else(|| panic!("persistent session"));
+    env.0.borrow_mut().insert(id, parked);
     let mut s = Session::new();
     let out = step_in(&env, &mut s, connect(Protocol::V4, "dev", true, false));
     assert_eq!(
@@ -322,7 +322,37 @@ fn a_clean_session_connect_discards_the_stored_session() {
         ["ConnAck { code: Accepted, session_present: false, assigned_id: None }"]
     );
     assert!(env.0.borrow().is_empty());
-    assert!(s.park().is_none(), "a clean session is not stored");
+    let Inbound::Publish(mut resend) = publish(1, 7, "a") else {
+        unreachable!()
+    };
+    resend.dup = true;
+    assert_eq!(
+        kinds(&step_in(&env, &mut s, Inbound::Publish(resend.clone()))),
+        ["PubAck(7)"],
+        "a DUP resend of a stored QoS 1 message is acked, not stored again"
+    );
+    resend.payload = Bytes::from_static(b"{\"other\":1}");
+    assert_eq!(
+        kinds(&step_in(&env, &mut s, Inbound::Publish(resend))),
+        ["Deliver(7)", "PubAck(7)"],
+        "same id, another message: stored"
+    );
+    let (_, parked) = s
+        .park()
+        .unwrap_or_else(|| panic!("recent messages are kept"));
+    assert!(!parked.persistent);
+}
+
+#[test]
+fn a_qos2_message_under_a_pending_id_with_other_content_is_new() {
+    let mut s = connected(Protocol::V5);
+    step(&mut s, publish(2, 4, "a"));
+    assert_eq!(kinds(&step(&mut s, publish(2, 4, "a"))), ["PubRec(4)"]);
+    assert_eq!(
+        kinds(&step(&mut s, publish(2, 4, "b"))),
+        ["Deliver(4)", "PubRec(4)"],
+        "its PUBREL was lost (a crash): a new message"
+    );
 }
 
 mod properties {
@@ -402,10 +432,9 @@ impl SessionEnv for Policy {
     fn assign_id(&self) -> String {
         "assigned-1".into()
     }
-    fn resume(&self, _: &str) -> Option<HashSet<u16>> {
+    fn resume(&self, _: &str) -> Option<Parked> {
         None
     }
-    fn discard(&self, _: &str) {}
     fn authenticate(
         &self,
         c: crate::auth::Credentials<'_>,
