@@ -105,8 +105,8 @@ pub struct Pipeline {
     batcher: JoinHandle<()>,
     wal_end: oneshot::Receiver<WriterResult<DiskFs>>,
     low_water: Arc<AtomicU64>,
-    /// The broker's fan-out thread and its WAL hold (broker role only).
-    fanout: Option<(std::thread::JoinHandle<()>, Arc<AtomicU64>)>,
+    /// The broker, its fan-out thread and its WAL hold (broker role only).
+    fanout: Option<(Arc<Broker>, std::thread::JoinHandle<()>, Arc<AtomicU64>)>,
     shutdown: watch::Sender<bool>,
     /// Where the sources listen.
     pub addrs: Addrs,
@@ -185,7 +185,7 @@ impl Pipeline {
         let hold = Arc::new(AtomicU64::new(u64::MAX));
         let fanout = match &broker {
             Some(b) => {
-                // Retained records replayed above the snapshot go into a new snapshot first.
+                // What the replay added to the broker goes into new snapshots first.
                 let (b2, dir) = (b.clone(), config.data_dir.clone());
                 tokio::task::spawn_blocking(move || fanout::snapshot_now(&b2, &dir))
                     .await?
@@ -196,9 +196,11 @@ impl Pipeline {
             }
             None => None,
         };
-        let (feed, fanout) = match fanout {
-            Some((feed, thread)) => (Some(feed), Some((thread, hold.clone()))),
-            None => (None, None),
+        let (feed, fanout) = match (fanout, &broker) {
+            (Some((feed, thread)), Some(b)) => {
+                (Some(feed), Some((b.clone(), thread, hold.clone())))
+            }
+            _ => (None, None),
         };
         // 5. The WAL writer, on a new segment after everything found.
         let next_seq = found.next_seq().max(checkpoint.next_seq_floor());
@@ -301,7 +303,8 @@ impl Pipeline {
         };
         // The fan-out ends once the WAL writer dropped its feed (after its last snapshot).
         let hold = match fanout {
-            Some((thread, hold)) => {
+            Some((broker, thread, hold)) => {
+                broker.close_feed();
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
                 hold.load(Ordering::Acquire)
             }
@@ -570,9 +573,22 @@ async fn start_broker(config: &Config, stats: &Arc<Stats>) -> Result<Broker> {
     let limits = config.broker.limits.clone();
     let dir = config.data_dir.clone();
     let (max, max_bytes) = (limits.retained_max, limits.retained_max_bytes);
-    let retained =
-        tokio::task::spawn_blocking(move || fanout::load_retained(&dir, max, max_bytes)).await??;
-    Ok(Broker::new(limits, retained, stats.clone()))
+    let (retained, (covered, sessions)) = tokio::task::spawn_blocking(move || {
+        anyhow::Ok((
+            fanout::load_retained(&dir, max, max_bytes)?,
+            fanout::load_sessions(&dir)?,
+        ))
+    })
+    .await??;
+    let broker = Broker::new(limits, retained, stats.clone());
+    if !sessions.is_empty() {
+        tracing::info!(
+            sessions = sessions.len(),
+            "persistent MQTT sessions restored"
+        );
+    }
+    broker.restore(covered, sessions);
+    Ok(broker)
 }
 
 /// While the WAL replays: a status line and more start time for systemd every few seconds.

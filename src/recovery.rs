@@ -113,11 +113,20 @@ impl Replay {
             {
                 recent.add(&entry.client, pkid, entry.qos, &entry.topic, &entry.payload);
             }
-            if entry.retain
-                && let Some(b) = &self.broker
+            if let Some(b) = &self.broker
+                && entry.source != Source::Grpc
+                && b.wants_replay(entry.seq, entry.qos, entry.retain)
             {
-                // Published or not: the snapshot may not have it (the store skips what it has).
-                b.replay_retained(entry.seq, &entry.topic, entry.payload.clone(), entry.qos);
+                // Published or not: the broker's snapshots may not have it.
+                b.replay(&crate::wal::Routed {
+                    seq: entry.seq,
+                    origin: entry.client.clone(),
+                    topic: Arc::from(entry.topic.as_str()),
+                    payload: entry.payload.clone(),
+                    qos: entry.qos,
+                    retain: entry.retain,
+                    props: None,
+                });
             }
             if entry.seq < self.checkpoint.low_water {
                 return Ok(());

@@ -21,14 +21,14 @@
 
 pub mod fanout;
 pub mod outbox;
+mod persist;
 pub mod retained;
+pub mod state;
 pub mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use bytes::Bytes;
 
 use crate::auth::Acl;
 use crate::auth::acl::Client as AclClient;
@@ -91,8 +91,8 @@ struct Entry {
     user: Option<Arc<str>>,
     outbox: Arc<Outbox>,
     persistent: bool,
-    /// Its filters as subscribed (`$share/…` included).
-    filters: Vec<String>,
+    /// Its filters as subscribed (`$share/…` included) with their options.
+    filters: Vec<(String, SubOpts)>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +104,14 @@ struct Hub {
     retained: Retained,
     /// A retained message changed since the last snapshot.
     retained_dirty: bool,
+    /// A persistent session changed since the last snapshot.
+    sessions_dirty: bool,
+    /// The highest WAL sequence number routed (a snapshot covers up to it).
+    routed_seq: u64,
+    /// The WAL sequence number the restored session snapshot covered (replay routes above it).
+    sessions_covered: u64,
+    /// Senders waiting for the next snapshot (SUBACKs of persistent sessions).
+    waiters: Vec<crate::wal::Done>,
     targets: Vec<Target>,
 }
 
@@ -119,6 +127,11 @@ pub struct Broker {
     stats: Arc<Stats>,
     /// `mqtt.auth.acl_file`: every delivery is checked against its read rules.
     acl: Option<Arc<Acl>>,
+    /// A persistent session subscribes to something: the WAL writer holds every round it
+    /// hands over until a snapshot covers it (replayed into the sessions after a crash).
+    holds: Arc<AtomicBool>,
+    /// Asks the fan-out for a snapshot now (an empty round); taken at shutdown.
+    kick: Mutex<Option<std::sync::mpsc::SyncSender<Vec<Routed>>>>,
 }
 
 impl Broker {
@@ -140,6 +153,8 @@ impl Broker {
             active: Arc::new(AtomicBool::new(false)),
             stats,
             acl: None,
+            holds: Arc::new(AtomicBool::new(false)),
+            kick: Mutex::new(None),
         }
     }
 
@@ -201,9 +216,11 @@ impl Broker {
                     .expect("by_client names a live session");
                 entry.persistent = persistent;
                 entry.user = user;
+                let outbox = entry.outbox.clone();
+                hub.sessions_dirty = true;
                 return Attached {
                     id,
-                    outbox: entry.outbox.clone(),
+                    outbox,
                     present: true,
                 };
             }
@@ -224,6 +241,7 @@ impl Broker {
                 filters: Vec::new(),
             },
         );
+        hub.sessions_dirty |= persistent;
         self.stats
             .set_gauge(&self.stats.broker_sessions, hub.sessions.len());
         Attached {
@@ -243,10 +261,11 @@ impl Broker {
         let Some(entry) = hub.sessions.get_mut(&id) else {
             return;
         };
-        entry.persistent = persistent;
+        let was = std::mem::replace(&mut entry.persistent, persistent);
         if !persistent {
             self.remove_session(&mut hub, id);
         }
+        hub.sessions_dirty |= was || persistent;
     }
 
     fn remove_session(&self, hub: &mut Hub, id: SessionId) {
@@ -256,11 +275,12 @@ impl Broker {
         if hub.by_client.get(&entry.client) == Some(&id) {
             hub.by_client.remove(&entry.client);
         }
-        for f in &entry.filters {
+        for (f, _) in &entry.filters {
             if let Ok(p) = filter::parse(f, usize::MAX) {
                 hub.table.remove(id, p.group, p.filter);
             }
         }
+        hub.sessions_dirty |= entry.persistent;
         let dropped = entry.outbox.discard(&self.bounds);
         Stats::add(&self.stats.broker_messages_discarded, dropped as u64);
         self.note_queued();
@@ -269,6 +289,11 @@ impl Broker {
 
     fn after_change(&self, hub: &Hub) {
         self.active.store(!hub.table.is_empty(), Ordering::Release);
+        let holds = hub
+            .sessions
+            .values()
+            .any(|e| e.persistent && !e.filters.is_empty());
+        self.holds.store(holds, Ordering::Release);
         let s = &self.stats;
         s.set_gauge(&s.broker_subscriptions, hub.table.len());
         s.set_gauge(&s.broker_sessions, hub.sessions.len());
@@ -276,7 +301,8 @@ impl Broker {
 
     /// SUBSCRIBE of session `id`: one code per filter into `codes`; retained messages matching
     /// a new subscription are queued (MQTT 5 retain handling respected). `may_read` decides
-    /// whether the client may subscribe to a filter.
+    /// whether the client may subscribe to a filter. `true` when the session is persistent:
+    /// its SUBACK is to wait for the next snapshot ([`Broker::after_snapshot`]).
     pub fn subscribe(
         &self,
         id: SessionId,
@@ -284,13 +310,14 @@ impl Broker {
         sub_id: Option<u32>,
         may_read: impl Fn(&str) -> bool,
         codes: &mut Vec<SubCode>,
-    ) {
+    ) -> bool {
         let mut hub = self.hub();
         let hub = &mut *hub;
         let Some(entry) = hub.sessions.get_mut(&id) else {
             codes.extend(filters.iter().map(|_| SubCode::Unspecified));
-            return;
+            return false;
         };
+        hub.sessions_dirty |= entry.persistent;
         for f in filters {
             let parsed = match filter::parse(&f.filter, self.limits.max_filter_len) {
                 Ok(p) => p,
@@ -303,8 +330,8 @@ impl Broker {
                 codes.push(SubCode::NotAuthorized);
                 continue;
             }
-            let known = entry.filters.contains(&f.filter);
-            if !known && entry.filters.len() >= self.limits.max_subscriptions {
+            let known = entry.filters.iter().position(|(x, _)| *x == f.filter);
+            if known.is_none() && entry.filters.len() >= self.limits.max_subscriptions {
                 codes.push(SubCode::Quota);
                 continue;
             }
@@ -316,8 +343,9 @@ impl Broker {
                 id: sub_id,
             };
             let replaced = hub.table.insert(id, parsed.group, parsed.filter, opts);
-            if !known {
-                entry.filters.push(f.filter.clone());
+            match known {
+                Some(i) => entry.filters[i].1 = opts,
+                None => entry.filters.push((f.filter.clone(), opts)),
             }
             Stats::add(&self.stats.broker_subscribes, 1);
             codes.push(SubCode::Granted(qos));
@@ -345,7 +373,9 @@ impl Broker {
             }
         }
         entry.outbox.wake();
+        let persistent = entry.persistent;
         self.after_change(hub);
+        persistent
     }
 
     /// UNSUBSCRIBE of session `id`: for each filter whether a subscription existed.
@@ -355,10 +385,11 @@ impl Broker {
         let Some(entry) = hub.sessions.get_mut(&id) else {
             return vec![false; filters.len()];
         };
+        hub.sessions_dirty |= entry.persistent;
         let found = filters
             .iter()
             .map(|f| {
-                let Some(i) = entry.filters.iter().position(|x| x == f) else {
+                let Some(i) = entry.filters.iter().position(|(x, _)| x == f) else {
                     return false;
                 };
                 entry.filters.swap_remove(i);
@@ -378,44 +409,53 @@ impl Broker {
         let hub = &mut *hub;
         let mut targets = std::mem::take(&mut hub.targets);
         for m in msgs {
-            if m.retain {
-                self.retain(hub, m);
-            }
-            targets.clear();
-            let sessions = &hub.sessions;
-            hub.table.targets(
-                &m.topic,
-                |s| sessions.get(&s).is_some_and(|e| e.outbox.is_online()),
-                &mut targets,
-            );
-            for t in targets.drain(..) {
-                let Some(entry) = sessions.get(&t.session) else {
-                    continue;
-                };
-                if t.no_local && *entry.client == *m.origin {
-                    continue;
-                }
-                if !self.may_read(entry, &m.topic) {
-                    Stats::add(&self.stats.broker_denied_acl, 1);
-                    continue;
-                }
-                let qos = m.qos.min(t.qos);
-                let d = Delivery {
-                    topic: m.topic.clone(),
-                    payload: m.payload.clone(),
-                    qos,
-                    // MQTT 3.1.1 §3.3.1.3: cleared on normal delivery unless kept (MQTT 5 option).
-                    retain: m.retain && t.retain_as_published,
-                    props: m.props.clone(),
-                    sub_ids: t.ids,
-                };
-                let pushed = entry.outbox.lock().push(d, &self.bounds);
-                self.count_push(pushed, qos);
-                entry.outbox.wake();
-            }
+            self.route_one(hub, m, &mut targets);
         }
         hub.targets = targets;
         self.note_queued();
+    }
+
+    /// Routes one message: retained store, then every matching session's outbox.
+    fn route_one(&self, hub: &mut Hub, m: &Routed, targets: &mut Vec<Target>) {
+        if m.retain {
+            self.retain(hub, m);
+        }
+        hub.routed_seq = hub.routed_seq.max(m.seq);
+        targets.clear();
+        let sessions = &hub.sessions;
+        hub.table.targets(
+            &m.topic,
+            |s| sessions.get(&s).is_some_and(|e| e.outbox.is_online()),
+            targets,
+        );
+        let mut persistent_queued = false;
+        for t in targets.drain(..) {
+            let Some(entry) = sessions.get(&t.session) else {
+                continue;
+            };
+            if t.no_local && *entry.client == *m.origin {
+                continue;
+            }
+            if !self.may_read(entry, &m.topic) {
+                Stats::add(&self.stats.broker_denied_acl, 1);
+                continue;
+            }
+            let qos = m.qos.min(t.qos);
+            let d = Delivery {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                qos,
+                // MQTT 3.1.1 §3.3.1.3: cleared on normal delivery unless kept (MQTT 5 option).
+                retain: m.retain && t.retain_as_published,
+                props: m.props.clone(),
+                sub_ids: t.ids,
+            };
+            let pushed = entry.outbox.lock().push(d, &self.bounds);
+            persistent_queued |= entry.persistent && pushed == Pushed::Queued;
+            self.count_push(pushed, qos);
+            entry.outbox.wake();
+        }
+        hub.sessions_dirty |= persistent_queued;
     }
 
     /// Updates the queued-bytes gauge (after routing, taking or discarding).
@@ -448,26 +488,5 @@ impl Broker {
                 Stats::add(&s.broker_dropped_qos12, 1);
             }
         }
-    }
-
-    /// Applies a retained record replayed from the WAL at start (before any client connects).
-    pub fn replay_retained(&self, seq: u64, topic: &str, payload: Bytes, qos: u8) {
-        let mut hub = self.hub();
-        if hub.retained.set(seq, topic, payload, qos) == Set::Full {
-            Stats::add(&self.stats.broker_retained_refused, 1);
-        }
-        hub.retained_dirty = true;
-        self.stats
-            .set_gauge(&self.stats.broker_retained, hub.retained.len());
-    }
-
-    /// The retained store's snapshot and the sequence number it covers, if it changed since
-    /// the last call.
-    pub fn retained_snapshot(&self) -> Option<(u64, Vec<u8>)> {
-        let mut hub = self.hub();
-        if !std::mem::take(&mut hub.retained_dirty) {
-            return None;
-        }
-        Some((hub.retained.applied(), hub.retained.encode()))
     }
 }

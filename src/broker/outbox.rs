@@ -54,7 +54,7 @@ pub const TAKEN_OVER: &str = "session taken over by a new connection";
 const OVERHEAD: usize = 96;
 
 /// A message routed to one session.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     /// Topic.
     pub topic: Arc<str>,
@@ -164,8 +164,12 @@ impl OutQueue {
         }
     }
 
-    /// Queues `d` within `bounds`.
+    /// Queues `d` within `bounds`. QoS 0 is not queued for a session whose client is away
+    /// (MQTT 3.1.1 §3.1.2.4 leaves it to the server; counted as dropped).
     pub fn push(&mut self, d: Delivery, bounds: &Bounds) -> Pushed {
+        if d.qos == 0 && self.away {
+            return Pushed::DroppedQos0;
+        }
         let n = d.bytes();
         let over_session = self.queued_bytes + n > bounds.per_session;
         let over_total = bounds.queued.load(Ordering::Relaxed) + n > bounds.total;
@@ -310,6 +314,48 @@ impl OutQueue {
                 Phase::Released => Packet::PubRel(f.pkid),
             });
         }
+    }
+
+    /// The queue, the deliveries in flight (packet id, PUBREL sent, delivery) and the last
+    /// packet id used: what a snapshot keeps.
+    pub fn image(&self) -> (Vec<Delivery>, Vec<(u16, bool, Delivery)>, u16) {
+        let inflight = self
+            .inflight
+            .iter()
+            .map(|f| (f.pkid, matches!(f.phase, Phase::Released), f.msg.clone()))
+            .collect();
+        (
+            self.queue.iter().cloned().collect(),
+            inflight,
+            self.next_pkid,
+        )
+    }
+
+    /// Restores what a snapshot kept (the queue counts against `bounds` again).
+    pub fn restore(
+        &mut self,
+        queue: Vec<Delivery>,
+        inflight: Vec<(u16, bool, Delivery)>,
+        next_pkid: u16,
+        bounds: &Bounds,
+    ) {
+        for d in queue {
+            let n = d.bytes();
+            self.queue_one(d, n, bounds);
+        }
+        self.inflight = inflight
+            .into_iter()
+            .map(|(pkid, released, msg)| InFlight {
+                pkid,
+                phase: if released {
+                    Phase::Released
+                } else {
+                    Phase::Published
+                },
+                msg,
+            })
+            .collect();
+        self.next_pkid = next_pkid;
     }
 
     /// Bytes queued (not in flight).

@@ -454,7 +454,12 @@ impl Connection {
                         .extend(self.taken.drain(..).map(Outbound::from));
                 }
                 Step::Reply(packet) => self.replies.push(packet),
-                Step::Subscribe(s) => self.subscribe(s.pkid, &s.filters, s.id),
+                Step::Subscribe(s) => {
+                    end = self.subscribe(s).await;
+                    if end.is_some() {
+                        break;
+                    }
+                }
                 Step::Unsubscribe(super::codec::Unsubscribe { pkid, filters }) => {
                     let found = match (&self.ctx.broker, &self.bsession) {
                         (Some(broker), Some(b)) => broker.unsubscribe(b.id, &filters),
@@ -517,18 +522,26 @@ impl Connection {
         broker.detach(b.id, still_owner, self.session.is_persistent());
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: &[super::codec::SubFilter], id: Option<u32>) {
+    /// SUBSCRIBE: the broker decides each filter. The SUBACK of a persistent session waits
+    /// for the broker's next snapshot (a SIGKILL after it keeps the subscription); `Some` when
+    /// the connection must end instead.
+    async fn subscribe(&mut self, s: super::codec::Subscribe) -> Option<End> {
+        let super::codec::Subscribe { pkid, filters, id } = s;
         let mut codes = Vec::with_capacity(filters.len());
-        match (&self.ctx.broker, &self.bsession) {
+        let ctx = self.ctx.clone();
+        let persist = match (&ctx.broker, &self.bsession) {
             (Some(broker), Some(b)) => {
-                let (auth, principal) = (&self.ctx.auth, self.session.principal());
+                let (auth, principal) = (&ctx.auth, self.session.principal());
                 let may_read = |filter: &str| {
                     principal.is_some_and(|p| auth.may_subscribe(p, &self.client_id, filter))
                 };
-                broker.subscribe(b.id, filters, id, may_read, &mut codes);
+                broker.subscribe(b.id, &filters, id, may_read, &mut codes)
             }
-            _ => codes.resize(filters.len(), SubCode::Unspecified),
-        }
+            _ => {
+                codes.resize(filters.len(), SubCode::Unspecified);
+                false
+            }
+        };
         let refused = codes
             .iter()
             .filter(|c| !matches!(c, SubCode::Granted(_)))
@@ -537,7 +550,23 @@ impl Connection {
             Stats::add(&self.ctx.stats.broker_subscribes_refused, refused as u64);
             tracing::info!(client = %self.client_id, refused, "SUBSCRIBE filters refused");
         }
-        self.replies.push(Outbound::SubAck { pkid, codes });
+        let ack = Outbound::SubAck { pkid, codes };
+        let Some(broker) = ctx.broker.as_ref().filter(|_| persist) else {
+            self.replies.push(ack);
+            return None;
+        };
+        // Earlier replies keep their place in front of it.
+        if let Some(end) = self.admit_group().await {
+            return Some(end);
+        }
+        let (done, durable) = Durable::pending();
+        broker.after_snapshot(done);
+        self.held.push_back(Held {
+            durable,
+            replies: vec![ack],
+            delivered: Vec::new(),
+        });
+        None
     }
 
     /// A subscriber's ack settles a delivery (and may open its in-flight window).

@@ -203,7 +203,7 @@ counters! {
     broker_delivered_qos1,
     /// Messages delivered to subscribers with QoS 2.
     broker_delivered_qos2,
-    /// QoS 0 deliveries dropped because the subscriber's queue was full.
+    /// QoS 0 deliveries dropped because the subscriber's queue was full or it was away.
     broker_dropped_qos0,
     /// QoS 1/2 deliveries dropped because the subscriber's queue was full (its client is disconnected).
     broker_dropped_qos12,

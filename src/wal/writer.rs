@@ -77,6 +77,7 @@ pub struct Routed {
 pub struct Feed {
     tx: SyncSender<Vec<Routed>>,
     active: Arc<AtomicBool>,
+    holds: Arc<AtomicBool>,
 }
 
 impl Feed {
@@ -86,9 +87,20 @@ impl Feed {
         retain || self.active.load(Ordering::Acquire)
     }
 
-    /// A feed over `tx`, handing over while `active` is set (and retained messages always).
-    pub fn new(tx: SyncSender<Vec<Routed>>, active: Arc<AtomicBool>) -> Self {
-        Self { tx, active }
+    /// A feed over `tx`, handing over while `active` is set (and retained messages always),
+    /// holding every round handed over while `holds` is set.
+    pub fn new(
+        tx: SyncSender<Vec<Routed>>,
+        active: Arc<AtomicBool>,
+        holds: Arc<AtomicBool>,
+    ) -> Self {
+        Self { tx, active, holds }
+    }
+
+    /// Whether every round handed over is to be held in the WAL until the broker's snapshot
+    /// covers it (persistent sessions subscribe: a crash replays the round into them).
+    pub fn holds(&self) -> bool {
+        self.holds.load(Ordering::Acquire)
     }
 
     /// Hands over one round; waits while the channel is full. `false` once the fan-out ended.
@@ -409,6 +421,11 @@ impl<F: WalFs> Writer<F> {
                     props: m.mqtt.props.clone(),
                 });
             }
+        }
+        if feed.holds()
+            && let Some(first) = round.first()
+        {
+            self.hold.fetch_min(first.seq, Ordering::AcqRel);
         }
         if !round.is_empty() && !feed.send(round) {
             return Err(io::Error::other("the broker's fan-out stopped"));

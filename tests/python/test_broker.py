@@ -317,3 +317,29 @@ def test_acl_read_rules_decide_subscriptions_and_every_delivery(daemon_factory, 
     m = metrics(d.admin)
     assert m["fleetlake_broker_denied_acl_total"] == 1
     r.close()
+
+
+def test_a_persistent_subscriber_keeps_subscriptions_and_queue_across_sigkill(daemon_factory):
+    d = daemon_factory()
+    s = Sub(d.port, "thermostat-9", ["cmd/thermostat-9/#"], clean=False)
+    s.close()
+    for i in range(3):
+        pub(d.port, "cmd/thermostat-9/sp", json.dumps({"sp": i}), qos=1)
+    # MQTT 5 with a session expiry: SIGKILL right after its SUBACK.
+    v5 = Sub(d.port, "panel-1", ["alarms/#"], v5=True, clean=False, expiry=3600)
+    v5.c.loop_stop()
+    d.kill()
+    d = daemon_factory(dir_name="d0")
+    pub(d.port, "alarms/fire", '{"zone": 2}', qos=1)
+    back = Sub(d.port, "thermostat-9", [], clean=False)
+    assert back.present, "the session survived"
+    back.wait(3)
+    assert [json.loads(p)["sp"] for p in back.payloads()] == [0, 1, 2]
+    pub(d.port, "cmd/thermostat-9/sp", '{"sp": 3}', qos=1)
+    back.wait(4)
+    back.close()
+    panel = Sub(d.port, "panel-1", [], v5=True, clean=False, expiry=3600)
+    assert panel.present
+    got = panel.wait(1)
+    assert got[0][:2] == ("alarms/fire", b'{"zone": 2}')
+    panel.close()

@@ -1,0 +1,149 @@
+//! What of the broker outlives the process (see [`super::state`] and [`super::retained`]):
+//! restoring the snapshots at start, routing the WAL records above them again, and taking
+//! the snapshots for the fan-out thread to write.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, PoisonError};
+
+use super::outbox::Outbox;
+use super::state::{self, SessionImage};
+use super::{Broker, Entry, Routed};
+use crate::decode::filter;
+use crate::wal::Done;
+
+/// The snapshots to write, and who waits for them.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The highest WAL sequence number they cover.
+    pub covered: u64,
+    /// The retained store, if it changed.
+    pub retained: Option<Vec<u8>>,
+    /// The persistent sessions, if they changed.
+    pub sessions: Option<Vec<u8>>,
+    /// Told once both are written.
+    pub waiters: Vec<Done>,
+}
+
+impl Broker {
+    /// Whether the WAL writer is to hold every round it hands over (see `Broker::holds`).
+    pub fn holds(&self) -> Arc<AtomicBool> {
+        self.holds.clone()
+    }
+
+    /// Restores the persistent sessions of a snapshot covering the WAL up to `covered`; their
+    /// clients are away until they connect again.
+    pub fn restore(&self, covered: u64, sessions: Vec<SessionImage>) {
+        let mut hub = self.hub();
+        let hub = &mut *hub;
+        hub.sessions_covered = covered;
+        hub.routed_seq = hub.routed_seq.max(covered);
+        for s in sessions {
+            hub.next_id += 1;
+            let id = hub.next_id;
+            let outbox = Arc::new(Outbox::default());
+            outbox
+                .lock()
+                .restore(s.queue, s.inflight, s.next_pkid, &self.bounds);
+            for (f, opts) in &s.subs {
+                if let Ok(p) = filter::parse(f, usize::MAX) {
+                    hub.table.insert(id, p.group, p.filter, *opts);
+                }
+            }
+            let client: Arc<str> = Arc::from(s.client);
+            hub.by_client.insert(client.clone(), id);
+            let entry = Entry {
+                client,
+                user: s.user.map(Arc::from),
+                outbox,
+                persistent: true,
+                filters: s.subs,
+            };
+            hub.sessions.insert(id, entry);
+        }
+        self.after_change(hub);
+        self.note_queued();
+    }
+
+    /// Whether a replayed record must be routed again: a retained one the snapshot may lack, or
+    /// a QoS 1/2 one above the session snapshot while persistent sessions subscribe.
+    pub fn wants_replay(&self, seq: u64, qos: u8, retain: bool) -> bool {
+        retain
+            || (qos > 0 && self.holds.load(Ordering::Acquire) && seq > self.hub().sessions_covered)
+    }
+
+    /// Routes a record found in the WAL at start (before any client connects): its retained
+    /// message is applied (unless the snapshot has it), and above the session snapshot it is
+    /// queued for the persistent sessions it matches (QoS 1/2; their clients are away).
+    pub fn replay(&self, m: &Routed) {
+        let mut hub = self.hub();
+        let hub = &mut *hub;
+        let mut targets = std::mem::take(&mut hub.targets);
+        if m.seq > hub.sessions_covered {
+            self.route_one(hub, m, &mut targets);
+        } else if m.retain {
+            self.retain(hub, m);
+        }
+        hub.targets = targets;
+    }
+
+    /// The snapshots that changed since the last call (with their waiters), or `None`.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let mut hub = self.hub();
+        let hub = &mut *hub;
+        if !hub.retained_dirty && !hub.sessions_dirty && hub.waiters.is_empty() {
+            return None;
+        }
+        let retained = std::mem::take(&mut hub.retained_dirty).then(|| hub.retained.encode());
+        let sessions = std::mem::take(&mut hub.sessions_dirty).then(|| {
+            let images: Vec<SessionImage> = hub
+                .sessions
+                .values()
+                .filter(|e| e.persistent)
+                .map(|e| {
+                    let (queue, inflight, next_pkid) = e.outbox.lock().image();
+                    SessionImage {
+                        client: e.client.to_string(),
+                        user: e.user.as_deref().map(str::to_string),
+                        subs: e.filters.clone(),
+                        queue,
+                        inflight,
+                        next_pkid,
+                    }
+                })
+                .collect();
+            state::encode(hub.routed_seq, &images)
+        });
+        Some(Snapshot {
+            covered: hub.routed_seq,
+            retained,
+            sessions,
+            waiters: std::mem::take(&mut hub.waiters),
+        })
+    }
+
+    /// `done` is told once the next snapshot is written (a persistent session's SUBACK waits
+    /// for it); the fan-out is asked to write one now.
+    pub fn after_snapshot(&self, done: Done) {
+        self.hub().waiters.push(done);
+        let kick = self.kick.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = kick.as_ref() {
+            // Full: rounds are queued, and the fan-out snapshots after them anyway.
+            let _ = tx.try_send(Vec::new());
+        }
+    }
+
+    /// Lets [`Broker::after_snapshot`] wake the fan-out through `tx`.
+    pub fn set_kick(&self, tx: SyncSender<Vec<Routed>>) {
+        *self.kick.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+    }
+
+    /// Drops the broker's end of the fan-out channel (at shutdown, after the WAL writer's),
+    /// so the fan-out thread writes its last snapshot and ends.
+    pub fn close_feed(&self) {
+        self.kick
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
