@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
-# Installs what the tests need when it is missing (Debian: mosquitto, mosquitto-clients; Python: duckdb,
+# Installs what the tests need when it is missing (Debian: mosquitto, mosquitto-clients, nodejs, npm;
+# npm: mqtt (MQTT.js); Python: duckdb,
 # pyarrow, polars, datafusion, pyspark (and Java 17 for it), paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status, moto[server]
 # and boto3 for the S3 tests, which start their own moto server on 127.0.0.1), then runs formatting and lint checks, the Rust unit and
 # integration tests, the systemd unit checks (when systemd-analyze exists), the Python
@@ -26,6 +27,21 @@ if ! command -v java >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
 fi
+
+# Node.js and MQTT.js (npm `mqtt` 5) for the broker's interoperability test
+# (tests/node/aliases.js), cached outside the clone.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== installing nodejs and npm"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+NODE_DIR="${FLEETLAKE_NODE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetlake-node}"
+if [ ! -f "$NODE_DIR/node_modules/mqtt/package.json" ]; then
+  echo "== installing MQTT.js (npm mqtt@5) into $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  npm install --prefix "$NODE_DIR" --no-audit --no-fund --silent mqtt@5
+fi
+export NODE_PATH="$NODE_DIR/node_modules"
 
 PY_PKGS=(duckdb pyarrow polars datafusion pyspark "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)
 if ! python3 -c "import duckdb, pyarrow, pyarrow.fs, polars, datafusion, pyspark, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, boto3, moto.server, flask, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then

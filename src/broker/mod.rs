@@ -453,7 +453,11 @@ impl Broker {
             let pushed = entry.outbox.lock().push(d, &self.bounds);
             persistent_queued |= entry.persistent && pushed == Pushed::Queued;
             self.count_push(pushed, qos);
-            entry.outbox.wake();
+            if pushed == Pushed::Overflow {
+                entry.outbox.kick();
+            } else {
+                entry.outbox.wake();
+            }
         }
         hub.sessions_dirty |= persistent_queued;
     }

@@ -384,6 +384,9 @@ impl OutQueue {
 pub struct Outbox {
     state: Mutex<OutQueue>,
     wake: Notify,
+    /// Told when the owning connection must close (taken over, too slow), so a connection
+    /// blocked writing to a client that stopped reading still notices.
+    kicked: Notify,
 }
 
 /// A connection's claim on an outbox: only the current owner takes from it.
@@ -395,6 +398,7 @@ impl Default for Outbox {
         Self {
             state: Mutex::new(OutQueue::new()),
             wake: Notify::new(),
+            kicked: Notify::new(),
         }
     }
 }
@@ -419,6 +423,23 @@ impl Outbox {
         self.wake.notified().await;
     }
 
+    /// Tells the owning connection to close (after a push overflowed its queue).
+    pub fn kick(&self) {
+        self.kicked.notify_one();
+        self.wake.notify_one();
+    }
+
+    /// Resolves with the reason once `claim` must close: taken over, or too slow.
+    /// Cancel-safe.
+    pub async fn kicked(&self, claim: Claim) -> &'static str {
+        loop {
+            if let Err(reason) = self.check(claim) {
+                return reason;
+            }
+            self.kicked.notified().await;
+        }
+    }
+
     /// A connection takes the session: earlier owners are told to close, the window is set
     /// from the client's receive maximum and maximum packet size, and what was in flight is
     /// resent into `out`.
@@ -434,6 +455,7 @@ impl Outbox {
         drop(q);
         // An earlier owner still waiting wakes, sees it lost the claim and closes.
         self.wake.notify_waiters();
+        self.kicked.notify_waiters();
         claim
     }
 
@@ -466,6 +488,7 @@ impl Outbox {
         drop(q);
         self.wake.notify_waiters();
         self.wake.notify_one();
+        self.kicked.notify_one();
         n
     }
 

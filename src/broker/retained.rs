@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::state::{Damaged, Reader};
 use crate::decode::filter;
 
 const MAGIC: &[u8; 8] = b"FLRET\x00\x00\x01";
@@ -29,11 +30,6 @@ pub struct RetainedMsg {
     /// QoS it was published with.
     pub qos: u8,
 }
-
-/// Why a snapshot file cannot be read.
-#[derive(Debug, thiserror::Error)]
-#[error("retained-message snapshot is damaged: {0}")]
-pub struct Damaged(&'static str);
 
 /// The retained messages by topic.
 #[derive(Debug, Default)]
@@ -161,47 +157,19 @@ impl Retained {
 
     /// Loads a snapshot into this (empty) store, keeping its bounds.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<(), Damaged> {
-        let body_len = bytes.len().checked_sub(4).ok_or(Damaged("too short"))?;
-        let (body, crc) = bytes.split_at(body_len);
-        if crc32c::crc32c(body).to_le_bytes() != crc {
-            return Err(Damaged("checksum mismatch"));
-        }
-        let mut r = Reader(body);
-        if r.take(8)? != MAGIC {
-            return Err(Damaged("not a retained snapshot of this version"));
-        }
+        let mut r = Reader::open(bytes, MAGIC)?;
         let applied = u64::from_le_bytes(r.array()?);
         let count = u32::from_le_bytes(r.array()?);
         for _ in 0..count {
-            let len = usize::from(u16::from_le_bytes(r.array()?));
-            let topic = std::str::from_utf8(r.take(len)?).map_err(|_| Damaged("topic"))?;
+            let topic = r.string()?;
             let qos = r.take(1)?[0];
             let len = u32::from_le_bytes(r.array()?) as usize;
             let payload = Bytes::copy_from_slice(r.take(len)?);
             // Bounds may have shrunk since: what no longer fits is not loaded.
-            let _ = self.set(0, topic, payload, qos);
+            let _ = self.set(0, &topic, payload, qos);
         }
         self.applied = applied;
         Ok(())
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
-        if self.0.len() < n {
-            return Err(Damaged("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Damaged> {
-        let mut a = [0; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
     }
 }
 

@@ -40,9 +40,9 @@ pub struct SessionImage {
     pub next_pkid: u16,
 }
 
-/// Why a snapshot cannot be read.
+/// Why a snapshot (of sessions or retained messages) cannot be read.
 #[derive(Debug, thiserror::Error)]
-#[error("session snapshot is damaged: {0}")]
+#[error("snapshot is damaged: {0}")]
 pub struct Damaged(&'static str);
 
 /// The snapshot bytes of `sessions`, covering the WAL up to `covered`.
@@ -104,15 +104,7 @@ fn delivery(w: &mut Vec<u8>, d: &Delivery) {
 
 /// Reads a snapshot: the WAL sequence number it covers and the sessions.
 pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<SessionImage>), Damaged> {
-    let body_len = bytes.len().checked_sub(4).ok_or(Damaged("too short"))?;
-    let (body, crc) = bytes.split_at(body_len);
-    if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err(Damaged("checksum mismatch"));
-    }
-    let mut r = Reader(body);
-    if r.take(8)? != MAGIC {
-        return Err(Damaged("not a session snapshot of this version"));
-    }
+    let mut r = Reader::open(bytes, MAGIC)?;
     let covered = u64::from_le_bytes(r.array()?);
     let count = u32::from_le_bytes(r.array()?);
     let mut sessions = Vec::new();
@@ -162,10 +154,25 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<SessionImage>), Damaged> {
     Ok((covered, sessions))
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads a snapshot's fields in order, each checked against the bytes left.
+pub(super) struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
+    /// A reader of the body of `bytes` once its trailing CRC32C and its leading `magic` check.
+    pub(super) fn open(bytes: &'a [u8], magic: &[u8; 8]) -> Result<Self, Damaged> {
+        let body_len = bytes.len().checked_sub(4).ok_or(Damaged("too short"))?;
+        let (body, crc) = bytes.split_at(body_len);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err(Damaged("checksum mismatch"));
+        }
+        let mut r = Self(body);
+        if r.take(8)? != magic {
+            return Err(Damaged("not a snapshot of this kind and version"));
+        }
+        Ok(r)
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
         if self.0.len() < n {
             return Err(Damaged("truncated"));
         }
@@ -174,13 +181,13 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Damaged> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], Damaged> {
         let mut a = [0; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
-    fn string(&mut self) -> Result<String, Damaged> {
+    pub(super) fn string(&mut self) -> Result<String, Damaged> {
         let n = usize::from(u16::from_le_bytes(self.array()?));
         let s = std::str::from_utf8(self.take(n)?).map_err(|_| Damaged("not UTF-8"))?;
         Ok(s.to_string())

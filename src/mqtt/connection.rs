@@ -412,12 +412,38 @@ impl Connection {
         }
     }
 
+    /// Writes `wbuf`. A subscriber that stops reading blocks this write; if the broker
+    /// kicks it meanwhile (its queue overflowed, or a new connection took the session), the
+    /// write is abandoned and the connection ends.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await?;
-            self.wbuf.clear();
+        if self.wbuf.is_empty() {
+            return Ok(());
         }
+        let Self {
+            stream,
+            wbuf,
+            bsession,
+            ctx,
+            ..
+        } = self;
+        let write = async {
+            stream.write_all(wbuf).await?;
+            stream.flush().await
+        };
+        match bsession {
+            None => write.await?,
+            Some(b) => tokio::select! {
+                // Not cancel-safe (a partial write), which is fine: a kicked connection closes.
+                r = write => r?,
+                reason = b.outbox.kicked(b.claim) => {
+                    if reason != crate::broker::outbox::TAKEN_OVER {
+                        Stats::add(&ctx.stats.broker_slow_disconnects, 1);
+                    }
+                    return Err(std::io::Error::other(reason));
+                }
+            },
+        }
+        wbuf.clear();
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 """Starts the real fleetlake binary on 127.0.0.1:0 with a temp dir for each test."""
 
+import gc
 import json
 import os
 import signal
@@ -50,6 +51,14 @@ def publish_json(port, client_id, topic, docs, qos=1):
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+def rss_kib(pid):
+    """Resident set size of process `pid` now, KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 def metrics(admin):
@@ -156,3 +165,6 @@ def daemon_factory(tmp_path):
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+    # paho clients hold sockets until their reference cycles are collected; a test that opens
+    # 1,000 sockets (and paho's select() stops at fd 1024) must not inherit them.
+    gc.collect()

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from conftest import DEADLINE, metrics, wait_for
+from conftest import DEADLINE, metrics, rss_kib, wait_for
 
 
 class Sub:
@@ -245,8 +245,9 @@ def test_route_only_topics_are_delivered_but_never_stored(daemon_factory):
     pub(d.port, "cmd/dev-9/reboot", "now")  # not JSON: would be rejected if it were stored
     pub(d.port, "sensors/dev-9", '{"t": 1}')
     s.wait(1)
+    s.close()
     d.stop()
-    assert [r for r in rows(d)] and len(rows(d)) == 1
+    assert len(rows(d)) == 1
     assert not list(d.rejected.rglob("*.parquet")), "nothing went to _rejected"
 
 
@@ -327,8 +328,8 @@ def test_a_persistent_subscriber_keeps_subscriptions_and_queue_across_sigkill(da
         pub(d.port, "cmd/thermostat-9/sp", json.dumps({"sp": i}), qos=1)
     # MQTT 5 with a session expiry: SIGKILL right after its SUBACK.
     v5 = Sub(d.port, "panel-1", ["alarms/#"], v5=True, clean=False, expiry=3600)
-    v5.c.loop_stop()
     d.kill()
+    v5.close()
     d = daemon_factory(dir_name="d0")
     pub(d.port, "alarms/fire", '{"zone": 2}', qos=1)
     back = Sub(d.port, "thermostat-9", [], clean=False)
@@ -343,3 +344,81 @@ def test_a_persistent_subscriber_keeps_subscriptions_and_queue_across_sigkill(da
     got = panel.wait(1)
     assert got[0][:2] == ("alarms/fire", b'{"zone": 2}')
     panel.close()
+
+
+def test_mqtt_js_publishes_with_topic_aliases_and_a_subscriber_gets_the_properties(daemon_factory):
+    """MQTT.js 5 (a client nobody here wrote): every message acknowledged, delivered with its
+    user properties and content type, and stored under its topic."""
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "node" / "aliases.js"
+    d = daemon_factory()
+    out = subprocess.run(["node", str(script), str(d.port), "200"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"acked": 200, "received": 200, "props": 200, "errors": []}, result
+    d.stop()
+    stored = rows(d)
+    assert len(stored) == 200
+
+
+def flood(port, client_id, topic, n, size=1024):
+    """Publishes n messages of `size` bytes at QoS 1 with 500 in flight; returns messages/s."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    c.max_inflight_messages_set(500)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    body = "x" * (size - 20)
+    start = time.monotonic()
+    infos = [c.publish(topic, f'{{"i":{i},"b":"{body}"}}', qos=1) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(60)
+    rate = n / (time.monotonic() - start)
+    c.disconnect()
+    c.loop_stop()
+    return rate
+
+
+def test_a_subscriber_that_stops_reading_is_disconnected_and_publishers_go_on(daemon_factory, tmp_path):
+    import socket
+    import struct
+
+    # The stalled subscriber's socket buffers hold a few MiB, its queue 8 MiB: 20 MiB overflow it.
+    d = daemon_factory('[broker]\nsession_queue_bytes = "8MiB"\nqueue_bytes = "32MiB"\n')
+    # A subscriber that keeps up (mosquitto_sub, C) gets everything.
+    received = open(tmp_path / "fast.out", "w")
+    fast = subprocess.Popen(["mosquitto_sub", "-p", str(d.port), "-i", "fast", "-q", "1", "-t", "flood/#",
+                             "-F", "%t", "-C", "30000", "-W", "60"], stdout=received)
+    wait_for("subscribed", lambda: metrics(d.admin).get("fleetlake_broker_subscriptions") == 1)
+    before = rss_kib(d.proc.pid)
+    alone = flood(d.port, "pub-a", "flood/a", 10_000)
+    # One that subscribes, then never reads again (a tiny receive buffer fills first).
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", d.port))
+    connect = b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack(">H", 4) + b"slow"
+    slow.sendall(bytes([0x10, len(connect)]) + connect)
+    assert slow.recv(4)[0] == 0x20
+    sub = struct.pack(">H", 1) + struct.pack(">H", 7) + b"flood/#" + b"\x01"
+    slow.sendall(bytes([0x82, len(sub)]) + sub)
+    assert slow.recv(5)[0] == 0x90
+    with_slow = flood(d.port, "pub-b", "flood/b", 20_000)
+    wait_for("the slow subscriber disconnected",
+             lambda: metrics(d.admin)["fleetlake_broker_slow_disconnects_total"] >= 1)
+    peak = rss_kib(d.proc.pid)
+    fast.wait(timeout=60)
+    received.close()
+    out = (tmp_path / "fast.out").read_text()
+    m = metrics(d.admin)
+    print(f"\nslow subscriber: publisher alone {alone:.0f} msgs/s, with a stalled subscriber "
+          f"{with_slow:.0f} msgs/s; slow disconnects {m['fleetlake_broker_slow_disconnects_total']:.0f}, "
+          f"QoS 1 deliveries dropped {m['fleetlake_broker_dropped_qos12_total']:.0f}; "
+          f"RSS {before} -> {peak} KiB")
+    assert len(out.splitlines()) == 30_000, "the subscriber that reads got everything"
+    assert m["fleetlake_broker_slow_disconnects_total"] == 1, "only the stalled one"
+    assert m["fleetlake_broker_dropped_qos12_total"] >= 1
+    assert peak - before < (64 + 32 + 30) * 1024, "RSS bounded by budget + queues"
+    slow.close()

@@ -14,7 +14,7 @@ import time
 import duckdb
 import paho.mqtt.client as mqtt
 
-from conftest import make_certs, metrics, wait_for
+from conftest import make_certs, metrics, rss_kib, wait_for
 
 TABLES = '[[tables]]\nname = "telemetry"\ntopics = ["sensors/{device_id}/+", "#"]\n'
 
@@ -169,13 +169,6 @@ def test_acl_pattern_keeps_each_client_to_its_own_topics(daemon_factory, tmp_pat
     assert metrics(d.admin)["fleetlake_publish_denied_acl_total"] == 3
     d.stop()
     assert rows(d.lake) == [("dev-1", 3), ("dev-1", 5)]
-
-
-def rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_slow_loris_does_not_stop_a_real_client(daemon_factory, tmp_path):
