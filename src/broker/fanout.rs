@@ -103,6 +103,10 @@ fn run(broker: &Broker, rx: &Receiver<Vec<Routed>>, dir: &Path, hold: &AtomicU64
         };
         if asked || closed || last_snapshot.elapsed() >= SNAPSHOT_EVERY {
             last_snapshot = Instant::now();
+            let expired = broker.expire(last_snapshot);
+            if expired > 0 {
+                tracing::info!(sessions = expired, "persistent MQTT sessions expired");
+            }
             if let Some(s) = broker.snapshot() {
                 write(s, dir, hold);
             }

@@ -91,6 +91,10 @@ struct Entry {
     user: Option<Arc<str>>,
     outbox: Arc<Outbox>,
     persistent: bool,
+    /// Seconds the session outlives its connection (`u32::MAX`: for ever).
+    expiry: u32,
+    /// Since when its client is away (persistent sessions expire `expiry` after it).
+    away_since: Option<std::time::Instant>,
     /// Its filters as subscribed (`$share/…` included) with their options.
     filters: Vec<(String, SubOpts)>,
 }
@@ -198,15 +202,16 @@ impl Broker {
     }
 
     /// A connection of `client` (authenticated as `user`) starts its session: with `clean`,
-    /// any stored session is discarded first; `persistent` says whether the session outlives
-    /// the connection.
+    /// any stored session is discarded first; `expiry` says how long (seconds) the session
+    /// outlives the connection (0: not at all).
     pub fn attach(
         &self,
         client: &str,
         user: Option<Arc<str>>,
         clean: bool,
-        persistent: bool,
+        expiry: u32,
     ) -> Attached {
+        let persistent = expiry > 0;
         let mut hub = self.hub();
         if let Some(&id) = hub.by_client.get(client) {
             if !clean && hub.sessions[&id].persistent {
@@ -215,6 +220,8 @@ impl Broker {
                     .get_mut(&id)
                     .expect("by_client names a live session");
                 entry.persistent = persistent;
+                entry.expiry = expiry;
+                entry.away_since = None;
                 entry.user = user;
                 let outbox = entry.outbox.clone();
                 hub.sessions_dirty = true;
@@ -238,6 +245,8 @@ impl Broker {
                 user,
                 outbox: outbox.clone(),
                 persistent,
+                expiry,
+                away_since: None,
                 filters: Vec::new(),
             },
         );
@@ -252,8 +261,10 @@ impl Broker {
     }
 
     /// The connection of session `id` ended; if it still owned the session (`still_owner`), a
-    /// `persistent` session stays with its subscriptions and queue, any other is removed.
-    pub fn detach(&self, id: SessionId, still_owner: bool, persistent: bool) {
+    /// session with an `expiry` (seconds) stays with its subscriptions and queue until it
+    /// expires, any other is removed.
+    pub fn detach(&self, id: SessionId, still_owner: bool, expiry: u32) {
+        let persistent = expiry > 0;
         if !still_owner {
             return;
         }
@@ -262,6 +273,8 @@ impl Broker {
             return;
         };
         let was = std::mem::replace(&mut entry.persistent, persistent);
+        entry.expiry = expiry;
+        entry.away_since = Some(std::time::Instant::now());
         if !persistent {
             self.remove_session(&mut hub, id);
         }
@@ -367,6 +380,7 @@ impl Broker {
                         retain: true,
                         props: None,
                         sub_ids: sub_id.into_iter().collect(),
+                        expires: None,
                     };
                     self.count_push(q.push(d, &self.bounds), msg.qos.min(qos));
                 });
@@ -429,6 +443,11 @@ impl Broker {
             targets,
         );
         let mut persistent_queued = false;
+        let expires = m
+            .props
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(secs.into()));
         for t in targets.drain(..) {
             let Some(entry) = sessions.get(&t.session) else {
                 continue;
@@ -449,6 +468,7 @@ impl Broker {
                 retain: m.retain && t.retain_as_published,
                 props: m.props.clone(),
                 sub_ids: t.ids,
+                expires,
             };
             let pushed = entry.outbox.lock().push(d, &self.bounds);
             persistent_queued |= entry.persistent && pushed == Pushed::Queued;

@@ -68,9 +68,20 @@ pub struct Delivery {
     pub props: Option<Arc<Props>>,
     /// Identifiers of the subscriptions it matched.
     pub sub_ids: Vec<u32>,
+    /// When its MQTT 5 message expiry interval runs out (not kept across a restart).
+    pub expires: Option<std::time::Instant>,
 }
 
 impl Delivery {
+    /// The same delivery carrying `left` (rounded up to seconds) as its message expiry.
+    fn with_expiry(mut self, left: std::time::Duration) -> Self {
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let mut props = self.props.as_deref().cloned().unwrap_or_default();
+        props.message_expiry_interval = Some(u32::try_from(secs).unwrap_or(u32::MAX).max(1));
+        self.props = Some(Arc::new(props));
+        self
+    }
+
     /// Bytes it counts against queue bounds.
     pub fn bytes(&self) -> usize {
         OVERHEAD + self.topic.len() + self.payload.len()
@@ -146,6 +157,8 @@ pub struct OutQueue {
     kick: Option<&'static str>,
     /// Deliveries too large for the client's maximum packet size, not yet counted.
     too_large: u64,
+    /// Deliveries whose message expiry passed while queued, not yet counted.
+    expired: u64,
 }
 
 impl OutQueue {
@@ -161,6 +174,7 @@ impl OutQueue {
             away: true,
             kick: None,
             too_large: 0,
+            expired: 0,
         }
     }
 
@@ -243,6 +257,18 @@ impl OutQueue {
                 self.too_large += 1;
                 continue;
             }
+            let d = match d.expires {
+                None => d,
+                Some(at) => match at.checked_duration_since(std::time::Instant::now()) {
+                    // MQTT 5 §3.3.2.3.3: an expired message is not delivered ...
+                    None => {
+                        self.expired += 1;
+                        continue;
+                    }
+                    // ... and the rest of its interval goes with it.
+                    Some(left) => d.with_expiry(left),
+                },
+            };
             if d.qos == 0 {
                 out.push(d.packet(0, false));
                 sent0 += 1;
@@ -497,9 +523,14 @@ impl Outbox {
         !self.lock().away
     }
 
-    /// Deliveries dropped for the client's maximum packet size since the last call.
-    pub fn take_too_large(&self) -> u64 {
-        std::mem::take(&mut self.lock().too_large)
+    /// Deliveries not sent since the last call: too large for the client's maximum packet
+    /// size, and expired (MQTT 5 message expiry).
+    pub fn take_unsent(&self) -> (u64, u64) {
+        let mut q = self.lock();
+        (
+            std::mem::take(&mut q.too_large),
+            std::mem::take(&mut q.expired),
+        )
     }
 }
 
@@ -523,6 +554,7 @@ mod tests {
             retain: false,
             props: None,
             sub_ids: Vec::new(),
+            expires: None,
         }
     }
 
@@ -643,6 +675,31 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_message_is_not_delivered_and_a_live_one_carries_what_is_left() {
+        let b = bounds(1 << 20, 1 << 20);
+        let ob = Outbox::default();
+        ob.claim(10, 0, &mut Vec::new());
+        let now = std::time::Instant::now();
+        let mut q = ob.lock();
+        let mut gone = d(1, "old");
+        gone.expires = now.checked_sub(std::time::Duration::from_secs(1));
+        let mut live = d(1, "new");
+        live.expires = Some(now + std::time::Duration::from_millis(90_500));
+        q.push(gone, &b);
+        q.push(live, &b);
+        let mut out = Vec::new();
+        q.take(&b, &mut out);
+        let [Packet::Publish(p)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(&p.payload[..], b"new");
+        let left = p.props.as_ref().and_then(|p| p.message_expiry_interval);
+        assert!(matches!(left, Some(90 | 91)), "{left:?}");
+        drop(q);
+        assert_eq!(ob.take_unsent(), (0, 1));
+    }
+
+    #[test]
     fn deliveries_over_the_clients_packet_limit_are_skipped() {
         let b = bounds(1 << 20, 1 << 20);
         let ob = Outbox::default();
@@ -654,6 +711,6 @@ mod tests {
         q.take(&b, &mut out);
         assert_eq!(pkids(&out), [(1, false)]);
         drop(q);
-        assert_eq!(ob.take_too_large(), 1);
+        assert_eq!(ob.take_unsent(), (1, 0));
     }
 }

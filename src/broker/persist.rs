@@ -57,6 +57,9 @@ impl Broker {
                 user: s.user.map(Arc::from),
                 outbox,
                 persistent: true,
+                expiry: s.expiry,
+                // The expiry runs again from the start (the time away before it is not kept).
+                away_since: Some(std::time::Instant::now()),
                 filters: s.subs,
             };
             hub.sessions.insert(id, entry);
@@ -106,6 +109,7 @@ impl Broker {
                         client: e.client.to_string(),
                         user: e.user.as_deref().map(str::to_string),
                         subs: e.filters.clone(),
+                        expiry: e.expiry,
                         queue,
                         inflight,
                         next_pkid,
@@ -131,6 +135,29 @@ impl Broker {
             // Full: rounds are queued, and the fan-out snapshots after them anyway.
             let _ = tx.try_send(Vec::new());
         }
+    }
+
+    /// Ends the persistent sessions whose client has been away longer than their expiry
+    /// interval (MQTT 5 §3.1.2.11.2); returns how many.
+    pub fn expire(&self, now: std::time::Instant) -> usize {
+        let mut hub = self.hub();
+        let expired: Vec<_> = hub
+            .sessions
+            .iter()
+            .filter(|(_, e)| {
+                e.persistent
+                    && e.expiry != u32::MAX
+                    && e.away_since.is_some_and(|t| {
+                        now.saturating_duration_since(t).as_secs() >= u64::from(e.expiry)
+                    })
+                    && !e.outbox.is_online()
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &expired {
+            self.remove_session(&mut hub, id);
+        }
+        expired.len()
     }
 
     /// Lets [`Broker::after_snapshot`] wake the fan-out through `tx`.

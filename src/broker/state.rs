@@ -8,8 +8,8 @@
 //! missing from a persistent subscriber's queue. A delivery settled after the last snapshot is
 //! sent again after a crash (at least once).
 //!
-//! Format (little-endian): `FLSES\0\0\x01` | covered seq u64 | count u32 | sessions | CRC32C.
-//! session = client str | user (u8 flag, str) | next_pkid u16 | subs u16 × (filter str, qos
+//! Format (little-endian): `FLSES\0\0\x02` | covered seq u64 | count u32 | sessions | CRC32C.
+//! session = client str | user (u8 flag, str) | next_pkid u16 | expiry u32 | subs u16 × (filter str, qos
 //! u8, flags u8, id u32) | queue u32 × delivery | inflight u32 × (pkid u16, released u8,
 //! delivery); delivery = topic str | qos u8 | retain u8 | ids u8 × u32 | payload (u32, bytes);
 //! str = u16 length + UTF-8. MQTT 5 properties are not kept.
@@ -21,7 +21,9 @@ use bytes::Bytes;
 use super::outbox::Delivery;
 use super::table::SubOpts;
 
-const MAGIC: &[u8; 8] = b"FLSES\x00\x00\x01";
+const MAGIC: &[u8; 8] = b"FLSES\x00\x00\x02";
+/// Version 1 had no expiry (its sessions never expire).
+const MAGIC_V1: &[u8; 8] = b"FLSES\x00\x00\x01";
 
 /// One persistent session as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct SessionImage {
     pub user: Option<String>,
     /// Subscriptions as subscribed (`$share/…` included), with their options.
     pub subs: Vec<(String, SubOpts)>,
+    /// Session expiry interval, seconds (`u32::MAX`: for ever).
+    pub expiry: u32,
     /// Deliveries queued.
     pub queue: Vec<Delivery>,
     /// Deliveries in flight: packet id, whether PUBREL was sent (QoS 2), the delivery.
@@ -61,6 +65,7 @@ pub fn encode(covered: u64, sessions: &[SessionImage]) -> Vec<u8> {
             None => w.push(0),
         }
         w.extend_from_slice(&s.next_pkid.to_le_bytes());
+        w.extend_from_slice(&s.expiry.to_le_bytes());
         w.extend_from_slice(&(s.subs.len() as u16).to_le_bytes());
         for (filter, o) in &s.subs {
             string(&mut w, filter);
@@ -104,7 +109,10 @@ fn delivery(w: &mut Vec<u8>, d: &Delivery) {
 
 /// Reads a snapshot: the WAL sequence number it covers and the sessions.
 pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<SessionImage>), Damaged> {
-    let mut r = Reader::open(bytes, MAGIC)?;
+    let (mut r, v1) = match Reader::open(bytes, MAGIC) {
+        Ok(r) => (r, false),
+        Err(_) => (Reader::open(bytes, MAGIC_V1)?, true),
+    };
     let covered = u64::from_le_bytes(r.array()?);
     let count = u32::from_le_bytes(r.array()?);
     let mut sessions = Vec::new();
@@ -115,6 +123,11 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<SessionImage>), Damaged> {
             _ => Some(r.string()?),
         };
         let next_pkid = u16::from_le_bytes(r.array()?);
+        let expiry = if v1 {
+            u32::MAX
+        } else {
+            u32::from_le_bytes(r.array()?)
+        };
         let n = u16::from_le_bytes(r.array()?);
         let mut subs = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
@@ -146,6 +159,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<SessionImage>), Damaged> {
             client,
             user,
             subs,
+            expiry,
             queue,
             inflight,
             next_pkid,
@@ -211,6 +225,7 @@ impl<'a> Reader<'a> {
             retain,
             props: None,
             sub_ids,
+            expires: None,
         })
     }
 }
@@ -227,6 +242,7 @@ mod tests {
             retain: qos == 2,
             props: None,
             sub_ids: if qos == 1 { vec![7, 9] } else { Vec::new() },
+            expires: None,
         }
     }
 
@@ -254,6 +270,7 @@ mod tests {
                         },
                     ),
                 ],
+                expiry: u32::MAX,
                 queue: vec![d("cmd/thermostat-7/sp", "{\"sp\":21}", 1), d("x/y", "", 2)],
                 inflight: vec![(5, true, d("cmd/thermostat-7/a", "1", 2))],
                 next_pkid: 5,
@@ -262,6 +279,7 @@ mod tests {
                 client: "idle".into(),
                 user: None,
                 subs: Vec::new(),
+                expiry: 300,
                 queue: Vec::new(),
                 inflight: Vec::new(),
                 next_pkid: 0,

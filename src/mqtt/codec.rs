@@ -284,10 +284,21 @@ impl Codec {
                 p
             }
         };
-        match protocol {
-            Protocol::V4 => decode_v4(buf, self.max_packet_size).map(Some),
-            Protocol::V5 => decode_v5(buf, self.max_packet_size).map(Some),
+        let packet = match protocol {
+            Protocol::V4 => decode_v4(buf, self.max_packet_size)?,
+            Protocol::V5 => decode_v5(buf, self.max_packet_size)?,
+        };
+        // MQTT 3.1.1 §2.3.1-1, MQTT 5 §2.2.1: these carry a non-zero packet identifier.
+        let zero = match &packet {
+            Inbound::Publish(p) => p.qos > 0 && p.pkid == 0,
+            Inbound::Subscribe(s) => s.pkid == 0,
+            Inbound::Unsubscribe(u) => u.pkid == 0,
+            _ => false,
+        };
+        if zero {
+            return Err(CodecError::Malformed("packet identifier 0".into()));
         }
+        Ok(Some(packet))
     }
 
     /// Appends `packet` to `buf` in the connection's protocol.

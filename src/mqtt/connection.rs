@@ -470,9 +470,14 @@ impl Connection {
                     assigned_id,
                 }) => {
                     let resumed = self.join_broker(code == super::codec::ConnCode::Accepted);
+                    // In the broker role the broker's session decides (it may have expired).
+                    let session_present = match self.ctx.broker {
+                        Some(_) => resumed,
+                        None => session_present,
+                    };
                     self.replies.push(Outbound::ConnAck {
                         code,
-                        session_present: session_present || resumed,
+                        session_present,
                         assigned_id,
                     });
                     // What was in flight to a resumed session goes again, after CONNACK.
@@ -524,7 +529,7 @@ impl Connection {
         };
         let clean = !self.session.resumable();
         let user = self.session.principal().and_then(|p| p.user.clone());
-        let attached = broker.attach(&self.client_id, user, clean, self.session.is_persistent());
+        let attached = broker.attach(&self.client_id, user, clean, self.session.expiry());
         let (receive_max, max_packet) = self.session.client_limits();
         let window = usize::from(receive_max.min(broker.max_inflight()));
         let claim = attached
@@ -545,7 +550,7 @@ impl Connection {
         };
         let still_owner = b.outbox.check(b.claim) != Err(crate::broker::outbox::TAKEN_OVER);
         b.outbox.release(b.claim);
-        broker.detach(b.id, still_owner, self.session.is_persistent());
+        broker.detach(b.id, still_owner, self.session.expiry());
     }
 
     /// SUBSCRIBE: the broker decides each filter. The SUBACK of a persistent session waits
@@ -646,10 +651,9 @@ impl Connection {
         }
         self.replies
             .extend(self.taken.drain(..).map(Outbound::from));
-        let too_large = b.outbox.take_too_large();
-        if too_large > 0 {
-            Stats::add(&stats.broker_dropped_too_large, too_large);
-        }
+        let (too_large, expired) = b.outbox.take_unsent();
+        Stats::add(&stats.broker_dropped_too_large, too_large);
+        Stats::add(&stats.broker_dropped_expired, expired);
         Ok(())
     }
 

@@ -119,6 +119,8 @@ pub struct Session {
     allowed_topic: String,
     /// CONNECT asked for a clean session / clean start.
     clean: bool,
+    /// Session expiry interval, seconds (MQTT 5; 3.1.1 without clean session: `u32::MAX`).
+    expiry: u32,
     /// MQTT 5 topic aliases set by the client (index = alias − 1).
     aliases: Vec<Option<String>>,
     /// The client's receive maximum and maximum packet size (MQTT 5).
@@ -148,6 +150,7 @@ impl Session {
             check_publishes: false,
             allowed_topic: String::new(),
             clean: true,
+            expiry: 0,
             aliases: Vec::new(),
             client_limits: (u16::MAX, 0),
         }
@@ -187,6 +190,12 @@ impl Session {
     /// a session expiry interval).
     pub fn is_persistent(&self) -> bool {
         self.persistent
+    }
+
+    /// How long the session outlives the connection, in seconds (`u32::MAX`: for ever; 0: it
+    /// ends with the connection).
+    pub fn expiry(&self) -> u32 {
+        if self.persistent { self.expiry } else { 0 }
     }
 
     /// Whether a stored session may be resumed (CONNECT without clean session / clean start).
@@ -273,8 +282,10 @@ impl Session {
                 }
                 // MQTT 5 §3.14.2.2.2: a client may shorten or end its session on the way out
                 // (not create one it did not ask for at CONNECT).
-                if session_expiry == Some(0) {
-                    self.persistent = false;
+                match session_expiry {
+                    Some(0) => self.persistent = false,
+                    Some(e) if self.persistent => self.expiry = e,
+                    _ => {}
                 }
                 self.close("client disconnected", out);
             }
@@ -322,6 +333,7 @@ impl Session {
         self.check_publishes = env.checks_publishes();
         let mut session_present = false;
         self.persistent = info.session_expiry > 0;
+        self.expiry = info.session_expiry;
         self.clean = info.clean;
         // A clean session starts without the old one; what the client published recently is
         // kept either way (many clients resend unacknowledged messages after any reconnect).

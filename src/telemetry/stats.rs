@@ -209,6 +209,8 @@ counters! {
     broker_dropped_qos12,
     /// Deliveries not sent because they exceed the subscriber's maximum packet size (MQTT 5).
     broker_dropped_too_large,
+    /// Deliveries not sent because their MQTT 5 message expiry passed while they were queued.
+    broker_dropped_expired,
     /// Subscribers disconnected because their queue was full (too slow).
     broker_slow_disconnects,
     /// Deliveries not made because the ACL denies the subscriber reading the topic (a

@@ -100,3 +100,20 @@ def test_grpc_load_token_and_refusals(daemon_factory, tmp_path):
     r = subprocess.run(args + ["--token", "bench-secret"], capture_output=True, text=True, timeout=60)
     s = summary(r.stdout)
     assert r.returncode == 0 and (s["errors"], s["acked"]) == ("0", "10"), r.stdout
+
+
+@pytest.mark.parametrize("qos,protocol", [(1, "3.1.1"), (2, "5")])
+def test_subscriber_mode_counts_every_delivery(daemon_factory, qos, protocol):
+    """`--subscribers`: what benches/broker.py measures (deliveries/s, publish → deliver)."""
+    d = daemon_factory()
+    r = subprocess.run([bench(), "mqtt", "--addr", f"127.0.0.1:{d.port}", "--conns", "2", "--qos", str(qos),
+                        "--protocol", protocol, "--messages", "2000", "--subscribers", "3",
+                        "--sub-filter", "sensors/#", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(r.stdout)
+    assert s["delivered"] == "6000", s
+    assert float(s["deliver_ms_p99"]) >= float(s["deliver_ms_p50"]) > 0
+    # The bench times its own stamped messages; each publisher's closing fence (QoS 1) is
+    # delivered too.
+    m = metrics(d.admin)
+    assert m[f"fleetlake_broker_delivered_qos{qos}_total"] + (0 if qos == 1 else m["fleetlake_broker_delivered_qos1_total"]) == 6006

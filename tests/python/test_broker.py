@@ -422,3 +422,39 @@ def test_a_subscriber_that_stops_reading_is_disconnected_and_publishers_go_on(da
     assert m["fleetlake_broker_dropped_qos12_total"] >= 1
     assert peak - before < (64 + 32 + 30) * 1024, "RSS bounded by budget + queues"
     slow.close()
+
+
+def test_an_mqtt5_session_expires_after_its_interval(daemon_factory):
+    d = daemon_factory()
+    s = Sub(d.port, "short-lived", ["x/#"], v5=True, clean=False, expiry=1)
+    s.close()
+    kept = Sub(d.port, "long-lived", ["x/#"], v5=True, clean=False, expiry=3600)
+    kept.close()
+    wait_for("the short session to expire",
+             lambda: metrics(d.admin)["fleetlake_broker_sessions"] == 1, deadline=10)
+    back = Sub(d.port, "short-lived", [], v5=True, clean=False, expiry=1)
+    assert not back.present
+    back.close()
+    again = Sub(d.port, "long-lived", [], v5=True, clean=False, expiry=3600)
+    assert again.present
+    again.close()
+
+
+def test_an_expired_message_is_not_delivered_to_a_returning_subscriber(daemon_factory):
+    d = daemon_factory()
+    s = Sub(d.port, "late-reader", ["news/#"], v5=True, clean=False, expiry=3600)
+    s.close()
+    short = Properties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 1
+    pub(d.port, "news/old", "stale", props=short, v5=True)
+    long = Properties(PacketTypes.PUBLISH)
+    long.MessageExpiryInterval = 600
+    pub(d.port, "news/new", "fresh", props=long, v5=True)
+    time.sleep(1.5)  # the expiry interval itself is what is tested: let it pass
+    back = Sub(d.port, "late-reader", [], v5=True, clean=False, expiry=3600)
+    got = back.wait(1)
+    time.sleep(0.2)
+    assert [g[0] for g in back.got] == ["news/new"]
+    assert 590 <= got[0][4].MessageExpiryInterval <= 600
+    assert metrics(d.admin)["fleetlake_broker_dropped_expired_total"] == 1
+    back.close()

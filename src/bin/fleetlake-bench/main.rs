@@ -21,6 +21,7 @@
 mod grpc;
 mod mqtt;
 mod report;
+mod sub;
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -103,6 +104,16 @@ pub(crate) struct MqttArgs {
     /// Connect, then hold the connections open without publishing until --duration ends.
     #[arg(long)]
     pub(crate) idle: bool,
+    /// Subscriber connections (the broker role), subscribed before anyone publishes; payloads
+    /// then carry their send time and deliveries are timed.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) subscribers: u64,
+    /// The subscribers' topic filter (publishers send to `sensors/<id>/telemetry`).
+    #[arg(long, default_value = "sensors/#")]
+    pub(crate) sub_filter: String,
+    /// The subscribers' QoS (default: --qos).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub(crate) sub_qos: Option<u8>,
     /// No progress lines.
     #[arg(long)]
     pub(crate) quiet: bool,
@@ -217,6 +228,18 @@ fn main() -> std::process::ExitCode {
             (!quiet).then(|| tokio::task::spawn_local(report::progress(totals.clone(), start)));
         match cli.command {
             Command::Mqtt(args) => {
+                let subs: Vec<_> = (0..args.subscribers)
+                    .map(|i| {
+                        let s = sub::Sub::new(&args, i, deadline, totals.clone());
+                        tokio::task::spawn_local(s.run())
+                    })
+                    .collect();
+                // Everyone subscribed before the first message (or a subscriber failed).
+                while totals.subscribed.get() + totals.failed_conns() < args.subscribers
+                    && subs.iter().any(|h| !h.is_finished())
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let handles: Vec<_> = (0..args.conns)
                     .map(|id| {
                         let conn = mqtt::Conn::new(&args, id, deadline, totals.clone());
@@ -224,6 +247,12 @@ fn main() -> std::process::ExitCode {
                     })
                     .collect();
                 for h in handles {
+                    if let Ok(Err(e)) = h.await {
+                        totals.failed(e);
+                    }
+                }
+                totals.publishers_done.set(true);
+                for h in subs {
                     if let Ok(Err(e)) = h.await {
                         totals.failed(e);
                     }

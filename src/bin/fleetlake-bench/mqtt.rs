@@ -17,6 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, Notify};
 
 use crate::report::Totals;
+use crate::sub::Ack;
 use crate::{MqttArgs, Payload, Protocol};
 
 /// Packet id of the final fence message (outside the ids data messages use).
@@ -25,12 +26,35 @@ const FENCE: u16 = 65_001;
 const PKIDS: u64 = 65_000;
 
 /// A server packet the generator cares about.
-enum In {
+pub(crate) enum In {
     ConnAck(bool),
     PubAck(u16, bool),
     PubRec(u16, bool),
     PubComp(u16),
+    /// SUBACK: whether the (one) filter was granted.
+    SubAck(bool),
+    /// A delivery to a subscriber, with the `sent_us` its payload carries.
+    Publish {
+        qos: u8,
+        pkid: u16,
+        sent_us: Option<u64>,
+    },
+    PubRel(u16),
     Other,
+}
+
+/// The `"sent_us":N` a publisher put in a payload (subscriber runs).
+fn sent_us(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sent_us\":";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn qos(q: u8) -> QoS {
@@ -41,14 +65,72 @@ fn qos(q: u8) -> QoS {
     }
 }
 
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
 fn encode_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("encode: {e}"))
 }
 
-struct Codec(Protocol);
+pub(crate) struct Codec(pub(crate) Protocol);
 
 impl Codec {
-    fn connect(&self, client_id: String, out: &mut BytesMut) -> io::Result<()> {
+    /// SUBSCRIBE to one filter (packet id 1).
+    pub(crate) fn subscribe(&self, filter: &str, q: u8, out: &mut BytesMut) -> io::Result<()> {
+        match self.0 {
+            Protocol::V4 => {
+                let mut s = v4::Subscribe::new(filter, qos(q));
+                s.pkid = 1;
+                v4::Packet::Subscribe(s)
+                    .write(out, usize::MAX)
+                    .map(drop)
+                    .map_err(encode_err)
+            }
+            Protocol::V5 => {
+                let mut s = v5::Subscribe::new(v5::Filter::new(filter, qos5(q)), None);
+                s.pkid = 1;
+                v5::Packet::Subscribe(s)
+                    .write(out, None)
+                    .map(drop)
+                    .map_err(encode_err)
+            }
+        }
+    }
+
+    /// A subscriber's PUBACK, PUBREC or PUBCOMP.
+    pub(crate) fn ack(&self, kind: Ack, pkid: u16, out: &mut BytesMut) -> io::Result<()> {
+        let r = match (self.0, kind) {
+            (Protocol::V4, Ack::Qos1) => v4::PubAck::new(pkid).write(out),
+            (Protocol::V4, Ack::Received) => v4::PubRec::new(pkid).write(out),
+            (Protocol::V4, Ack::Complete) => v4::PubComp::new(pkid).write(out),
+            (Protocol::V5, Ack::Qos1) => {
+                return v5::Packet::PubAck(v5::PubAck::new(pkid, None))
+                    .write(out, None)
+                    .map(drop)
+                    .map_err(encode_err);
+            }
+            (Protocol::V5, Ack::Received) => {
+                return v5::Packet::PubRec(v5::PubRec::new(pkid, None))
+                    .write(out, None)
+                    .map(drop)
+                    .map_err(encode_err);
+            }
+            (Protocol::V5, Ack::Complete) => {
+                return v5::Packet::PubComp(v5::PubComp::new(pkid, None))
+                    .write(out, None)
+                    .map(drop)
+                    .map_err(encode_err);
+            }
+        };
+        r.map(drop).map_err(encode_err)
+    }
+
+    pub(crate) fn connect(&self, client_id: String, out: &mut BytesMut) -> io::Result<()> {
         match self.0 {
             Protocol::V4 => {
                 let mut c = v4::Connect::new(client_id);
@@ -91,12 +173,7 @@ impl Codec {
                     .map_err(encode_err)
             }
             Protocol::V5 => {
-                let q = match q {
-                    0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                    1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
-                };
-                let mut p = v5::Publish::new(topic, q, payload, None);
+                let mut p = v5::Publish::new(topic, qos5(q), payload, None);
                 p.pkid = pkid;
                 v5::Packet::Publish(p)
                     .write(out, None)
@@ -119,7 +196,7 @@ impl Codec {
         }
     }
 
-    fn disconnect(&self, out: &mut BytesMut) {
+    pub(crate) fn disconnect(&self, out: &mut BytesMut) {
         match self.0 {
             Protocol::V4 => out.extend_from_slice(&[0xE0, 0]),
             Protocol::V5 => out.extend_from_slice(&[0xE0, 1, 0]),
@@ -127,7 +204,7 @@ impl Codec {
     }
 
     /// One packet off `buf`; `Ok(None)` when more bytes are needed.
-    fn read(&self, buf: &mut BytesMut) -> io::Result<Option<In>> {
+    pub(crate) fn read(&self, buf: &mut BytesMut) -> io::Result<Option<In>> {
         match self.0 {
             Protocol::V4 => match v4::Packet::read(buf, usize::MAX) {
                 Ok(v4::Packet::ConnAck(a)) => {
@@ -136,6 +213,17 @@ impl Codec {
                 Ok(v4::Packet::PubAck(a)) => Ok(Some(In::PubAck(a.pkid, true))),
                 Ok(v4::Packet::PubRec(a)) => Ok(Some(In::PubRec(a.pkid, true))),
                 Ok(v4::Packet::PubComp(a)) => Ok(Some(In::PubComp(a.pkid))),
+                Ok(v4::Packet::SubAck(a)) => {
+                    Ok(Some(In::SubAck(a.return_codes.iter().all(|c| {
+                        matches!(c, v4::SubscribeReasonCode::Success(_))
+                    }))))
+                }
+                Ok(v4::Packet::Publish(p)) => Ok(Some(In::Publish {
+                    qos: p.qos as u8,
+                    pkid: p.pkid,
+                    sent_us: sent_us(&p.payload),
+                })),
+                Ok(v4::Packet::PubRel(p)) => Ok(Some(In::PubRel(p.pkid))),
                 Ok(_) => Ok(Some(In::Other)),
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
                 Err(e) => Err(io::Error::other(format!("bad packet from the server: {e}"))),
@@ -153,6 +241,17 @@ impl Codec {
                     a.reason == v5::PubRecReason::Success,
                 ))),
                 Ok(v5::Packet::PubComp(a)) => Ok(Some(In::PubComp(a.pkid))),
+                Ok(v5::Packet::SubAck(a)) => {
+                    Ok(Some(In::SubAck(a.return_codes.iter().all(|c| {
+                        matches!(c, v5::SubscribeReasonCode::Success(_))
+                    }))))
+                }
+                Ok(v5::Packet::Publish(p)) => Ok(Some(In::Publish {
+                    qos: p.qos as u8,
+                    pkid: p.pkid,
+                    sent_us: sent_us(&p.payload),
+                })),
+                Ok(v5::Packet::PubRel(p)) => Ok(Some(In::PubRel(p.pkid))),
                 Ok(_) => Ok(Some(In::Other)),
                 Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
                 Err(e) => Err(io::Error::other(format!("bad packet from the server: {e}"))),
@@ -161,10 +260,11 @@ impl Codec {
     }
 }
 
-/// The payload of message `seq` of device `id`.
-fn payload(kind: Payload, id: u64, seq: u64) -> Bytes {
+/// The payload of message `seq` of device `id`; with `sent_us` (subscriber runs) it also
+/// carries its send time.
+fn payload(kind: Payload, id: u64, seq: u64, sent_us: Option<u64>) -> Bytes {
     let ts = 1_767_225_600_000u64 + seq;
-    let text = match kind {
+    let mut text = match kind {
         Payload::Reading => format!(
             r#"{{"ts":{ts},"seq":{seq},"temp":{:.1},"hum":{},"ok":true}}"#,
             20.0 + (seq % 100) as f64 / 10.0,
@@ -187,6 +287,10 @@ fn payload(kind: Payload, id: u64, seq: u64) -> Bytes {
             s
         }
     };
+    if let Some(t) = sent_us {
+        text.pop();
+        text.push_str(&format!(r#","sent_us":{t}}}"#));
+    }
     Bytes::from(text)
 }
 
@@ -216,6 +320,8 @@ pub(crate) struct Conn {
     burst: Duration,
     payload: Payload,
     idle: bool,
+    /// Subscribers run: payloads carry their send time.
+    stamp: bool,
     deadline: Option<Instant>,
     totals: Rc<Totals>,
 }
@@ -242,6 +348,7 @@ impl Conn {
             burst: Duration::from_micros(a.burst_us),
             payload: a.payload,
             idle: a.idle,
+            stamp: a.subscribers > 0,
             deadline,
             totals,
         }
@@ -336,7 +443,13 @@ impl Conn {
                 topic,
                 self.qos,
                 pkid,
-                payload(self.payload, self.id, seq),
+                payload(
+                    self.payload,
+                    self.id,
+                    seq,
+                    self.stamp
+                        .then(|| self.totals.epoch.elapsed().as_micros() as u64),
+                ),
                 &mut out,
             )?;
             self.totals.sent(1);

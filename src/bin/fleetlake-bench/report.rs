@@ -19,6 +19,19 @@ pub(crate) struct Totals {
     first_error: RefCell<Option<String>>,
     /// Ack latency in µs.
     latency: RefCell<Histogram<u64>>,
+    /// The generator's clock: publishers stamp payloads, subscribers time deliveries with it.
+    pub(crate) epoch: Instant,
+    /// Subscribers whose SUBACK came.
+    pub(crate) subscribed: Cell<u64>,
+    /// Every publisher finished.
+    pub(crate) publishers_done: Cell<bool>,
+    /// Deliveries to subscribers (stamped ones).
+    pub(crate) delivered: Cell<u64>,
+    /// First message sent and last delivery (the span deliveries/s is over).
+    pub(crate) first_sent: Cell<Option<Instant>>,
+    last_delivered: Cell<Option<Instant>>,
+    /// Publish → deliver latency in µs.
+    deliver_latency: RefCell<Histogram<u64>>,
 }
 
 fn add(c: &Cell<u64>, n: u64) {
@@ -37,12 +50,29 @@ impl Totals {
             errors: Cell::new(0),
             failed_conns: Cell::new(0),
             first_error: RefCell::new(None),
+            deliver_latency: RefCell::new(latency.clone()),
             latency: RefCell::new(latency),
+            epoch: Instant::now(),
+            subscribed: Cell::new(0),
+            publishers_done: Cell::new(false),
+            delivered: Cell::new(0),
+            first_sent: Cell::new(None),
+            last_delivered: Cell::new(None),
         }
+    }
+
+    /// One delivery to a subscriber, `micros` after its publisher sent it.
+    pub(crate) fn delivered(&self, micros: u64) {
+        add(&self.delivered, 1);
+        self.last_delivered.set(Some(Instant::now()));
+        let _ = self.deliver_latency.borrow_mut().record(micros.max(1));
     }
 
     pub(crate) fn sent(&self, n: u64) {
         add(&self.sent, n);
+        if self.first_sent.get().is_none() {
+            self.first_sent.set(Some(Instant::now()));
+        }
     }
 
     /// One ack after `micros`.
@@ -106,6 +136,23 @@ impl Totals {
                 self.ms(0.99),
                 self.ms(0.999),
                 self.latency.borrow().max() as f64 / 1000.0
+            ));
+        }
+        if self.delivered.get() > 0 {
+            let h = self.deliver_latency.borrow();
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            // From the first message sent to the last delivery (not the subscribers' idle end).
+            let span = match (self.first_sent.get(), self.last_delivered.get()) {
+                (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64().max(1e-6),
+                _ => secs,
+            };
+            line.push_str(&format!(
+                " delivered={} delivered_per_s={:.0} deliver_ms_p50={:.2} deliver_ms_p99={:.2} deliver_ms_max={:.2}",
+                self.delivered.get(),
+                self.delivered.get() as f64 / span,
+                ms(0.5),
+                ms(0.99),
+                h.max() as f64 / 1000.0
             ));
         }
         if let Some(e) = &*self.first_error.borrow() {

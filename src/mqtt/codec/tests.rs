@@ -229,3 +229,30 @@ fn suback_codes_are_failure_on_3_1_1_and_specific_on_5() {
     codec.encode(Outbound::SubAck { pkid: 3, codes }, &mut out);
     assert_eq!(&out[..], &[0x90, 6, 0, 3, 0, 1, 0x8F, 0x87]);
 }
+
+#[test]
+fn a_zero_packet_id_where_one_is_required_is_malformed() {
+    let connected = || {
+        let mut codec = Codec::new(1 << 20, u16::MAX, true);
+        let mut buf = v4_bytes(v4::Packet::Connect(v4::Connect::new("dev")));
+        let _ = codec.decode(&mut buf);
+        codec
+    };
+    // SUBSCRIBE, packet id 0, filter "a/#" at QoS 1.
+    let mut buf = BytesMut::from(&[0x82u8, 8, 0, 0, 0, 3, b'a', b'/', b'#', 1][..]);
+    assert!(
+        matches!(connected().decode(&mut buf), Err(CodecError::Malformed(m)) if m.contains("identifier 0"))
+    );
+    // PUBLISH QoS 1 to "a", packet id 0.
+    let mut buf = BytesMut::from(&[0x32u8, 7, 0, 1, b'a', 0, 0, b'{', b'}'][..]);
+    assert!(matches!(
+        connected().decode(&mut buf),
+        Err(CodecError::Malformed(_))
+    ));
+    // QoS 0 has no packet id.
+    let mut buf = BytesMut::from(&[0x30u8, 5, 0, 1, b'a', b'{', b'}'][..]);
+    assert!(matches!(
+        connected().decode(&mut buf),
+        Ok(Some(Inbound::Publish(_)))
+    ));
+}
