@@ -170,10 +170,10 @@ fn bad_clients_are_dropped_while_a_good_client_keeps_being_served() -> TestResul
 fn without_the_broker_role_a_subscribe_is_refused_with_a_failure_code() -> TestResult {
     let daemon = Daemon::start("[broker]\nenabled = false\n")?;
     let mut c = Client::connect(daemon.addr, "sub")?;
-    c.send(Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
-        "#",
-        rumqttc::mqttbytes::QoS::AtMostOnce,
-    )))?;
+    let mut subscribe =
+        rumqttc::mqttbytes::v4::Subscribe::new("#", rumqttc::mqttbytes::QoS::AtMostOnce);
+    subscribe.pkid = 1;
+    c.send(Packet::Subscribe(subscribe))?;
     match c.recv()? {
         Packet::SubAck(ack) => assert_eq!(
             ack.return_codes,

@@ -191,6 +191,15 @@ impl Broker {
         self.active.clone()
     }
 
+    /// Whether a connection owns `client`'s session now.
+    pub fn is_connected(&self, client: &str) -> bool {
+        let hub = self.hub();
+        hub.by_client
+            .get(client)
+            .and_then(|id| hub.sessions.get(id))
+            .is_some_and(|e| e.outbox.is_online())
+    }
+
     /// The queue bounds (the connection takes from its outbox within them).
     pub fn bounds(&self) -> &Bounds {
         &self.bounds
@@ -378,7 +387,7 @@ impl Broker {
                         payload: msg.payload.clone(),
                         qos: msg.qos.min(qos),
                         retain: true,
-                        props: None,
+                        props: msg.props.clone(),
                         sub_ids: sub_id.into_iter().collect(),
                         expires: None,
                     };
@@ -490,7 +499,11 @@ impl Broker {
     }
 
     fn retain(&self, hub: &mut Hub, m: &Routed) {
-        match hub.retained.set(m.seq, &m.topic, m.payload.clone(), m.qos) {
+        let props = m.props.clone();
+        match hub
+            .retained
+            .set_with(m.seq, &m.topic, m.payload.clone(), m.qos, props)
+        {
             Set::Full => {
                 Stats::add(&self.stats.broker_retained_refused, 1);
                 tracing::warn!(topic = %m.topic, "retained message not kept: broker.retained_max or retained_max_bytes reached");

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::state::{Damaged, Reader};
-use crate::decode::filter;
+use crate::decode::{Props, filter};
 
 const MAGIC: &[u8; 8] = b"FLRET\x00\x00\x01";
 
@@ -29,6 +29,8 @@ pub struct RetainedMsg {
     pub payload: Bytes,
     /// QoS it was published with.
     pub qos: u8,
+    /// Its MQTT 5 properties (kept in memory; a snapshot does not keep them).
+    pub props: Option<Arc<Props>>,
 }
 
 /// The retained messages by topic.
@@ -90,6 +92,18 @@ impl Retained {
     /// Applies the retained PUBLISH with WAL sequence number `seq`. Records at or below
     /// [`applied`](Self::applied) are already in (a replay after a snapshot): ignored.
     pub fn set(&mut self, seq: u64, topic: &str, payload: Bytes, qos: u8) -> Set {
+        self.set_with(seq, topic, payload, qos, None)
+    }
+
+    /// [`Retained::set`] with the PUBLISH's MQTT 5 properties (delivered with it).
+    pub fn set_with(
+        &mut self,
+        seq: u64,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        props: Option<Arc<Props>>,
+    ) -> Set {
         if seq <= self.applied && seq != 0 {
             return Set::Stored;
         }
@@ -110,8 +124,14 @@ impl Retained {
             return Set::Full;
         }
         self.bytes += n;
-        self.map
-            .insert(Arc::from(topic), RetainedMsg { payload, qos });
+        self.map.insert(
+            Arc::from(topic),
+            RetainedMsg {
+                payload,
+                qos,
+                props,
+            },
+        );
         Set::Stored
     }
 

@@ -31,6 +31,10 @@ pub struct Will {
     pub qos: u8,
     /// Publish it retained.
     pub retain: bool,
+    /// MQTT 5 will delay interval, seconds (0: at once).
+    pub delay: u32,
+    /// MQTT 5 will properties, as PUBLISH properties.
+    pub props: Option<Box<Props>>,
 }
 
 /// The fields of CONNECT the session needs.
@@ -354,6 +358,8 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
                 payload: w.message,
                 qos: w.qos as u8,
                 retain: w.retain,
+                delay: 0,
+                props: None,
             }),
             username: c.login.as_ref().map(|l| l.username.clone()),
             password: c.login.map(|l| Bytes::from(l.password)),
@@ -439,6 +445,22 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
                         payload: w.message,
                         qos: w.qos as u8,
                         retain: w.retain,
+                        delay: w
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.delay_interval)
+                            .unwrap_or(0),
+                        props: w.properties.map(|p| {
+                            Box::new(Props {
+                                payload_format_indicator: p.payload_format_indicator,
+                                message_expiry_interval: p.message_expiry_interval,
+                                content_type: p.content_type,
+                                response_topic: p.response_topic,
+                                correlation_data: p.correlation_data,
+                                user_properties: p.user_properties,
+                                ..Props::default()
+                            })
+                        }),
                     }),
                     None => None,
                 },

@@ -759,11 +759,15 @@ impl Connection {
 
     async fn publish_will(&mut self) {
         if let Some(will) = self.session.take_will() {
+            if will.delay > 0 && !self.wait_will_delay(will.delay).await {
+                return;
+            }
             Stats::add(&self.ctx.stats.messages_will, 1);
             let topic = will.topic.clone();
             let meta = crate::decode::MqttMeta {
                 qos: will.qos,
                 retain: will.retain,
+                props: will.props.map(|p| Arc::new(*p)),
                 ..crate::decode::MqttMeta::default()
             };
             self.add_to_group(will.topic, will.payload, meta);
@@ -772,6 +776,24 @@ impl Connection {
             if self.admit_group().await.is_none() {
                 tracing::info!(client = %self.client_id, %topic, "will published");
             }
+        }
+    }
+
+    /// MQTT 5 will delay (§3.1.3.2.2): waits `secs` (at most the session's expiry); `false`
+    /// when the will is not to be published: the client came back (its session is connected
+    /// again) or fleetlake is shutting down.
+    async fn wait_will_delay(&mut self, secs: u32) -> bool {
+        let wait = Duration::from_secs(u64::from(secs.min(self.session.expiry())));
+        // Buffers are not needed while waiting.
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown_signalled(&mut self.shutdown) => return false,
+        }
+        match &self.ctx.broker {
+            Some(broker) => !broker.is_connected(&self.client_id),
+            None => true,
         }
     }
 }

@@ -458,3 +458,26 @@ def test_an_expired_message_is_not_delivered_to_a_returning_subscriber(daemon_fa
     assert 590 <= got[0][4].MessageExpiryInterval <= 600
     assert metrics(d.admin)["fleetlake_broker_dropped_expired_total"] == 1
     back.close()
+
+
+def test_an_mqtt5_will_carries_its_properties_after_its_delay(daemon_factory):
+    d = daemon_factory()
+    s = Sub(d.port, "watch-w", ["status/#"], v5=True)
+    wp = Properties(PacketTypes.WILLMESSAGE)
+    wp.WillDelayInterval = 1
+    wp.UserProperty = [("k", "v")]
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-d", protocol=mqtt.MQTTv5)
+    c.will_set("status/dev-d", "gone", qos=1, properties=wp)
+    cp = Properties(PacketTypes.CONNECT)
+    cp.SessionExpiryInterval = 60
+    c.connect("127.0.0.1", d.port, clean_start=True, properties=cp)
+    c.loop_start()
+    wait_for("connected", c.is_connected)
+    c.loop_stop()
+    vanished = time.monotonic()
+    c.socket().close()
+    got = s.wait(1)
+    assert time.monotonic() - vanished >= 0.9, "the will waited for its delay"
+    assert got[0][:2] == ("status/dev-d", b"gone")
+    assert got[0][4].UserProperty == [("k", "v")]
+    s.close()

@@ -15,6 +15,8 @@ fn connect(protocol: Protocol, client_id: &str, clean: bool, will: bool) -> Inbo
             payload: Bytes::from_static(b"{\"up\":false}"),
             qos: 1,
             retain: false,
+            delay: 0,
+            props: None,
         }),
         username: None,
         password: None,
