@@ -174,3 +174,44 @@ impl Broker {
             .take();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::broker::{Limits, retained::Retained};
+    use crate::telemetry::Stats;
+
+    fn broker() -> Broker {
+        let limits = Limits {
+            session_queue_bytes: 1 << 20,
+            queue_bytes: 1 << 22,
+            max_inflight: 8,
+            max_subscriptions: 10,
+            max_filter_len: 100,
+            retained_max: 10,
+            retained_max_bytes: 1 << 20,
+        };
+        Broker::new(
+            limits,
+            Retained::new(10, 1 << 20),
+            Arc::new(Stats::default()),
+        )
+    }
+
+    #[test]
+    fn a_session_expires_after_the_interval_its_disconnect_set() {
+        let b = broker();
+        let a = b.attach("c", None, true, 1);
+        let claim = a.outbox.claim(8, 0, &mut Vec::new());
+        a.outbox.release(claim);
+        b.detach(a.id, true, 5);
+        assert_eq!(
+            b.expire(Instant::now() + Duration::from_secs(3)),
+            0,
+            "5 s, not 1"
+        );
+        assert_eq!(b.expire(Instant::now() + Duration::from_secs(6)), 1);
+    }
+}

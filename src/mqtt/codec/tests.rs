@@ -256,3 +256,25 @@ fn a_zero_packet_id_where_one_is_required_is_malformed() {
         Ok(Some(Inbound::Publish(_)))
     ));
 }
+
+#[test]
+fn a_v5_disconnect_carries_a_new_session_expiry() {
+    let mut codec = v5_codec();
+    let d = v5::Disconnect {
+        reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+        properties: Some(v5::DisconnectProperties {
+            session_expiry_interval: Some(5),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    };
+    let mut buf = v5_bytes(v5::Packet::Disconnect(d));
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Ok(Some(Inbound::Disconnect {
+            session_expiry: Some(5),
+            ..
+        }))
+    ));
+}
