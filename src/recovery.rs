@@ -113,6 +113,11 @@ impl Replay {
             {
                 recent.add(&entry.client, pkid, entry.qos, &entry.topic, &entry.payload);
             }
+            let props = entry
+                .props
+                .as_deref()
+                .and_then(decode::props::decode)
+                .map(Arc::new);
             if let Some(b) = &self.broker
                 && entry.source != Source::Grpc
                 && b.wants_replay(entry.seq, entry.qos, entry.retain)
@@ -125,7 +130,7 @@ impl Replay {
                     payload: entry.payload.clone(),
                     qos: entry.qos,
                     retain: entry.retain,
-                    props: None,
+                    props: props.clone(),
                 });
             }
             if entry.seq < self.checkpoint.low_water {
@@ -143,6 +148,10 @@ impl Replay {
                 return Ok(());
             }
             msg.seq = entry.seq;
+            if props.is_some() {
+                msg.mqtt.props = props;
+                decode::property_columns(&self.router, &mut msg);
+            }
             cost += msg.cost();
             group.push(msg);
             replayed += 1;

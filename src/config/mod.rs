@@ -285,6 +285,7 @@ impl RawConfig {
                 columns: Vec::new(),
                 unknown_fields: default_unknown_fields(),
                 strict: None,
+                properties: Vec::new(),
             }],
             ..Self::default()
         }

@@ -32,6 +32,11 @@ pub struct RawTable {
     /// `strict = true` is `unknown_fields = "reject"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    /// MQTT 5 PUBLISH properties kept as string columns (see `decode::PROPERTY_COLUMNS`):
+    /// `content_type`, `response_topic`, `correlation_data` (hex), `payload_format`,
+    /// `message_expiry`, `user` (each user property as `user_<key>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub properties: Vec<String>,
 }
 
 /// `[[tables]] columns = [{ name, type, required, from }]`.
@@ -167,9 +172,21 @@ pub(super) fn validate_tables(raw: &[RawTable]) -> Result<Vec<TableRule>, Config
                 "names must not be empty",
             ));
         }
+        for (j, p) in table.properties.iter().enumerate() {
+            if !crate::decode::PROPERTY_COLUMNS.contains(&p.as_str()) {
+                return Err(invalid(
+                    format!("{key}.properties[{j}]"),
+                    format!(
+                        "`{p}` is not one of {}",
+                        crate::decode::PROPERTY_COLUMNS.join(", ")
+                    ),
+                ));
+            }
+        }
         for (j, filter) in table.topics.iter().enumerate() {
             let rule = TableRule::compile(&table.name, filter, &table.time_fields)
-                .map_err(|m| invalid(format!("{key}.topics[{j}]"), m))?;
+                .map_err(|m| invalid(format!("{key}.topics[{j}]"), m))?
+                .with_properties(&table.properties);
             rules.push(rule);
         }
     }

@@ -11,6 +11,7 @@ pub struct TableRule {
     table: Arc<str>,
     levels: Vec<Level>,
     time_fields: Arc<[String]>,
+    properties: Arc<[String]>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +35,8 @@ pub struct Route<'t> {
     pub columns: Vec<(Arc<str>, &'t str)>,
     /// Payload fields tried for the row time.
     pub time_fields: Arc<[String]>,
+    /// MQTT 5 properties the table keeps as columns.
+    pub properties: Arc<[String]>,
 }
 
 /// Whether `name` is safe as a file or folder name: 1+ of `[A-Za-z0-9_.-]`, not starting with
@@ -51,6 +54,12 @@ fn is_column_name(name: &str) -> bool {
 }
 
 impl TableRule {
+    /// The same rule keeping these MQTT 5 properties as columns (`[[tables]] properties`).
+    pub fn with_properties(mut self, properties: &[String]) -> Self {
+        self.properties = properties.into();
+        self
+    }
+
     /// Compiles `filter` for `table`; the error says what is wrong with the filter.
     pub fn compile(table: &str, filter: &str, time_fields: &[String]) -> Result<Self, String> {
         if filter.is_empty() {
@@ -96,6 +105,7 @@ impl TableRule {
             table: Arc::from(table),
             levels,
             time_fields: time_fields.to_vec().into(),
+            properties: Arc::from([]),
         })
     }
 
@@ -145,6 +155,7 @@ impl TableRule {
             device_id,
             columns,
             time_fields: self.time_fields.clone(),
+            properties: self.properties.clone(),
         })
     }
 }

@@ -706,6 +706,7 @@ impl Connection {
         msg.mqtt.retain = meta.retain;
         msg.mqtt.pkid = meta.pkid;
         msg.mqtt.props = meta.props;
+        crate::decode::property_columns(&self.ctx.router, &mut msg);
         self.group_cost += msg.cost();
         self.group_qos0_only &= qos == 0;
         self.group.push(msg);

@@ -161,7 +161,7 @@ impl<F: WalFs> Log<F> {
     /// a [`write`](Self::write) and a [`sync`](Self::sync) that both succeed.
     pub fn stage(
         &mut self,
-        head: record::Head,
+        head: record::Head<'_>,
         received_at: i64,
         client: &str,
         topic: &str,

@@ -3,11 +3,13 @@
 //! ```text
 //! len u32 LE | crc u32 LE | seq u64 LE | body (len bytes)
 //! body = head u8 | received_at i64 LE | client_len u16 LE | client | topic_len u16 LE | topic
-//!        | [pkid u16 LE, if head bit 6] | payload
-//! head = source (bits 0–3) | MQTT QoS (bits 4–5) | has packet id (bit 6) | MQTT RETAIN (bit 7)
+//!        | [pkid u16 LE, if head bit 6] | [props_len u32 LE | props, if head bit 3] | payload
+//! head = source (bits 0–2) | has MQTT 5 properties (bit 3) | MQTT QoS (bits 4–5)
+//!        | has packet id (bit 6) | MQTT RETAIN (bit 7)
 //! ```
 //!
-//! The QoS, RETAIN and packet id let a start rebuild what the broker needs from the WAL:
+//! Properties are [`crate::decode::props`]'s bytes. The QoS, RETAIN, packet id and properties
+//! let a start rebuild what the broker needs from the WAL:
 //! retained messages, and which QoS 1/2 messages of each client are already stored (so a
 //! resend after a crash is not stored twice). Records written before they existed have them
 //! zero.
@@ -33,7 +35,7 @@ use crate::decode::Source;
 
 /// What a record's head says: its source, and for MQTT its QoS, RETAIN and packet id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Head {
+pub struct Head<'a> {
     /// Where it came from.
     pub source: Source,
     /// MQTT QoS (0 for gRPC).
@@ -42,9 +44,11 @@ pub struct Head {
     pub retain: bool,
     /// MQTT packet id (QoS 1/2 from a device).
     pub pkid: Option<u16>,
+    /// MQTT 5 properties, encoded.
+    pub props: Option<&'a [u8]>,
 }
 
-impl Head {
+impl Head<'_> {
     /// A record of `source` without MQTT attributes.
     pub fn of(source: Source) -> Self {
         Self {
@@ -52,6 +56,7 @@ impl Head {
             qos: 0,
             retain: false,
             pkid: None,
+            props: None,
         }
     }
 
@@ -59,6 +64,9 @@ impl Head {
         let mut b = self.source as u8 | ((self.qos & 3) << 4);
         if self.pkid.is_some() {
             b |= 0x40;
+        }
+        if self.props.is_some() {
+            b |= 0x08;
         }
         if self.retain {
             b |= 0x80;
@@ -80,6 +88,8 @@ pub struct Entry {
     pub retain: bool,
     /// Its MQTT packet id, if it had one.
     pub pkid: Option<u16>,
+    /// Its MQTT 5 properties, encoded (see `decode::props`).
+    pub props: Option<Bytes>,
     /// Receive time, µs since the epoch.
     pub received_at: i64,
     /// MQTT client id of the sender.
@@ -95,7 +105,7 @@ pub struct Entry {
 pub fn encode(
     out: &mut Vec<u8>,
     seq: u64,
-    head: Head,
+    head: Head<'_>,
     received_at: i64,
     client: &str,
     topic: &str,
@@ -104,7 +114,8 @@ pub fn encode(
     let client = &client.as_bytes()[..client.len().min(u16::MAX as usize)];
     let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
     let pkid_len = if head.pkid.is_some() { 2 } else { 0 };
-    let body_len = FIXED + client.len() + 2 + topic.len() + pkid_len + payload.len();
+    let props_len = head.props.map_or(0, |p| 4 + p.len());
+    let body_len = FIXED + client.len() + 2 + topic.len() + pkid_len + props_len + payload.len();
     let start = out.len();
     out.reserve(HEADER + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -119,6 +130,10 @@ pub fn encode(
     if let Some(pkid) = head.pkid {
         out.extend_from_slice(&pkid.to_le_bytes());
     }
+    if let Some(props) = head.props {
+        out.extend_from_slice(&(props.len() as u32).to_le_bytes());
+        out.extend_from_slice(props);
+    }
     out.extend_from_slice(payload);
     let crc = crc_of(&out[start..start + 4], &out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -127,7 +142,15 @@ pub fn encode(
 /// Bytes `entry` takes in a segment, framing included.
 pub fn framed_len(entry: &Entry) -> usize {
     let pkid_len = if entry.pkid.is_some() { 2 } else { 0 };
-    HEADER + FIXED + entry.client.len() + 2 + entry.topic.len() + pkid_len + entry.payload.len()
+    let props_len = entry.props.as_ref().map_or(0, |p| 4 + p.len());
+    HEADER
+        + FIXED
+        + entry.client.len()
+        + 2
+        + entry.topic.len()
+        + pkid_len
+        + props_len
+        + entry.payload.len()
 }
 
 fn crc_of(len: &[u8], seq_and_body: &[u8]) -> u32 {
@@ -251,7 +274,7 @@ impl<R: Read> SegmentReader<R> {
 
     fn parse(&mut self, seq: u64, body: Vec<u8>) -> Option<Entry> {
         let head = body[0];
-        let source = match head & 0x0f {
+        let source = match head & 0x07 {
             1 => Source::Mqtt,
             2 => Source::Grpc,
             3 => Source::Bridge,
@@ -281,13 +304,26 @@ impl<R: Read> SegmentReader<R> {
         } else {
             None
         };
-        let payload = Bytes::from(body).slice(payload_at..);
+        let props_at = payload_at;
+        let props_len = if head & 0x08 != 0 {
+            let n = u32::from_le_bytes(body.get(payload_at..payload_at + 4)?.try_into().ok()?);
+            let n = n as usize;
+            body.get(payload_at + 4..payload_at + 4 + n)?;
+            payload_at += 4 + n;
+            Some(n)
+        } else {
+            None
+        };
+        let body = Bytes::from(body);
+        let props = props_len.map(|n| body.slice(props_at + 4..props_at + 4 + n));
+        let payload = body.slice(payload_at..);
         Some(Entry {
             seq,
             source,
             qos: (head >> 4) & 3,
             retain: head & 0x80 != 0,
             pkid,
+            props,
             received_at,
             client,
             topic,
@@ -325,6 +361,7 @@ mod tests {
                     qos: 1,
                     retain: *seq == 8,
                     pkid: (*seq == 8).then_some(300),
+                    props: (*seq == 8).then_some(&b"\x04\x02\x00hi"[..]),
                 },
                 1_700_000_000_000_000,
                 "dev-1",
@@ -367,6 +404,12 @@ mod tests {
         );
         assert_eq!(entries[1].source, Source::Mqtt);
         assert_eq!((entries[0].pkid, entries[1].pkid), (None, Some(300)));
+        assert_eq!(entries[1].props.as_deref(), Some(&b"\x04\x02\x00hi"[..]));
+        assert_eq!(
+            &entries[1].payload[..],
+            b"",
+            "the payload starts after the properties"
+        );
         let total: usize = entries.iter().map(framed_len).sum();
         assert_eq!(total + MAGIC.len(), bytes.len());
         assert!(entries[1].payload.is_empty());

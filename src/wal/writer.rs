@@ -380,12 +380,15 @@ impl<F: WalFs> Writer<F> {
         #[cfg(debug_assertions)]
         self.stall.check(&group);
         for msg in &mut group.msgs {
+            // Allocated only for messages with MQTT 5 properties.
+            let props = msg.mqtt.props.as_deref().map(crate::decode::props::encode);
             let head = match msg.source {
                 Source::Mqtt | Source::Bridge => record::Head {
                     source: msg.source,
                     qos: msg.mqtt.qos,
                     retain: msg.mqtt.retain,
                     pkid: (msg.mqtt.pkid != 0).then_some(msg.mqtt.pkid),
+                    props: props.as_deref(),
                 },
                 Source::Grpc => record::Head::of(Source::Grpc),
             };

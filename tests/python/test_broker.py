@@ -481,3 +481,30 @@ def test_an_mqtt5_will_carries_its_properties_after_its_delay(daemon_factory):
     assert got[0][:2] == ("status/dev-d", b"gone")
     assert got[0][4].UserProperty == [("k", "v")]
     s.close()
+
+
+def test_a_table_keeps_mqtt5_properties_as_columns_also_after_a_crash(daemon_factory):
+    d = daemon_factory('[[tables]]\nname = "requests"\ntopics = ["req/{device_id}"]\n'
+                       'properties = ["content_type", "response_topic", "correlation_data", "user"]\n')
+    for i in range(2):
+        p = Properties(PacketTypes.PUBLISH)
+        p.ContentType = "application/json"
+        p.ResponseTopic = f"reply/{i}"
+        p.CorrelationData = bytes([i, 255])
+        p.UserProperty = [("trace-id", f"t{i}")]
+        pub(d.port, "req/dev-1", json.dumps({"n": i}), qos=1, props=p, v5=True)
+    d.kill()  # the rows come back from the WAL: properties included
+    d = daemon_factory('[[tables]]\nname = "requests"\ntopics = ["req/{device_id}"]\n'
+                       'properties = ["content_type", "response_topic", "correlation_data", "user"]\n',
+                       dir_name="d0")
+    d.stop()
+    got = sorted(rows_of(d, "requests"))
+    assert got == [(0, "application/json", "reply/0", "00ff", "t0"), (1, "application/json", "reply/1", "01ff", "t1")]
+
+
+def rows_of(d, table):
+    import duckdb
+
+    files = [str(f) for f in d.files(table)]
+    return duckdb.sql(f"select n::int, content_type, response_topic, correlation_data, user_trace_id "
+                      f"from read_parquet({files}, union_by_name=true)").fetchall()
