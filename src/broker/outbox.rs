@@ -73,6 +73,33 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The size of its PUBLISH packet (MQTT 5, the larger of the two versions), for the
+    /// client's maximum packet size.
+    fn packet_len(&self) -> usize {
+        let varint = |n: usize| match n {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        };
+        let mut props: usize = self.sub_ids.iter().map(|&id| 1 + varint(id as usize)).sum();
+        if let Some(p) = &self.props {
+            props += p.payload_format_indicator.map_or(0, |_| 2);
+            props += p.message_expiry_interval.map_or(0, |_| 5);
+            props += p.content_type.as_ref().map_or(0, |s| 3 + s.len());
+            props += p.response_topic.as_ref().map_or(0, |s| 3 + s.len());
+            props += p.correlation_data.as_ref().map_or(0, |b| 3 + b.len());
+            props += p
+                .user_properties
+                .iter()
+                .map(|(k, v)| 5 + k.len() + v.len())
+                .sum::<usize>();
+        }
+        let pkid = if self.qos > 0 { 2 } else { 0 };
+        let remaining = 2 + self.topic.len() + pkid + varint(props) + props + self.payload.len();
+        1 + varint(remaining) + remaining
+    }
+
     /// The same delivery carrying `left` (rounded up to seconds) as its message expiry.
     fn with_expiry(mut self, left: std::time::Duration) -> Self {
         let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
@@ -252,7 +279,7 @@ impl OutQueue {
             let n = d.bytes();
             self.queued_bytes -= n;
             bounds.queued.fetch_sub(n, Ordering::Relaxed);
-            if self.max_packet > 0 && n - OVERHEAD + 64 > self.max_packet {
+            if self.max_packet > 0 && d.packet_len() > self.max_packet {
                 // MQTT 5 §3.1.2.11.4: never sent; it counts as delivered.
                 self.too_large += 1;
                 continue;
@@ -707,10 +734,13 @@ mod tests {
         let mut q = ob.lock();
         q.push(d(1, &"x".repeat(200)), &b);
         q.push(d(1, "small"), &b);
+        // PUBLISH of topic "t", QoS 1: 8 bytes + payload; 92 fit in 100, 93 do not.
+        q.push(d(1, &"x".repeat(92)), &b);
+        q.push(d(1, &"x".repeat(93)), &b);
         let mut out = Vec::new();
         q.take(&b, &mut out);
-        assert_eq!(pkids(&out), [(1, false)]);
+        assert_eq!(pkids(&out), [(1, false), (2, false)]);
         drop(q);
-        assert_eq!(ob.take_unsent(), (1, 0));
+        assert_eq!(ob.take_unsent(), (2, 0));
     }
 }
