@@ -40,6 +40,8 @@ use crate::wal::{Durable, NotStored};
 const READ_CHUNK: usize = 16 * 1024;
 /// Groups of one connection that may wait for their WAL fsync while it reads on.
 const MAX_INFLIGHT: usize = 32;
+/// Longest wait, after a DISCONNECT with a reason, for the client to close first.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Replies held back until their group is durable.
 #[derive(Debug)]
@@ -135,6 +137,8 @@ pub(crate) struct Connection {
     /// Deliveries a resumed session had in flight, sent again after CONNACK.
     /// Scratch for packets taken from the outbox.
     taken: Vec<Packet>,
+    /// A DISCONNECT with a reason code was written (MQTT 5): linger before closing.
+    disconnect_sent: bool,
 }
 
 /// Resolves once shutdown is signalled (or its sender is gone).
@@ -178,6 +182,7 @@ impl Connection {
             group_qos0_only: true,
             bsession: None,
             taken: Vec::new(),
+            disconnect_sent: false,
         }
     }
 
@@ -204,6 +209,7 @@ impl Connection {
                     if self.codec.protocol() == Some(Protocol::V5) {
                         let code = if reason.starts_with("session taken over") { 0x8E } else { 0x97 };
                         self.codec.encode(Outbound::Disconnect(code), &mut self.wbuf);
+                self.disconnect_sent = true;
                         let _ = self.flush().await;
                     }
                     tracing::info!(client = %self.client_id, reason, "connection closed by the broker");
@@ -230,9 +236,30 @@ impl Connection {
             if will {
                 self.publish_will().await;
             }
+            if self.disconnect_sent {
+                self.linger().await;
+            }
         }
         .instrument(span)
         .await;
+    }
+
+    /// After a DISCONNECT with a reason code: closes the sending side and reads (discarding)
+    /// until the client closes or [`LINGER`] passes. Closing a socket with unread bytes sends
+    /// a TCP reset, which can reach the client before the DISCONNECT it should read (a client
+    /// that flooded us, say, would see "connection reset" instead of 0x93).
+    async fn linger(&mut self) {
+        let deadline = Instant::now() + LINGER;
+        // Bounded too: a TLS close_notify waits for room in a full send buffer.
+        let _ = timeout_at(deadline, self.stream.shutdown()).await;
+        let mut scratch = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            scratch.clear();
+            match timeout_at(deadline, self.stream.read_buf(&mut scratch)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
     }
 
     async fn on_error(&mut self, e: &ConnError) {
@@ -256,12 +283,14 @@ impl Connection {
             {
                 self.codec
                     .encode(Outbound::Disconnect(0x95), &mut self.wbuf);
+                self.disconnect_sent = true;
             }
             ConnError::Codec(CodecError::Malformed(_))
                 if self.codec.protocol() == Some(Protocol::V5) =>
             {
                 self.codec
                     .encode(Outbound::Disconnect(0x81), &mut self.wbuf);
+                self.disconnect_sent = true;
             }
             _ => {}
         }
@@ -384,6 +413,7 @@ impl Connection {
                 Err(NotStored::Full) => self.refuse(&mut h),
             }
             for reply in h.replies {
+                self.disconnect_sent |= matches!(reply, Outbound::Disconnect(_));
                 self.codec.encode(reply, &mut self.wbuf);
             }
         }

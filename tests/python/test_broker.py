@@ -508,3 +508,29 @@ def rows_of(d, table):
     files = [str(f) for f in d.files(table)]
     return duckdb.sql(f"select n::int, content_type, response_topic, correlation_data, user_trace_id "
                       f"from read_parquet({files}, union_by_name=true)").fetchall()
+
+
+def test_a_client_over_receive_maximum_reads_disconnect_0x93_not_a_reset(daemon_factory):
+    """MQTT 5 §4.9: more QoS 2 messages awaiting PUBREL than CONNACK's Receive Maximum gets
+    DISCONNECT 0x93; the server lingers so the client reads it before the socket closes."""
+    import socket
+    import struct
+
+    d = daemon_factory('[mqtt]\nlisten = "127.0.0.1:0"\nmax_inflight = 4\n')
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=DEADLINE)
+    connect = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + struct.pack(">H", 4) + b"rm-1"
+    s.sendall(bytes([0x10, len(connect)]) + connect)
+    assert s.recv(64)[0] == 0x20
+    burst = b""
+    for pkid in range(1, 40):
+        body = struct.pack(">H", 1) + b"t" + struct.pack(">H", pkid) + b"\x00" + b"{}"
+        burst += bytes([0x34, len(body)]) + body
+    s.sendall(burst)
+    got = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert b"\xe0\x01\x93" in got, got
