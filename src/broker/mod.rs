@@ -391,7 +391,7 @@ impl Broker {
                         sub_ids: sub_id.into_iter().collect(),
                         expires: None,
                     };
-                    self.count_push(q.push(d, &self.bounds), msg.qos.min(qos));
+                    self.count_push(q.push(d, &self.bounds));
                 });
             }
         }
@@ -481,7 +481,7 @@ impl Broker {
             };
             let pushed = entry.outbox.lock().push(d, &self.bounds);
             persistent_queued |= entry.persistent && pushed == Pushed::Queued;
-            self.count_push(pushed, qos);
+            self.count_push(pushed);
             if pushed == Pushed::Overflow {
                 entry.outbox.kick();
             } else {
@@ -515,15 +515,12 @@ impl Broker {
             .set_gauge(&self.stats.broker_retained, hub.retained.len());
     }
 
-    fn count_push(&self, pushed: Pushed, qos: u8) {
+    fn count_push(&self, pushed: Pushed) {
         let s = &self.stats;
         match pushed {
             Pushed::Queued => {}
             Pushed::DroppedQos0 => Stats::add(&s.broker_dropped_qos0, 1),
-            Pushed::Overflow => {
-                let _ = qos;
-                Stats::add(&s.broker_dropped_qos12, 1);
-            }
+            Pushed::Overflow => Stats::add(&s.broker_dropped_qos12, 1),
         }
     }
 }

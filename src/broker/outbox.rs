@@ -267,9 +267,7 @@ impl OutQueue {
     }
 
     /// Moves queued deliveries into `out` as PUBLISH packets while the in-flight window allows.
-    /// Returns how many QoS 0 deliveries were sent.
-    pub fn take(&mut self, bounds: &Bounds, out: &mut Vec<Packet>) -> usize {
-        let mut sent0 = 0;
+    pub fn take(&mut self, bounds: &Bounds, out: &mut Vec<Packet>) {
         while self.inflight.len() < self.max_inflight
             || self.queue.front().is_some_and(|d| d.qos == 0)
         {
@@ -298,7 +296,6 @@ impl OutQueue {
             };
             if d.qos == 0 {
                 out.push(d.packet(0, false));
-                sent0 += 1;
                 continue;
             }
             let pkid = self.next_free_pkid();
@@ -309,7 +306,6 @@ impl OutQueue {
                 msg: d,
             });
         }
-        sent0
     }
 
     fn next_free_pkid(&mut self) -> u16 {

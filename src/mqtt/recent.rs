@@ -10,7 +10,8 @@
 //! Kept per client id across reconnects (the session store) and rebuilt at start from the
 //! WAL records still on disk (records carry their packet id), so a crash between storing a
 //! message and its ack reaching the client leaves no duplicate row. The cost: a CRC32C of
-//! topic and payload per QoS 1/2 message (hardware-accelerated, ~20 ns for a reading).
+//! topic and payload per QoS 1/2 message (hardware-accelerated on x86_64 and aarch64; not
+//! measured on its own).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -53,6 +53,17 @@ def publish_json(port, client_id, topic, docs, qos=1):
         c.disconnect()
 
 
+def free_port():
+    """A loopback port nothing listens on now (for a daemon restarted on the same port)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def rss_kib(pid):
     """Resident set size of process `pid` now, KiB."""
     for line in open(f"/proc/{pid}/status"):

@@ -6,14 +6,13 @@ never sees a message a crash could lose)."""
 
 import json
 import random
-import socket
 import threading
 import time
 
 import duckdb
 import paho.mqtt.client as mqtt
 
-from conftest import metrics, wait_for
+from conftest import free_port, metrics, wait_for
 
 KILLS = 20
 CONFIG = """
@@ -23,14 +22,6 @@ max_age = "300ms"
 [wal]
 segment_size = "1MiB"
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Client:

@@ -39,13 +39,7 @@ fn a_v311_connect_then_publish_are_framed_even_when_split_across_reads() {
 #[test]
 fn a_v5_connect_selects_the_v5_codec() {
     let mut codec = Codec::new(1 << 20, u16::MAX, true);
-    let connect = v5::Connect {
-        keep_alive: 30,
-        client_id: "dev5".into(),
-        clean_start: true,
-        properties: None,
-    };
-    let mut buf = v5_bytes(v5::Packet::Connect(connect, None, None));
+    let mut buf = v5_connect();
     assert!(
         matches!(codec.decode(&mut buf), Ok(Some(Inbound::Connect(c))) if c.protocol == Protocol::V5)
     );
@@ -115,16 +109,19 @@ fn replies_encode_in_the_connection_protocol() {
     assert_eq!(&out[..], &[0x20, 2, 0, 0]);
 }
 
-fn v5_codec() -> Codec {
-    let mut codec = Codec::new(1 << 20, u16::MAX, true);
+fn v5_connect() -> BytesMut {
     let connect = v5::Connect {
         keep_alive: 30,
         client_id: "dev5".into(),
         clean_start: true,
         properties: None,
     };
-    let mut buf = v5_bytes(v5::Packet::Connect(connect, None, None));
-    let _ = codec.decode(&mut buf);
+    v5_bytes(v5::Packet::Connect(connect, None, None))
+}
+
+fn v5_codec() -> Codec {
+    let mut codec = Codec::new(1 << 20, u16::MAX, true);
+    let _ = codec.decode(&mut v5_connect());
     codec
 }
 
