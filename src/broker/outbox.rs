@@ -36,6 +36,57 @@ pub struct PublishOut {
     pub props: Option<Arc<Props>>,
     /// MQTT 5 subscription identifiers.
     pub sub_ids: Vec<u32>,
+    /// MQTT 5 topic alias toward this connection (`topic` is empty when the alias alone
+    /// stands for it); set by the connection, never by the outbox.
+    pub alias: Option<u16>,
+}
+
+impl PublishOut {
+    /// The size of its PUBLISH packet (MQTT 5).
+    pub fn packet_len(&self) -> usize {
+        let alias = if self.alias.is_some() { 3 } else { 0 };
+        let qos = self.qos;
+        publish_len(
+            self.topic.len(),
+            qos,
+            self.props.as_deref(),
+            &self.sub_ids,
+            self.payload.len(),
+        ) + alias
+    }
+}
+
+/// The size of a PUBLISH packet (MQTT 5, the larger of the two versions) without a topic
+/// alias: for the client's maximum packet size.
+fn publish_len(
+    topic: usize,
+    qos: u8,
+    props: Option<&Props>,
+    sub_ids: &[u32],
+    payload: usize,
+) -> usize {
+    let varint = |n: usize| match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    let mut len: usize = sub_ids.iter().map(|&id| 1 + varint(id as usize)).sum();
+    if let Some(p) = props {
+        len += p.payload_format_indicator.map_or(0, |_| 2);
+        len += p.message_expiry_interval.map_or(0, |_| 5);
+        len += p.content_type.as_ref().map_or(0, |s| 3 + s.len());
+        len += p.response_topic.as_ref().map_or(0, |s| 3 + s.len());
+        len += p.correlation_data.as_ref().map_or(0, |b| 3 + b.len());
+        len += p
+            .user_properties
+            .iter()
+            .map(|(k, v)| 5 + k.len() + v.len())
+            .sum::<usize>();
+    }
+    let pkid = if qos > 0 { 2 } else { 0 };
+    let remaining = 2 + topic + pkid + varint(len) + len + payload;
+    1 + varint(remaining) + remaining
 }
 
 /// A packet the outbox has the connection send.
@@ -76,28 +127,14 @@ impl Delivery {
     /// The size of its PUBLISH packet (MQTT 5, the larger of the two versions), for the
     /// client's maximum packet size.
     fn packet_len(&self) -> usize {
-        let varint = |n: usize| match n {
-            0..=127 => 1,
-            128..=16_383 => 2,
-            16_384..=2_097_151 => 3,
-            _ => 4,
-        };
-        let mut props: usize = self.sub_ids.iter().map(|&id| 1 + varint(id as usize)).sum();
-        if let Some(p) = &self.props {
-            props += p.payload_format_indicator.map_or(0, |_| 2);
-            props += p.message_expiry_interval.map_or(0, |_| 5);
-            props += p.content_type.as_ref().map_or(0, |s| 3 + s.len());
-            props += p.response_topic.as_ref().map_or(0, |s| 3 + s.len());
-            props += p.correlation_data.as_ref().map_or(0, |b| 3 + b.len());
-            props += p
-                .user_properties
-                .iter()
-                .map(|(k, v)| 5 + k.len() + v.len())
-                .sum::<usize>();
-        }
-        let pkid = if self.qos > 0 { 2 } else { 0 };
-        let remaining = 2 + self.topic.len() + pkid + varint(props) + props + self.payload.len();
-        1 + varint(remaining) + remaining
+        let (topic, payload) = (self.topic.len(), self.payload.len());
+        publish_len(
+            topic,
+            self.qos,
+            self.props.as_deref(),
+            &self.sub_ids,
+            payload,
+        )
     }
 
     /// The same delivery carrying `left` (rounded up to seconds) as its message expiry.
@@ -124,6 +161,7 @@ impl Delivery {
             dup,
             props: self.props.clone(),
             sub_ids: self.sub_ids.clone(),
+            alias: None,
         }))
     }
 }

@@ -61,6 +61,8 @@ pub struct ConnectInfo {
     pub receive_max: u16,
     /// The client's maximum packet size (MQTT 5), 0: none.
     pub max_packet: u32,
+    /// Topic aliases the client takes from us (MQTT 5 Topic Alias Maximum), 0: none.
+    pub topic_alias_max: u16,
 }
 
 /// A received PUBLISH.
@@ -208,15 +210,6 @@ pub enum Outbound {
     Disconnect(u8),
 }
 
-impl From<crate::broker::outbox::Packet> for Outbound {
-    fn from(p: crate::broker::outbox::Packet) -> Self {
-        match p {
-            crate::broker::outbox::Packet::Publish(p) => Self::Publish(p),
-            crate::broker::outbox::Packet::PubRel(id) => Self::PubRel(id),
-        }
-    }
-}
-
 /// Why bytes could not be framed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -353,6 +346,7 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
             session_expiry: if c.clean_session { 0 } else { u32::MAX },
             receive_max: u16::MAX,
             max_packet: 0,
+            topic_alias_max: 0,
             will: c.last_will.map(|w| Will {
                 topic: w.topic,
                 payload: w.message,
@@ -436,6 +430,7 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, CodecError> {
                 session_expiry: props.and_then(|p| p.session_expiry_interval).unwrap_or(0),
                 receive_max: props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX),
                 max_packet: props.and_then(|p| p.max_packet_size).unwrap_or(0),
+                topic_alias_max: props.and_then(|p| p.topic_alias_max).unwrap_or(0),
                 client_id: c.client_id,
                 clean: c.clean_start,
                 keep_alive: c.keep_alive,
@@ -685,12 +680,14 @@ fn encode_v5(packet: Outbound, buf: &mut BytesMut, codec: &Codec) -> Result<usiz
                 dup,
                 props,
                 sub_ids,
+                alias,
             } = *p;
-            let properties = if props.is_none() && sub_ids.is_empty() {
+            let properties = if props.is_none() && sub_ids.is_empty() && alias.is_none() {
                 None
             } else {
                 let mut pr = props.map(|p| (*p).clone()).unwrap_or_default();
                 pr.subscription_identifiers = sub_ids.into_iter().map(|i| i as usize).collect();
+                pr.topic_alias = alias;
                 Some(pr)
             };
             v5::Packet::Publish(v5::Publish {

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
+use super::aliases::OutAliases;
 use super::codec::{Codec, CodecError, Inbound, Outbound, Protocol, PublishIn, SubCode};
 use super::session::{Session, Settle, Step};
 use super::session_store::SessionStore;
@@ -77,6 +78,8 @@ struct BrokerSession {
     id: SessionId,
     outbox: Arc<Outbox>,
     claim: Claim,
+    /// Topic aliases toward this connection.
+    aliases: OutAliases,
 }
 
 /// How a connection ended without an error.
@@ -511,8 +514,7 @@ impl Connection {
                         assigned_id,
                     });
                     // What was in flight to a resumed session goes again, after CONNACK.
-                    self.replies
-                        .extend(self.taken.drain(..).map(Outbound::from));
+                    self.queue_taken();
                 }
                 Step::Reply(packet) => self.replies.push(packet),
                 Step::Subscribe(s) => {
@@ -560,15 +562,16 @@ impl Connection {
         let clean = !self.session.resumable();
         let user = self.session.principal().and_then(|p| p.user.clone());
         let attached = broker.attach(&self.client_id, user, clean, self.session.expiry());
-        let (receive_max, max_packet) = self.session.client_limits();
-        let window = usize::from(receive_max.min(broker.max_inflight()));
+        let limits = self.session.client_limits();
+        let window = usize::from(limits.receive_max.min(broker.max_inflight()));
         let claim = attached
             .outbox
-            .claim(window, max_packet as usize, &mut self.taken);
+            .claim(window, limits.max_packet as usize, &mut self.taken);
         self.bsession = Some(BrokerSession {
             id: attached.id,
             outbox: attached.outbox,
             claim,
+            aliases: OutAliases::new(limits.topic_alias_max, limits.max_packet),
         });
         attached.present
     }
@@ -679,12 +682,26 @@ impl Connection {
                 Stats::add(counter, 1);
             }
         }
-        self.replies
-            .extend(self.taken.drain(..).map(Outbound::from));
         let (too_large, expired) = b.outbox.take_unsent();
         Stats::add(&stats.broker_dropped_too_large, too_large);
         Stats::add(&stats.broker_dropped_expired, expired);
+        self.queue_taken();
         Ok(())
+    }
+
+    /// Moves the packets taken from the outbox into the replies, with topic aliases.
+    fn queue_taken(&mut self) {
+        let Some(b) = self.bsession.as_mut() else {
+            self.taken.clear();
+            return;
+        };
+        self.replies.extend(self.taken.drain(..).map(|p| match p {
+            Packet::Publish(mut p) => {
+                b.aliases.apply(&mut p);
+                Outbound::Publish(p)
+            }
+            Packet::PubRel(id) => Outbound::PubRel(id),
+        }));
     }
 
     /// Decodes one message into the group; admits the group once it is large.

@@ -3,6 +3,7 @@
 //! ([`connection`]) that frames packets with [`codec`] and follows the sans-IO [`session`]
 //! state machine. Acks are sent only after the message was admitted into the pipeline.
 
+pub mod aliases;
 pub mod codec;
 pub mod connection;
 pub mod gate;

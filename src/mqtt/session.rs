@@ -123,8 +123,19 @@ pub struct Session {
     expiry: u32,
     /// MQTT 5 topic aliases set by the client (index = alias − 1).
     aliases: Vec<Option<String>>,
-    /// The client's receive maximum and maximum packet size (MQTT 5).
-    client_limits: (u16, u32),
+    /// What the client takes from us (MQTT 5 CONNECT properties).
+    client_limits: ClientLimits,
+}
+
+/// What a client takes from us, from its CONNECT (MQTT 5; 3.1.1: no limits, no aliases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// QoS 1/2 deliveries in flight (Receive Maximum).
+    pub receive_max: u16,
+    /// Maximum packet size, 0: none.
+    pub max_packet: u32,
+    /// Topic Alias Maximum, 0: no aliases.
+    pub topic_alias_max: u16,
 }
 
 impl Default for Session {
@@ -152,7 +163,11 @@ impl Session {
             clean: true,
             expiry: 0,
             aliases: Vec::new(),
-            client_limits: (u16::MAX, 0),
+            client_limits: ClientLimits {
+                receive_max: u16::MAX,
+                max_packet: 0,
+                topic_alias_max: 0,
+            },
         }
     }
 
@@ -208,8 +223,8 @@ impl Session {
         self.protocol
     }
 
-    /// The client's receive maximum and maximum packet size (0: none), from CONNECT.
-    pub fn client_limits(&self) -> (u16, u32) {
+    /// What the client takes from us, from CONNECT.
+    pub fn client_limits(&self) -> ClientLimits {
         self.client_limits
     }
 
@@ -341,7 +356,11 @@ impl Session {
             session_present = parked.persistent && !info.clean;
             self.recent = parked.recent;
         }
-        self.client_limits = (info.receive_max, info.max_packet);
+        self.client_limits = ClientLimits {
+            receive_max: info.receive_max,
+            max_packet: info.max_packet,
+            topic_alias_max: info.topic_alias_max,
+        };
         self.keep_alive = info.keep_alive;
         self.will = info.will;
         self.state = State::Connected;

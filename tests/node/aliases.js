@@ -1,6 +1,8 @@
 // MQTT.js (npm `mqtt`, MQTT 5) against fleetlake: a publisher that uses topic aliases and user
-// properties at QoS 1 and 2, and a subscriber that records what it receives. Prints one JSON
-// line: {"acked": n, "received": n, "props": n, "errors": [...]}. Usage: node aliases.js PORT N
+// properties at QoS 1 and 2, and a subscriber that takes topic aliases from the broker and records
+// what it receives. Prints one JSON line:
+// {"acked": n, "received": n, "props": n, "aliased": n, "topics": [...], "errors": [...]}.
+// Usage: node aliases.js PORT N
 const mqtt = require('mqtt');
 
 const port = Number(process.argv[2]);
@@ -10,18 +12,27 @@ const errors = [];
 let acked = 0;
 let received = 0;
 let props = 0;
+let aliased = 0;
+const topics = new Set();
 
 const done = () => {
-  console.log(JSON.stringify({ acked, received, props, errors }));
+  console.log(JSON.stringify({ acked, received, props, aliased, topics: [...topics], errors }));
   process.exit(0);
 };
 setTimeout(() => { errors.push('timeout'); done(); }, 20000);
 
-const sub = mqtt.connect(url, { protocolVersion: 5, clientId: 'js-sub', reconnectPeriod: 0 });
+const sub = mqtt.connect(url, {
+  protocolVersion: 5,
+  clientId: 'js-sub',
+  reconnectPeriod: 0,
+  properties: { topicAliasMaximum: 4 },
+});
 sub.on('error', (e) => errors.push(`sub: ${e.message}`));
 sub.on('message', (topic, payload, packet) => {
   received += 1;
+  topics.add(topic);
   const p = packet.properties || {};
+  if (p.topicAlias) aliased += 1;
   const user = p.userProperties || {};
   if (user.k === 'v' && p.contentType === 'application/json') props += 1;
   if (received === n && acked === n) done();

@@ -159,7 +159,11 @@ fn a_v5_subscribe_keeps_its_options_and_identifier() {
 }
 
 fn publish_out(props: Option<Props>) -> Outbound {
-    Outbound::Publish(Box::new(PublishOut {
+    Outbound::Publish(Box::new(publish_box(props)))
+}
+
+fn publish_box(props: Option<Props>) -> PublishOut {
+    PublishOut {
         topic: std::sync::Arc::from("cmd/dev-1"),
         payload: Bytes::from_static(b"on"),
         qos: 1,
@@ -168,7 +172,8 @@ fn publish_out(props: Option<Props>) -> Outbound {
         dup: true,
         props: props.map(std::sync::Arc::new),
         sub_ids: vec![42],
-    }))
+        alias: None,
+    }
 }
 
 #[test]
@@ -200,6 +205,30 @@ fn a_delivery_encodes_as_a_publish_a_client_reads_back() {
     assert_eq!(pr.content_type.as_deref(), Some("text/plain"));
     assert_eq!(pr.user_properties, [("k".to_string(), "v".to_string())]);
     assert_eq!(pr.subscription_identifiers, [42]);
+}
+
+#[test]
+fn an_aliased_delivery_carries_the_topic_alias_and_its_counted_size_is_exact() {
+    let codec = v5_codec();
+    let props = Props {
+        correlation_data: Some(Bytes::from_static(b"req-1")),
+        message_expiry_interval: Some(30),
+        ..Props::default()
+    };
+    for (topic, alias) in [("cmd/dev-1", None), ("cmd/dev-1", Some(3)), ("", Some(3))] {
+        let mut p = publish_box(Some(props.clone()));
+        p.topic = std::sync::Arc::from(topic);
+        p.alias = alias;
+        let expected = p.packet_len();
+        let mut out = BytesMut::new();
+        codec.encode(Outbound::Publish(Box::new(p)), &mut out);
+        assert_eq!(out.len(), expected, "{topic:?} {alias:?}");
+        let Ok(v5::Packet::Publish(p)) = v5::Packet::read(&mut out, None) else {
+            panic!("not a v5 PUBLISH");
+        };
+        assert_eq!(p.topic, topic.as_bytes());
+        assert_eq!(p.properties.unwrap_or_default().topic_alias, alias);
+    }
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn connect(protocol: Protocol, client_id: &str, clean: bool, will: bool) -> Inbo
         session_expiry: if clean { 0 } else { u32::MAX },
         receive_max: u16::MAX,
         max_packet: 0,
+        topic_alias_max: 0,
     })
 }
 
