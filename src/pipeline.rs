@@ -581,13 +581,15 @@ async fn start_broker(config: &Config, stats: &Arc<Stats>) -> Result<Broker> {
     })
     .await??;
     let broker = Broker::new(limits, retained, stats.clone());
-    if !sessions.is_empty() {
+    let stored = sessions.len();
+    let expired = broker.restore(covered, sessions, &crate::broker::state::Now::get());
+    if stored > 0 {
         tracing::info!(
-            sessions = sessions.len(),
+            sessions = stored - expired,
+            expired,
             "persistent MQTT sessions restored"
         );
     }
-    broker.restore(covered, sessions);
     Ok(broker)
 }
 

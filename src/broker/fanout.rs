@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::persist::Snapshot;
 use super::retained::Retained;
-use super::state::{self, SessionImage};
+use super::state::{self, Now, SessionImage};
 use super::{Broker, Routed};
 use crate::wal::checkpoint::replace_durably;
 use crate::wal::{Feed, NotStored};
@@ -53,7 +53,7 @@ pub fn load_retained(
     let mut store = Retained::new(max_count, max_bytes);
     if let Some(bytes) = read_optional(&path)? {
         store
-            .decode(&bytes)
+            .decode(&bytes, &Now::get())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     Ok(store)
@@ -63,9 +63,8 @@ pub fn load_retained(
 pub fn load_sessions(data_dir: &Path) -> anyhow::Result<(u64, Vec<SessionImage>)> {
     let path = dir(data_dir).join("sessions");
     match read_optional(&path)? {
-        Some(bytes) => {
-            state::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-        }
+        Some(bytes) => state::decode(&bytes, &Now::get())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
         None => Ok((0, Vec::new())),
     }
 }

@@ -389,7 +389,7 @@ impl Broker {
                         retain: true,
                         props: msg.props.clone(),
                         sub_ids: sub_id.into_iter().collect(),
-                        expires: None,
+                        expires: msg.expires,
                     };
                     self.count_push(q.push(d, &self.bounds));
                 });

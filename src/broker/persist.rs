@@ -7,7 +7,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, PoisonError};
 
 use super::outbox::Outbox;
-use super::state::{self, SessionImage};
+use super::state::{self, Now, SessionImage};
 use super::{Broker, Entry, Routed};
 use crate::decode::filter;
 use crate::wal::Done;
@@ -32,13 +32,28 @@ impl Broker {
     }
 
     /// Restores the persistent sessions of a snapshot covering the WAL up to `covered`; their
-    /// clients are away until they connect again.
-    pub fn restore(&self, covered: u64, sessions: Vec<SessionImage>) {
+    /// clients are away until they connect again. A session whose client had been away longer
+    /// than its expiry interval by `now` (fleetlake's downtime included) is not restored;
+    /// returns how many were not.
+    pub fn restore(&self, covered: u64, sessions: Vec<SessionImage>, now: &Now) -> usize {
         let mut hub = self.hub();
         let hub = &mut *hub;
         hub.sessions_covered = covered;
         hub.routed_seq = hub.routed_seq.max(covered);
-        for s in sessions {
+        let mut expired = 0;
+        for mut s in sessions {
+            // The expiry runs on from where it was: what is left of it starts now (a client
+            // online at the snapshot is taken as gone at the restart).
+            if let Some(away) = s.away_since
+                && s.expiry != u32::MAX
+            {
+                let gone = now.since(away);
+                if gone >= u64::from(s.expiry) {
+                    expired += 1;
+                    continue;
+                }
+                s.expiry -= gone as u32;
+            }
             hub.next_id += 1;
             let id = hub.next_id;
             let outbox = Arc::new(Outbox::default());
@@ -58,14 +73,14 @@ impl Broker {
                 outbox,
                 persistent: true,
                 expiry: s.expiry,
-                // The expiry runs again from the start (the time away before it is not kept).
-                away_since: Some(std::time::Instant::now()),
+                away_since: Some(now.at),
                 filters: s.subs,
             };
             hub.sessions.insert(id, entry);
         }
         self.after_change(hub);
         self.note_queued();
+        expired
     }
 
     /// Whether a replayed record must be routed again: a retained one the snapshot may lack, or
@@ -97,7 +112,8 @@ impl Broker {
         if !hub.retained_dirty && !hub.sessions_dirty && hub.waiters.is_empty() {
             return None;
         }
-        let retained = std::mem::take(&mut hub.retained_dirty).then(|| hub.retained.encode());
+        let now = Now::get();
+        let retained = std::mem::take(&mut hub.retained_dirty).then(|| hub.retained.encode(&now));
         let sessions = std::mem::take(&mut hub.sessions_dirty).then(|| {
             let images: Vec<SessionImage> = hub
                 .sessions
@@ -110,13 +126,14 @@ impl Broker {
                         user: e.user.as_deref().map(str::to_string),
                         subs: e.filters.clone(),
                         expiry: e.expiry,
+                        away_since: e.away_since.map(|t| now.unix_of(t)),
                         queue,
                         inflight,
                         next_pkid,
                     }
                 })
                 .collect();
-            state::encode(hub.routed_seq, &images)
+            state::encode(hub.routed_seq, &images, &now)
         });
         Some(Snapshot {
             covered: hub.routed_seq,
@@ -138,9 +155,15 @@ impl Broker {
     }
 
     /// Ends the persistent sessions whose client has been away longer than their expiry
-    /// interval (MQTT 5 §3.1.2.11.2); returns how many.
+    /// interval (MQTT 5 §3.1.2.11.2), and drops the retained messages whose message expiry
+    /// ran out; returns how many sessions ended.
     pub fn expire(&self, now: std::time::Instant) -> usize {
         let mut hub = self.hub();
+        if hub.retained.expire(now) > 0 {
+            hub.retained_dirty = true;
+            self.stats
+                .set_gauge(&self.stats.broker_retained, hub.retained.len());
+        }
         let expired: Vec<_> = hub
             .sessions
             .iter()
@@ -213,5 +236,39 @@ mod tests {
             "5 s, not 1"
         );
         assert_eq!(b.expire(Instant::now() + Duration::from_secs(6)), 1);
+    }
+
+    #[test]
+    fn a_restart_counts_the_time_away_toward_session_expiry() {
+        let image = |client: &str, away_since| SessionImage {
+            client: client.into(),
+            user: None,
+            subs: Vec::new(),
+            expiry: 100,
+            away_since,
+            queue: Vec::new(),
+            inflight: Vec::new(),
+            next_pkid: 0,
+        };
+        let now = Now::get();
+        let b = broker();
+        let sessions = vec![
+            image("gone", Some(now.unix - 150)),
+            image("away", Some(now.unix - 60)),
+            image("online", None),
+        ];
+        assert_eq!(b.restore(0, sessions, &now), 1, "150 s away of 100");
+        assert!(b.hub().by_client.contains_key("away"));
+        assert!(!b.hub().by_client.contains_key("gone"));
+        assert_eq!(
+            b.expire(now.at + Duration::from_secs(41)),
+            1,
+            "40 s were left"
+        );
+        assert_eq!(
+            b.expire(now.at + Duration::from_secs(101)),
+            1,
+            "online: 100 s from now"
+        );
     }
 }

@@ -9,18 +9,25 @@
 //! until a snapshot covers them. A start loads the snapshot and applies the retained records
 //! of the WAL above it: a SIGKILL loses no retained message that was acknowledged.
 //!
-//! Snapshot format (little-endian): `FLRET\0\0\x01` | covered seq u64 | count u32 | entries
-//! (`topic_len u16 | topic | qos u8 | payload_len u32 | payload`) | CRC32C u32 of all before.
+//! A retained message with an MQTT 5 message expiry interval is delivered with what is left of
+//! it and dropped once it runs out (MQTT 5 §3.3.2.3.3); the time fleetlake was stopped counts.
+//!
+//! Snapshot format (little-endian): `FLRET\0\0\x02` | covered seq u64 | count u32 | entries
+//! (`topic_len u16 | topic | qos u8 | payload_len u32 | payload | MQTT 5 properties and expiry
+//! as in` [`super::state`]) | CRC32C u32 of all before. Version 1 (no properties, no expiry)
+//! is read too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::state::{Damaged, Reader};
+use super::state::{self, Damaged, Now, Reader};
 use crate::decode::{Props, filter};
 
-const MAGIC: &[u8; 8] = b"FLRET\x00\x00\x01";
+const MAGIC: &[u8; 8] = b"FLRET\x00\x00\x02";
+const MAGIC_V1: &[u8; 8] = b"FLRET\x00\x00\x01";
 
 /// One retained message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,8 +36,10 @@ pub struct RetainedMsg {
     pub payload: Bytes,
     /// QoS it was published with.
     pub qos: u8,
-    /// Its MQTT 5 properties (kept in memory; a snapshot does not keep them).
+    /// Its MQTT 5 properties.
     pub props: Option<Arc<Props>>,
+    /// When its MQTT 5 message expiry interval runs out.
+    pub expires: Option<Instant>,
 }
 
 /// The retained messages by topic.
@@ -95,7 +104,8 @@ impl Retained {
         self.set_with(seq, topic, payload, qos, None)
     }
 
-    /// [`Retained::set`] with the PUBLISH's MQTT 5 properties (delivered with it).
+    /// [`Retained::set`] with the PUBLISH's MQTT 5 properties (delivered with it); its
+    /// message expiry interval runs from now.
     pub fn set_with(
         &mut self,
         seq: u64,
@@ -108,6 +118,21 @@ impl Retained {
             return Set::Stored;
         }
         self.applied = self.applied.max(seq);
+        let expires = props
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
+        self.put(topic, payload, qos, props, expires)
+    }
+
+    fn put(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        props: Option<Arc<Props>>,
+        expires: Option<Instant>,
+    ) -> Set {
         if let Some(old) = self.map.get(topic) {
             self.bytes -= cost(topic, &old.payload);
         }
@@ -130,13 +155,21 @@ impl Retained {
                 payload,
                 qos,
                 props,
+                expires,
             },
         );
         Set::Stored
     }
 
-    /// Calls `f` with every retained message whose topic matches the valid `filter`.
+    /// Calls `f` with every retained message whose topic matches the valid `filter` and that
+    /// has not expired.
     pub fn matching(&self, filter: &str, mut f: impl FnMut(&Arc<str>, &RetainedMsg)) {
+        let now = Instant::now();
+        let mut f = |topic, msg: &RetainedMsg| {
+            if msg.expires.is_none_or(|t| t > now) {
+                f(topic, msg);
+            }
+        };
         // A filter without wildcards names one topic.
         if !filter.contains(['+', '#']) {
             if let Some((topic, msg)) = self.map.get_key_value(filter) {
@@ -157,8 +190,23 @@ impl Retained {
         }
     }
 
-    /// The snapshot bytes (see the module docs).
-    pub fn encode(&self) -> Vec<u8> {
+    /// Drops the messages whose expiry interval ran out by `now`; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.map.len();
+        let mut freed = 0;
+        self.map.retain(|topic, msg| {
+            let keep = msg.expires.is_none_or(|t| t > now);
+            if !keep {
+                freed += cost(topic, &msg.payload);
+            }
+            keep
+        });
+        self.bytes -= freed;
+        before - self.map.len()
+    }
+
+    /// The snapshot bytes at `now` (see the module docs).
+    pub fn encode(&self, now: &Now) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.bytes);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.applied.to_le_bytes());
@@ -169,15 +217,19 @@ impl Retained {
             out.push(msg.qos);
             out.extend_from_slice(&(msg.payload.len() as u32).to_le_bytes());
             out.extend_from_slice(&msg.payload);
+            state::props_and_expiry(&mut out, msg.props.as_deref(), msg.expires, now);
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// Loads a snapshot into this (empty) store, keeping its bounds.
-    pub fn decode(&mut self, bytes: &[u8]) -> Result<(), Damaged> {
-        let mut r = Reader::open(bytes, MAGIC)?;
+    /// Loads a snapshot into this (empty) store at `now`, keeping its bounds.
+    pub fn decode(&mut self, bytes: &[u8], now: &Now) -> Result<(), Damaged> {
+        let (mut r, v1) = match Reader::open(bytes, MAGIC) {
+            Ok(r) => (r, false),
+            Err(_) => (Reader::open(bytes, MAGIC_V1)?, true),
+        };
         let applied = u64::from_le_bytes(r.array()?);
         let count = u32::from_le_bytes(r.array()?);
         for _ in 0..count {
@@ -185,8 +237,16 @@ impl Retained {
             let qos = r.take(1)?[0];
             let len = u32::from_le_bytes(r.array()?) as usize;
             let payload = Bytes::copy_from_slice(r.take(len)?);
+            let (props, expires) = if v1 {
+                (None, None)
+            } else {
+                r.props_and_expiry(now)?
+            };
+            if expires.is_some_and(|t| t <= now.at) {
+                continue;
+            }
             // Bounds may have shrunk since: what no longer fits is not loaded.
-            let _ = self.set(0, &topic, payload, qos);
+            let _ = self.put(&topic, payload, qos, props, expires);
         }
         self.applied = applied;
         Ok(())
@@ -241,9 +301,10 @@ mod tests {
         let mut r = Retained::new(100, 1 << 20);
         r.set(7, "a/b", Bytes::from("x"), 1);
         r.set(9, "c", Bytes::from(vec![0, 1, 2]), 2);
-        let bytes = r.encode();
+        let now = Now::get();
+        let bytes = r.encode(&now);
         let mut back = Retained::new(100, 1 << 20);
-        back.decode(&bytes).expect("a snapshot reads back");
+        back.decode(&bytes, &now).expect("a snapshot reads back");
         assert_eq!(back.applied(), 9);
         assert_eq!(topics(&back, "#"), ["a/b", "c"]);
         back.set(8, "a/b", Bytes::new(), 0);
@@ -254,6 +315,52 @@ mod tests {
         );
         let mut damaged = bytes.clone();
         damaged[12] ^= 1;
-        assert!(Retained::new(1, 1).decode(&damaged).is_err());
+        assert!(Retained::new(1, 1).decode(&damaged, &now).is_err());
+    }
+
+    #[test]
+    fn an_expiring_message_keeps_its_properties_and_expires_across_a_restart() {
+        let props = Props {
+            message_expiry_interval: Some(60),
+            content_type: Some("application/json".into()),
+            ..Props::default()
+        };
+        let mut r = Retained::new(100, 1 << 20);
+        r.set_with(1, "cfg/a", Bytes::from("1"), 1, Some(Arc::new(props)));
+        r.set(2, "cfg/b", Bytes::from("2"), 1);
+        let now = Now::get();
+        let bytes = r.encode(&now);
+        let restart = |secs_down: u64| {
+            let later = Now {
+                at: Instant::now(),
+                unix: now.unix + secs_down,
+            };
+            let mut back = Retained::new(100, 1 << 20);
+            back.decode(&bytes, &later).expect("reads back");
+            back
+        };
+        let soon = restart(10);
+        let mut seen = Vec::new();
+        soon.matching("cfg/a", |_, m| seen.push(m.clone()));
+        let m = &seen[0];
+        assert_eq!(
+            m.props.as_ref().and_then(|p| p.content_type.as_deref()),
+            Some("application/json")
+        );
+        let left = m.expires.expect("still expires") - Instant::now();
+        assert!(
+            left <= Duration::from_secs(51),
+            "{left:?}: the 10 s down count"
+        );
+        let late = restart(61);
+        assert_eq!(
+            topics(&late, "#"),
+            ["cfg/b"],
+            "expired while fleetlake was down"
+        );
+        let mut live = soon;
+        assert_eq!(live.expire(Instant::now() + Duration::from_secs(52)), 1);
+        assert_eq!(topics(&live, "#"), ["cfg/b"]);
+        assert_eq!(live.bytes(), cost("cfg/b", b"2"));
     }
 }

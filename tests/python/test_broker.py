@@ -205,6 +205,47 @@ def test_a_retained_message_survives_sigkill_and_an_empty_one_deletes_it(daemon_
     s.close()
 
 
+def test_mqtt5_properties_and_message_expiry_outlive_a_restart(daemon_factory):
+    """Retained and queued messages read back from the broker's snapshots keep their MQTT 5
+    properties; message expiry counts the time fleetlake was stopped."""
+    d = daemon_factory()
+    away = Sub(d.port, "ops-panel", ["req/#"], v5=True, clean=False, expiry=3600)
+    away.close()
+    keep = Properties(PacketTypes.PUBLISH)
+    keep.ContentType = "application/json"
+    keep.UserProperty = ("site", "north")
+    keep.MessageExpiryInterval = 600
+    pub(d.port, "cfg/a", '{"mode":"eco"}', retain=True, props=keep, v5=True)
+    short = Properties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 1
+    published = time.monotonic()
+    pub(d.port, "cfg/short", '{"mode":"boost"}', retain=True, props=short, v5=True)
+    req = Properties(PacketTypes.PUBLISH)
+    req.ResponseTopic = "reply/ops-panel"
+    req.CorrelationData = b"req-42"
+    pub(d.port, "req/1", '{"q":1}', props=req, v5=True)
+    d.stop()
+    # The 1 s expiry of cfg/short runs out while fleetlake is stopped.
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - published)))
+    d = daemon_factory(dir_name="d0")
+    s = Sub(d.port, "reader", ["cfg/#"], v5=True)
+    got = s.wait(1)
+    time.sleep(0.3)
+    assert [g[0] for g in s.got] == ["cfg/a"], "cfg/short expired while fleetlake was down"
+    p = got[0][4]
+    assert p.ContentType == "application/json"
+    assert p.UserProperty == [("site", "north")]
+    assert 0 < p.MessageExpiryInterval <= 600
+    s.close()
+    back = Sub(d.port, "ops-panel", [], v5=True, clean=False, expiry=3600)
+    assert back.present
+    got = back.wait(1)
+    assert got[0][:2] == ("req/1", b'{"q":1}')
+    assert got[0][4].ResponseTopic == "reply/ops-panel"
+    assert got[0][4].CorrelationData == b"req-42"
+    back.close()
+
+
 def test_a_persistent_subscriber_gets_what_was_published_while_it_was_away(daemon_factory):
     d = daemon_factory()
     s = Sub(d.port, "thermostat-7", ["cmd/thermostat-7/#"], clean=False)
