@@ -41,6 +41,8 @@ SCENARIOS = [
     ("QoS 1 ×4", "mqtt", "--conns 4 --qos 1 --messages 1000000", "--conns 4 --qos 1 --messages 4000", ""),
     ("QoS 1 ×4 at half that rate", "mqtt", "--conns 4 --qos 1 --messages 0 --duration 10s --rate {half_qos1}",
      "--conns 4 --qos 1 --messages 0 --duration 1s --rate 2000", ""),
+    ("QoS 1, 1 publisher, 1 in flight", "mqtt", "--conns 1 --qos 1 --window 1 --messages 0 --duration 10s",
+     "--conns 1 --qos 1 --window 1 --messages 300", ""),
     ("QoS 2 ×4", "mqtt", "--conns 4 --qos 2 --messages 500000", "--conns 4 --qos 2 --messages 4000", ""),
     ("QoS 1, 1,000 publishers at 50,000/s", "mqtt", "--conns 1000 --qos 1 --messages 0 --duration 10s --rate 50000",
      "--conns 100 --qos 1 --messages 0 --duration 1s --rate 2000", ""),
@@ -48,14 +50,14 @@ SCENARIOS = [
     ("gRPC batch 1,000", "grpc", "--batch 1000 --points 2000000", "--batch 1000 --points 20000", ""),
 ]
 
-COLUMNS = ["scenario", "sent/s", "acked/s", "rows in Parquet", "rows/s", "p99 ack ms", "peak RSS MiB",
-           "CPU-s per 1M", "bytes/row"]
+COLUMNS = ["scenario", "sent/s", "acked/s", "rows in Parquet", "rows/s", "ack ms p50 / p99 / p99.9",
+           "fsyncs/s", "peak RSS MiB", "CPU-s per 1M", "bytes/row"]
 
 
 class Daemon:
     """One `fleetlake run` with the bench config; its JSON log lines are collected."""
 
-    def __init__(self, bin_dir, work, output):
+    def __init__(self, bin_dir, work, output, extra=""):
         self.work = work
         self.data = work / "data"
         config = work / "bench.toml"
@@ -63,7 +65,7 @@ class Daemon:
             f'[node]\nid = "bench"\ndata_dir = "{self.data}"\n'
             '[admin]\nlisten = ""\n[grpc]\nlisten = "127.0.0.1:0"\n[mqtt]\nlisten = "127.0.0.1:0"\n'
             '[log]\nlevel = "info"\nformat = "json"\n'
-            f'[output]\nurl = "{output}"\n')
+            f'[output]\nurl = "{output}"\n' + extra)
         self.lines = []
         self.ready = threading.Event()
         self.ready_info = {}
@@ -119,9 +121,9 @@ def summary(out):
     return dict(re.findall(r"(\S+?)=(\S+)", lines[-1])) if lines else {}
 
 
-def run_scenario(bin_dir, name, kind, args, output):
+def run_scenario(bin_dir, name, kind, args, output, extra=""):
     with tempfile.TemporaryDirectory(prefix="fleetlake-bench-") as tmp:
-        d = Daemon(bin_dir, Path(tmp), output)
+        d = Daemon(bin_dir, Path(tmp), output, extra)
         addr = d.ready_info["mqtt_listen" if kind == "mqtt" else "grpc_listen"]
         cmd = [str(bin_dir / "fleetlake-bench"), kind, "--quiet", "--addr", addr] + args.split()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -140,6 +142,8 @@ def run_scenario(bin_dir, name, kind, args, output):
         if lost:
             print(f"{name}: {expected} rows expected, {rows} in Parquet", file=sys.stderr)
         seconds = float(s.get("seconds", 0) or 0)
+        m = re.search(r"wal_syncs: (\d+)", str(stopped.get("stats", "")))
+        syncs = int(m.group(1)) if m else None
         counted = rows if output != "null:" else messages + fences
         return {
             "ok": ok and not lost,
@@ -148,7 +152,9 @@ def run_scenario(bin_dir, name, kind, args, output):
             "acked/s": None if "--qos 0" in args else float(s.get("acked_per_s", 0)),
             "rows in Parquet": rows if output != "null:" else None,
             "rows/s": rows / seconds if seconds and output != "null:" else None,
-            "p99 ack ms": float(s["p99"]) if "p99" in s else None,
+            "ack ms p50 / p99 / p99.9": " / ".join(fmt(float(s[k])) for k in ("ack_ms_p50", "p99", "p99.9"))
+            if "p99" in s else None,
+            "fsyncs/s": syncs / seconds if seconds and syncs is not None else None,
             "peak RSS MiB": stopped["peak_rss_kib"] / 1024,
             "CPU-s per 1M": float(stopped["cpu_seconds"]) / max(counted, 1) * 1e6,
             "bytes/row": size / rows if rows else None,
@@ -219,6 +225,8 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny counts (CI): checks the suite, not speed")
     p.add_argument("--bin-dir", help="where fleetlake and fleetlake-bench are (default: build release)")
     p.add_argument("--only", help="run only scenarios whose name contains this")
+    p.add_argument("--extra-config", default="", metavar="TOML",
+                   help='appended to every daemon\'s config, e.g. \'[wal]\\nsync_interval = "0ms"\'')
     p.add_argument("--write", metavar="RESULTS_MD",
                    help="also write the results between the `suite` markers of this file")
     a = p.parse_args()
@@ -241,7 +249,8 @@ def main():
     header = (f"{'SMOKE RUN (tiny counts; figures mean nothing): ' if a.smoke else ''}"
               f"start to ready: {d.ready_ms:.0f} ms (process start → 'fleetlake ready' log line, empty WAL); "
               f"idle RSS {idle_kib / 1024:.1f} MiB; memory budget 64 MiB (default); "
-              f"{stripped_size(bin_dir / 'fleetlake')}")
+              f"{stripped_size(bin_dir / 'fleetlake')}"
+              + (f"; extra config: `{a.extra_config}`" if a.extra_config else ""))
     print(header + "\n", flush=True)
 
     results, failed = [], False
@@ -254,7 +263,7 @@ def main():
             if half_qos1 is None:
                 continue
             args = args.replace("{half_qos1}", str(int(half_qos1)))
-        r = run_scenario(bin_dir, name, kind, args, output)
+        r = run_scenario(bin_dir, name, kind, args, output, a.extra_config.replace("\\n", "\n"))
         if name == "QoS 1 ×4":
             half_qos1 = r["acked/s"] / 2
         results.append(r)

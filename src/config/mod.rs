@@ -233,7 +233,7 @@ pub struct RawWal {
 impl Default for RawWal {
     fn default() -> Self {
         Self {
-            sync_interval: HumanDuration(Duration::from_millis(2)),
+            sync_interval: HumanDuration(Duration::ZERO),
             segment_size: ByteSize(64 << 20),
         }
     }

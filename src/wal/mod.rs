@@ -11,7 +11,7 @@
 //! the new rules.
 //!
 //! **Writing** ([`writer`]): one thread owns the active segment; concurrent groups share one
-//! `write` and one `fdatasync` (group commit, at most one sync per `wal.sync_interval`).
+//! `write` and one `fdatasync` (group commit; syncs at least `wal.sync_interval` apart, 0 by default).
 //! Records get consecutive sequence numbers in arrival order, and go on to the batcher only
 //! once durable, so the batcher sees them in sequence order.
 //!

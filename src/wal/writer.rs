@@ -1,8 +1,8 @@
 //! The WAL writer: one OS thread (so `write` and `fdatasync` never block an async worker)
 //! that owns the [`Log`]. Sources hand it groups of decoded messages through a [`WalHandle`];
 //! it frames them, writes everything that is waiting in one `write`, and makes it durable with
-//! one `fdatasync` (group commit). Only then are the groups passed on to the batcher, in
-//! sequence order, and their senders told (so MQTT acks go out after the fsync).
+//! one `fdatasync` (group commit). Only then are their senders told (so MQTT acks go out
+//! after the fsync) and the groups passed on to the batcher, in sequence order.
 //!
 //! `wal.sync_interval` is the shortest time between the starts of two fsyncs: a record
 //! arriving sooner waits for the interval to end, gathering others into the same sync. A
@@ -177,7 +177,6 @@ pub fn spawn<F: WalFs>(
         released: 0,
         stats,
         waiting: Vec::new(),
-        dones: Vec::new(),
         closed: false,
         full: false,
         heartbeats,
@@ -241,8 +240,6 @@ struct Writer<F: WalFs> {
     released: u64,
     stats: Arc<Stats>,
     waiting: Vec<(Admitted, Option<Done>, Arc<str>)>,
-    /// Reused list of senders to tell after a sync.
-    dones: Vec<Done>,
     closed: bool,
     /// The last write failed for lack of space.
     full: bool,
@@ -332,12 +329,19 @@ impl<F: WalFs> Writer<F> {
             last_sync = Some(sync_started);
             Stats::add(&self.stats.wal_syncs, 1);
             Stats::add(&self.stats.wal_bytes, written as u64);
+            // The fan-out has the round before any publisher hears of it (a retained message
+            // is queued for routing before its PUBACK); then the acks, which never wait on a
+            // batcher that is busy building Arrow batches (its channel full).
+            self.hand_to_broker()?;
+            for (_, done, _) in &mut self.waiting {
+                if let Some(done) = done.take() {
+                    let _ = done.send(Ok(()));
+                }
+            }
             // One send to the batcher per sync, not per group: a busy round carries hundreds
             // of small groups, and each send may wake the batcher's thread.
-            self.hand_to_broker()?;
             let mut merged: Option<Admitted> = None;
-            let mut dones = std::mem::take(&mut self.dones);
-            for (mut group, done, _) in self.waiting.drain(..) {
+            for (mut group, _, _) in self.waiting.drain(..) {
                 Stats::add(&self.stats.wal_records, group.msgs.len() as u64);
                 match &mut merged {
                     None => merged = Some(group),
@@ -346,17 +350,12 @@ impl<F: WalFs> Writer<F> {
                         m.held.merge(group.held);
                     }
                 }
-                dones.extend(done);
             }
             if let Some(merged) = merged
                 && self.out.blocking_send(merged).is_err()
             {
                 return Err(io::Error::other("the batcher stopped"));
             }
-            for done in dones.drain(..) {
-                let _ = done.send(Ok(()));
-            }
-            self.dones = dones;
             self.log.rotate_if_full()?;
             self.release();
         }
