@@ -61,12 +61,16 @@ def test_benchmark_suite_smoke():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     table = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| scenario")]
-    assert len(table) == 8, r.stdout
+    assert len(table) == 9, r.stdout
     assert not any("FAILED" in l for l in table)
     assert re.search(r"start to ready: \d+ ms", r.stdout)
     assert re.search(r"^200 idle connections .* KiB per connection$", r.stdout, re.M), r.stdout
     grpc = [l for l in table if l.startswith("| gRPC batch 1,000")][0].split("|")
     assert grpc[4].strip() == "20,000", grpc  # rows in Parquet
+    one = [l for l in table if l.startswith("| QoS 1, 1 publisher, 1 in flight")][0].split("|")
+    assert one[4].strip() == "301", one  # 300 messages and the fence
+    assert re.fullmatch(r"[\d.]+ / [\d.]+ / [\d.]+", one[6].strip()), one  # ack ms p50 / p99 / p99.9
+    assert float(one[7].strip().replace(",", "")) > 0, one  # fsyncs/s
 
 
 @pytest.mark.parametrize("mode", ["unary", "stream"])
