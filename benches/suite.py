@@ -43,6 +43,8 @@ SCENARIOS = [
      "--conns 4 --qos 1 --messages 0 --duration 1s --rate 2000", ""),
     ("QoS 1, 1 publisher, 1 in flight", "mqtt", "--conns 1 --qos 1 --window 1 --messages 0 --duration 10s",
      "--conns 1 --qos 1 --window 1 --messages 300", ""),
+    ("QoS 1 ×4, 1 KiB documents", "mqtt", "--conns 4 --qos 1 --window 100 --payload doc --messages 200000",
+     "--conns 4 --qos 1 --window 100 --payload doc --messages 2000", ""),
     ("QoS 2 ×4", "mqtt", "--conns 4 --qos 2 --messages 500000", "--conns 4 --qos 2 --messages 4000", ""),
     ("QoS 1, 1,000 publishers at 50,000/s", "mqtt", "--conns 1000 --qos 1 --messages 0 --duration 10s --rate 50000",
      "--conns 100 --qos 1 --messages 0 --duration 1s --rate 2000", ""),

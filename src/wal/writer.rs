@@ -37,6 +37,9 @@ use bytes::Bytes;
 const ROUND_BYTES: usize = 8 << 20;
 /// How often a full disk is retried, and the idle wake-up for releasing segments.
 const RETRY: Duration = Duration::from_secs(1);
+/// A round that keeps the writer longer than this is logged (debug, `fleetlake::wal`) with
+/// where its time went: the trace behind the tail of the ack latency.
+const SLOW_ROUND: Duration = Duration::from_millis(4);
 
 /// A group of messages from one client to make durable.
 #[derive(Debug)]
@@ -292,6 +295,7 @@ impl<F: WalFs> Writer<F> {
             }
             let due = last_sync.map(|t| t + self.sync_interval);
             self.gather(due);
+            let round_started = Instant::now();
             let written = match self.log.write() {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::StorageFull => {
@@ -325,7 +329,8 @@ impl<F: WalFs> Writer<F> {
             // After a failed fsync the kernel may have dropped the dirty pages: exit, never retry.
             let sync_started = Instant::now();
             self.log.sync()?;
-            self.stats.wal_sync_seconds.observe(sync_started.elapsed());
+            let synced = Instant::now();
+            self.stats.wal_sync_seconds.observe(synced - sync_started);
             last_sync = Some(sync_started);
             Stats::add(&self.stats.wal_syncs, 1);
             Stats::add(&self.stats.wal_bytes, written as u64);
@@ -333,11 +338,14 @@ impl<F: WalFs> Writer<F> {
             // is queued for routing before its PUBACK); then the acks, which never wait on a
             // batcher that is busy building Arrow batches (its channel full).
             self.hand_to_broker()?;
+            let handed = Instant::now();
+            let records: usize = self.waiting.iter().map(|(g, _, _)| g.msgs.len()).sum();
             for (_, done, _) in &mut self.waiting {
                 if let Some(done) = done.take() {
                     let _ = done.send(Ok(()));
                 }
             }
+            let acked = Instant::now();
             // One send to the batcher per sync, not per group: a busy round carries hundreds
             // of small groups, and each send may wake the batcher's thread.
             let mut merged: Option<Admitted> = None;
@@ -356,8 +364,25 @@ impl<F: WalFs> Writer<F> {
             {
                 return Err(io::Error::other("the batcher stopped"));
             }
-            self.log.rotate_if_full()?;
+            let batched = Instant::now();
+            let rotated = self.log.rotate_if_full()?;
             self.release();
+            let ended = Instant::now();
+            if ended - round_started >= SLOW_ROUND {
+                let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                tracing::debug!(
+                    records,
+                    bytes = written,
+                    write_ms = ms(round_started, sync_started),
+                    fsync_ms = ms(sync_started, synced),
+                    fanout_ms = ms(synced, handed),
+                    acks_ms = ms(handed, acked),
+                    batcher_ms = ms(acked, batched),
+                    rotate_release_ms = ms(batched, ended),
+                    rotated,
+                    "slow WAL round"
+                );
+            }
         }
     }
 

@@ -61,7 +61,7 @@ def test_benchmark_suite_smoke():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     table = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| scenario")]
-    assert len(table) == 9, r.stdout
+    assert len(table) == 10, r.stdout
     assert not any("FAILED" in l for l in table)
     assert re.search(r"start to ready: \d+ ms", r.stdout)
     assert re.search(r"^200 idle connections .* KiB per connection$", r.stdout, re.M), r.stdout
