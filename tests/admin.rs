@@ -33,6 +33,15 @@ fn health_readiness_and_counters_that_move() -> TestResult {
         metric(&after, "fleetlake_wal_sync_seconds_bucket{le=\"+Inf\"}"),
         Some(syncs)
     );
+    // One ack-latency observation per QoS 1 message, each below the last finite bound (1 s).
+    assert_eq!(
+        metric(&after, "fleetlake_mqtt_ack_seconds_count"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&after, "fleetlake_mqtt_ack_seconds_bucket{le=\"1\"}"),
+        Some(2.0)
+    );
     Ok(())
 }
 

@@ -52,6 +52,8 @@ struct Held {
     /// `(qos, packet id)` of the group's QoS 1/2 messages, whose acks turn into MQTT 5
     /// "quota exceeded" when the group is refused.
     delivered: Vec<(u8, u16)>,
+    /// When the bytes of the group's messages were read (for `mqtt_ack_seconds`).
+    read_at: Instant,
 }
 
 /// What every connection shares.
@@ -140,6 +142,8 @@ pub(crate) struct Connection {
     /// Deliveries a resumed session had in flight, sent again after CONNACK.
     /// Scratch for packets taken from the outbox.
     taken: Vec<Packet>,
+    /// When the last read returned.
+    read_at: Instant,
     /// A DISCONNECT with a reason code was written (MQTT 5): linger before closing.
     disconnect_sent: bool,
 }
@@ -185,6 +189,7 @@ impl Connection {
             group_qos0_only: true,
             bsession: None,
             taken: Vec::new(),
+            read_at: Instant::now(),
             disconnect_sent: false,
         }
     }
@@ -378,8 +383,11 @@ impl Connection {
                         return Ok(End::Kicked(reason));
                     }
                 }
-                n = read => if n? == 0 {
-                    return Err(ConnError::PeerClosed);
+                n = read => {
+                    if n? == 0 {
+                        return Err(ConnError::PeerClosed);
+                    }
+                    self.read_at = Instant::now();
                 },
             }
         }
@@ -414,6 +422,13 @@ impl Connection {
                 Ok(_) => {}
                 Err(NotStored::Closed) => return Ok(false),
                 Err(NotStored::Full) => self.refuse(&mut h),
+            }
+            if !h.delivered.is_empty() {
+                let n = h.delivered.len() as u64;
+                self.ctx
+                    .stats
+                    .mqtt_ack_seconds
+                    .observe_n(h.read_at.elapsed(), n);
             }
             for reply in h.replies {
                 self.disconnect_sent |= matches!(reply, Outbound::Disconnect(_));
@@ -629,6 +644,7 @@ impl Connection {
             durable,
             replies: vec![ack],
             delivered: Vec::new(),
+            read_at: self.read_at,
         });
         None
     }
@@ -798,6 +814,7 @@ impl Connection {
                 durable,
                 replies: std::mem::take(&mut self.replies),
                 delivered: std::mem::take(&mut self.delivered),
+                read_at: self.read_at,
             });
         } else {
             self.delivered.clear();

@@ -213,6 +213,13 @@ pub fn render_metrics(state: &AdminState) -> String {
     );
     histogram(
         &mut out,
+        "mqtt_ack_seconds",
+        "MQTT: time from reading a QoS 1/2 message to writing its PUBACK/PUBREC (WAL fsync \
+         included; the messages of one read share one observation each).",
+        &state.stats.mqtt_ack_seconds,
+    );
+    histogram(
+        &mut out,
         "encode_seconds",
         "Time to sort, encode and write one batch's Parquet files (fsync and rename included).",
         &state.stats.encode_seconds,

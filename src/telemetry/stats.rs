@@ -18,6 +18,8 @@ macro_rules! counters {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
             /// Duration of WAL fsyncs.
             pub wal_sync_seconds: Histogram,
+            /// MQTT: from reading a group of QoS 1/2 messages to writing their acks.
+            pub mqtt_ack_seconds: Histogram,
             /// Time to sort, encode and write one batch's Parquet files.
             pub encode_seconds: Histogram,
             /// MQTT connections open now (a gauge).
@@ -49,6 +51,7 @@ macro_rules! counters {
                 Self {
                     $($name: AtomicU64::new(0),)*
                     wal_sync_seconds: Histogram::new(&SYNC_BUCKETS),
+                    mqtt_ack_seconds: Histogram::new(&SYNC_BUCKETS),
                     encode_seconds: Histogram::new(&ENCODE_BUCKETS),
                     connections_open: AtomicU64::new(0),
                     spool_bytes: AtomicU64::new(0),
@@ -373,15 +376,21 @@ impl Histogram {
 
     /// Records one duration.
     pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// Records `n` observations of one duration (e.g. every message of a group).
+    pub fn observe_n(&self, d: Duration, n: u64) {
         let secs = d.as_secs_f64();
         let i = self
             .bounds
             .iter()
             .position(|&le| secs <= le)
             .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        let nanos = d.as_nanos().min(u64::MAX as u128) as u64;
         self.sum_nanos
-            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
     }
 
     /// Cumulative counts per bucket bound (`None` = +Inf), and the sum in seconds.
