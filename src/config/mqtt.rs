@@ -32,6 +32,10 @@ pub struct RawMqtt {
     pub connect_timeout: HumanDuration,
     /// QoS 2 messages one session may have awaiting PUBREL (MQTT 5 "receive maximum").
     pub max_inflight: u16,
+    /// Longest keep-alive a client gets (0s: the client's own, 0 = never timed out). A client
+    /// asking for more, or for none, gets this: told so in CONNACK (MQTT 5 Server Keep Alive),
+    /// timed out at 1.5 × it either way.
+    pub max_keep_alive: HumanDuration,
     /// `[mqtt.tls]`
     pub tls: RawMqttTls,
     /// `[mqtt.auth]`
@@ -48,6 +52,7 @@ impl Default for RawMqtt {
             connect_rate: 0,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_inflight: 1024,
+            max_keep_alive: HumanDuration(Duration::from_secs(u64::from(u16::MAX))),
             tls: RawMqttTls::default(),
             auth: RawMqttAuth::default(),
         }
@@ -143,6 +148,8 @@ pub struct MqttConfig {
     pub connect_timeout: Duration,
     /// QoS 2 messages awaiting PUBREL per session.
     pub max_inflight: u16,
+    /// Longest keep-alive a client gets, seconds (0: no cap).
+    pub max_keep_alive: u16,
 }
 
 /// A path, or `None` for an empty value.
@@ -181,6 +188,11 @@ impl RawMqtt {
         if max_inflight == 0 {
             return Err(invalid("mqtt.max_inflight", "must be 1 to 65535"));
         }
+        let ka = self.max_keep_alive.0;
+        let max_keep_alive = u16::try_from(ka.as_secs())
+            .ok()
+            .filter(|_| ka.subsec_nanos() == 0)
+            .ok_or_else(|| invalid("mqtt.max_keep_alive", "whole seconds, 0s to 65535s"))?;
         Ok(MqttConfig {
             listen,
             tls,
@@ -191,6 +203,7 @@ impl RawMqtt {
             connect_rate: self.connect_rate,
             connect_timeout: nonzero("mqtt.connect_timeout", self.connect_timeout)?,
             max_inflight,
+            max_keep_alive,
         })
     }
 

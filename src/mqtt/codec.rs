@@ -162,6 +162,8 @@ pub enum Outbound {
         session_present: bool,
         /// Id given to a client that sent an empty one (MQTT 5 tells it).
         assigned_id: Option<String>,
+        /// The keep-alive the server holds the client to, when not its own (MQTT 5 tells it).
+        server_keep_alive: Option<u16>,
     },
     /// PUBACK.
     PubAck(u16),
@@ -603,6 +605,7 @@ fn encode_v5(packet: Outbound, buf: &mut BytesMut, codec: &Codec) -> Result<usiz
             code,
             session_present,
             assigned_id,
+            server_keep_alive,
         } => {
             let accepted = code == ConnCode::Accepted;
             let code = match code {
@@ -611,7 +614,8 @@ fn encode_v5(packet: Outbound, buf: &mut BytesMut, codec: &Codec) -> Result<usiz
                 ConnCode::BadClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
                 ConnCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
             };
-            let properties = accepted.then(|| connack_properties(assigned_id, codec));
+            let properties =
+                accepted.then(|| connack_properties(assigned_id, server_keep_alive, codec));
             v5::Packet::ConnAck(v5::ConnAck {
                 session_present,
                 code,
@@ -710,7 +714,11 @@ fn encode_v5(packet: Outbound, buf: &mut BytesMut, codec: &Codec) -> Result<usiz
     packet.write(buf, None).map_err(|e| e.to_string())
 }
 
-fn connack_properties(assigned_id: Option<String>, codec: &Codec) -> v5::ConnAckProperties {
+fn connack_properties(
+    assigned_id: Option<String>,
+    server_keep_alive: Option<u16>,
+    codec: &Codec,
+) -> v5::ConnAckProperties {
     let broker = u8::from(codec.broker);
     v5::ConnAckProperties {
         session_expiry_interval: None,
@@ -725,7 +733,7 @@ fn connack_properties(assigned_id: Option<String>, codec: &Codec) -> v5::ConnAck
         wildcard_subscription_available: Some(broker),
         subscription_identifiers_available: Some(broker),
         shared_subscription_available: Some(broker),
-        server_keep_alive: None,
+        server_keep_alive,
         response_information: None,
         server_reference: None,
         authentication_method: None,

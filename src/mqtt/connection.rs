@@ -67,6 +67,8 @@ pub(crate) struct ConnContext {
     pub(crate) max_packet_size: usize,
     pub(crate) max_inflight: u16,
     pub(crate) connect_timeout: Duration,
+    /// `mqtt.max_keep_alive`, seconds (0: no cap).
+    pub(crate) max_keep_alive: u16,
     pub(crate) id_prefix: String,
     pub(crate) next_id: AtomicU64,
     pub(crate) sessions: SessionStore,
@@ -283,6 +285,7 @@ impl Connection {
                     code: super::codec::ConnCode::BadProtocol,
                     session_present: false,
                     assigned_id: None,
+                    server_keep_alive: None,
                 };
                 self.codec.encode(refuse, &mut self.wbuf);
             }
@@ -516,6 +519,7 @@ impl Connection {
                     code,
                     session_present,
                     assigned_id,
+                    server_keep_alive,
                 }) => {
                     let resumed = self.join_broker(code == super::codec::ConnCode::Accepted);
                     // In the broker role the broker's session decides (it may have expired).
@@ -527,6 +531,7 @@ impl Connection {
                         code,
                         session_present,
                         assigned_id,
+                        server_keep_alive,
                     });
                     // What was in flight to a resumed session goes again, after CONNACK.
                     self.queue_taken();

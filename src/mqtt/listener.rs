@@ -95,6 +95,7 @@ impl Listener {
             max_packet_size: cfg.max_packet_size,
             max_inflight: cfg.max_inflight,
             connect_timeout: cfg.connect_timeout,
+            max_keep_alive: cfg.max_keep_alive,
             id_prefix: format!("fleetlake-{node_id}-"),
             next_id: AtomicU64::new(0),
             sessions: SessionStore::seeded(routes.recent),
@@ -287,6 +288,10 @@ impl SessionEnv for ConnContext {
 
     fn checks_publishes(&self) -> bool {
         self.checks_publishes
+    }
+
+    fn max_keep_alive(&self) -> u16 {
+        self.max_keep_alive
     }
 
     fn may_publish(&self, p: &Principal, client_id: &str, topic: &str) -> Result<(), Denied> {

@@ -85,6 +85,10 @@ pub trait SessionEnv {
     }
     /// A session exceeded `mqtt.max_inflight` (for the counters).
     fn over_inflight(&self) {}
+    /// `mqtt.max_keep_alive` in seconds (0: the client's keep-alive stands).
+    fn max_keep_alive(&self) -> u16 {
+        0
+    }
 }
 
 /// What a connection leaves for the next one of its client id.
@@ -319,6 +323,7 @@ impl Session {
                     code,
                     session_present: false,
                     assigned_id: None,
+                    server_keep_alive: None,
                 }));
                 return self.close("empty client id without clean session", out);
             }
@@ -341,6 +346,7 @@ impl Session {
                     code: ConnCode::NotAuthorized,
                     session_present: false,
                     assigned_id: None,
+                    server_keep_alive: None,
                 }));
                 return self.close(refused.as_str(), out);
             }
@@ -361,7 +367,13 @@ impl Session {
             max_packet: info.max_packet,
             topic_alias_max: info.topic_alias_max,
         };
-        self.keep_alive = info.keep_alive;
+        // A keep-alive above the cap, or none, becomes the cap (MQTT 5 §3.2.2.3.14 tells the
+        // client; a 3.1.1 client cannot be told, and MQTT 3.1.1 §3.1.2.10 lets a server drop an
+        // inactive client whatever its keep-alive).
+        let cap = env.max_keep_alive();
+        let capped = cap > 0 && (info.keep_alive == 0 || info.keep_alive > cap);
+        self.keep_alive = if capped { cap } else { info.keep_alive };
+        let server_keep_alive = (capped && info.protocol == Protocol::V5).then_some(cap);
         self.will = info.will;
         self.state = State::Connected;
         let code = ConnCode::Accepted;
@@ -369,6 +381,7 @@ impl Session {
             code,
             session_present,
             assigned_id: assigned,
+            server_keep_alive,
         }));
     }
 

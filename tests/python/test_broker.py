@@ -578,3 +578,29 @@ def test_a_client_over_receive_maximum_reads_disconnect_0x93_not_a_reset(daemon_
         got += chunk
     s.close()
     assert b"\xe0\x01\x93" in got, got
+
+
+def test_max_keep_alive_caps_a_client_and_mqtt5_is_told(daemon_factory):
+    """mqtt.max_keep_alive: an MQTT 5 client asking for 120 s gets Server Keep Alive 60 in
+    CONNACK (MQTT 5 §3.2.2.3.14); a 3.1.1 client with keep-alive 0 (never) that goes silent is
+    dropped after 1.5 × the cap."""
+    import socket
+
+    d = daemon_factory('[mqtt]\nlisten = "127.0.0.1:0"\nmax_keep_alive = "1s"\n')
+    got = {}
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ka5", protocol=mqtt.MQTTv5)
+    c.on_connect = lambda cl, u, f, rc, p: got.setdefault("props", p)
+    c.connect("127.0.0.1", d.port, keepalive=120)
+    c.loop_start()
+    wait_for("CONNACK", lambda: "props" in got)
+    assert got["props"].ServerKeepAlive == 1
+    c.disconnect()
+    c.loop_stop()
+    # 3.1.1 CONNECT, clean session, keep-alive 0, client id "ka4"; then silence.
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=DEADLINE)
+    s.sendall(bytes([0x10, 15, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 0, 0, 3]) + b"ka4")
+    assert s.recv(4) == bytes([0x20, 2, 0, 0])
+    started = time.monotonic()
+    assert s.recv(1) == b"", "the server closes the silent connection"
+    assert time.monotonic() - started >= 1.4
+    s.close()

@@ -103,6 +103,7 @@ fn replies_encode_in_the_connection_protocol() {
             session_present: false,
             code: ConnCode::Accepted,
             assigned_id: None,
+            server_keep_alive: None,
         },
         &mut out,
     );

@@ -101,7 +101,9 @@ fn connect_is_answered_with_an_accepting_connack() {
     let out = step(&mut s, connect(Protocol::V4, "dev-1", true, false));
     assert_eq!(
         kinds(&out),
-        ["ConnAck { code: Accepted, session_present: false, assigned_id: None }"]
+        [
+            "ConnAck { code: Accepted, session_present: false, assigned_id: None, server_keep_alive: None }"
+        ]
     );
     assert!(s.is_connected());
     assert_eq!(s.client_id(), "dev-1");
@@ -123,7 +125,9 @@ fn an_empty_client_id_gets_an_assigned_one_and_v5_is_told_it() {
     assert_eq!(s.client_id(), "assigned-1");
     assert_eq!(
         kinds(&out),
-        [r#"ConnAck { code: Accepted, session_present: false, assigned_id: Some("assigned-1") }"#]
+        [
+            r#"ConnAck { code: Accepted, session_present: false, assigned_id: Some("assigned-1"), server_keep_alive: None }"#
+        ]
     );
 }
 
@@ -133,7 +137,7 @@ fn an_empty_client_id_without_clean_session_is_refused_on_v311() {
     let out = step(&mut s, connect(Protocol::V4, "", false, false));
     assert_eq!(
         kinds(&out)[0],
-        "ConnAck { code: BadClientId, session_present: false, assigned_id: None }"
+        "ConnAck { code: BadClientId, session_present: false, assigned_id: None, server_keep_alive: None }"
     );
     assert!(matches!(out[1], Step::Close(_)));
 }
@@ -297,7 +301,9 @@ fn a_persistent_session_keeps_qos2_state_across_a_reconnect() {
     );
     assert_eq!(
         kinds(&out),
-        ["ConnAck { code: Accepted, session_present: true, assigned_id: None }"]
+        [
+            "ConnAck { code: Accepted, session_present: true, assigned_id: None, server_keep_alive: None }"
+        ]
     );
     assert_eq!(
         kinds(&step_in(&env, &mut second, publish(2, 4, "a"))),
@@ -322,7 +328,9 @@ fn a_clean_session_connect_is_not_a_resumed_session_but_still_recognises_resends
     let out = step_in(&env, &mut s, connect(Protocol::V4, "dev", true, false));
     assert_eq!(
         kinds(&out),
-        ["ConnAck { code: Accepted, session_present: false, assigned_id: None }"]
+        [
+            "ConnAck { code: Accepted, session_present: false, assigned_id: None, server_keep_alive: None }"
+        ]
     );
     assert!(env.0.borrow().is_empty());
     let Inbound::Publish(mut resend) = publish(1, 7, "a") else {
@@ -473,7 +481,7 @@ fn connect_without_credentials_is_not_authorized() {
         assert_eq!(
             kinds(&out),
             [
-                "ConnAck { code: NotAuthorized, session_present: false, assigned_id: None }",
+                "ConnAck { code: NotAuthorized, session_present: false, assigned_id: None, server_keep_alive: None }",
                 "Close(anonymous access is off)"
             ]
         );
@@ -541,4 +549,61 @@ fn too_many_qos2_awaiting_pubrel_ends_the_session() {
         ]
     );
     assert_eq!(env.over.get(), 1);
+}
+
+/// An environment with `mqtt.max_keep_alive` set.
+struct Capped(u16);
+
+impl SessionEnv for Capped {
+    fn assign_id(&self) -> String {
+        "assigned-1".into()
+    }
+    fn resume(&self, _: &str) -> Option<Parked> {
+        None
+    }
+    fn max_keep_alive(&self) -> u16 {
+        self.0
+    }
+}
+
+#[test]
+fn a_keep_alive_over_the_cap_or_none_becomes_the_cap_and_mqtt5_is_told() {
+    let with = |protocol, keep_alive, cap| {
+        let Inbound::Connect(mut info) = connect(protocol, "dev-1", true, false) else {
+            unreachable!()
+        };
+        info.keep_alive = keep_alive;
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        s.handle(Inbound::Connect(info), &Capped(cap), &mut out);
+        let told = match &out[0] {
+            Step::Reply(Outbound::ConnAck {
+                server_keep_alive, ..
+            }) => *server_keep_alive,
+            other => panic!("{other:?}"),
+        };
+        (s.idle_timeout(), told)
+    };
+    let secs = |s: u64| Some(Duration::from_millis(s * 1500));
+    assert_eq!(with(Protocol::V5, 120, 60), (secs(60), Some(60)));
+    assert_eq!(
+        with(Protocol::V5, 0, 60),
+        (secs(60), Some(60)),
+        "none: the cap"
+    );
+    assert_eq!(
+        with(Protocol::V5, 30, 60),
+        (secs(30), None),
+        "under the cap: its own"
+    );
+    assert_eq!(
+        with(Protocol::V4, 0, 60),
+        (secs(60), None),
+        "3.1.1 cannot be told"
+    );
+    assert_eq!(
+        with(Protocol::V5, 0, 0),
+        (None, None),
+        "no cap: keep-alive 0 stands"
+    );
 }
