@@ -99,7 +99,8 @@ cargo deb --strip --locked
 deb=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/fleetlake_*.deb | head -1)
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/fleetlake ./usr/bin/fleetlake-bench ./lib/systemd/system/fleetlake.service ./etc/fleetlake/fleetlake.toml \
-         ./etc/fleetlake/fleetlake.env ./usr/share/doc/fleetlake/README.md ./usr/lib/sysusers.d/fleetlake.conf; do
+         ./etc/fleetlake/fleetlake.env ./usr/share/doc/fleetlake/README.md \
+         ./usr/share/doc/fleetlake/config/README.md ./usr/lib/sysusers.d/fleetlake.conf; do
   echo "$contents" | grep -q " $f\$" || { echo "missing from $deb: $f"; exit 1; }
 done
 dpkg-deb -I "$deb" conffiles | grep -qx /etc/fleetlake/fleetlake.toml \

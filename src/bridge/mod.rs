@@ -8,7 +8,7 @@
 //! connection makes the broker deliver again whatever was not acknowledged. Acks still pending
 //! when the connection drops are never sent on the next connection (the broker may have reused
 //! those packet ids); the broker redelivers those messages instead, which can store them twice
-//! (see README, "Bridge mode").
+//! (see config/README.md, "Bridge").
 //!
 //! Two tasks per bridge: the *poller* drives rumqttc's event loop (never cancelled: it owns
 //! the socket) and forwards publishes through a small channel; the *consumer* admits them into
