@@ -339,7 +339,6 @@ impl<F: WalFs> Writer<F> {
             // batcher that is busy building Arrow batches (its channel full).
             self.hand_to_broker()?;
             let handed = Instant::now();
-            let records: usize = self.waiting.iter().map(|(g, _, _)| g.msgs.len()).sum();
             for (_, done, _) in &mut self.waiting {
                 if let Some(done) = done.take() {
                     let _ = done.send(Ok(()));
@@ -350,7 +349,6 @@ impl<F: WalFs> Writer<F> {
             // of small groups, and each send may wake the batcher's thread.
             let mut merged: Option<Admitted> = None;
             for (mut group, _, _) in self.waiting.drain(..) {
-                Stats::add(&self.stats.wal_records, group.msgs.len() as u64);
                 match &mut merged {
                     None => merged = Some(group),
                     Some(m) => {
@@ -359,6 +357,8 @@ impl<F: WalFs> Writer<F> {
                     }
                 }
             }
+            let records = merged.as_ref().map_or(0, |m| m.msgs.len());
+            Stats::add(&self.stats.wal_records, records as u64);
             if let Some(merged) = merged
                 && self.out.blocking_send(merged).is_err()
             {
