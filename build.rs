@@ -1,6 +1,7 @@
 //! Build script: compiles `proto/` into Rust (pure Rust: protox parses the `.proto` files, so no
 //! system `protoc` is needed) and records the git commit the binary is built from (for
-//! `fleetlake --version`; "unknown" outside a git checkout or without git).
+//! `fleetlake --version`; "unknown" outside a git checkout or without git), with the target
+//! triple and the object stores built in.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -90,6 +91,10 @@ fn record_commit() {
         }
     }
     println!("cargo:rustc-env=FLEETLAKE_OBJECT_STORES={stores}");
+    // The target triple (aarch64-unknown-linux-gnu, x86_64-unknown-linux-musl, ...): which
+    // gateway a binary is for, read off `--version`.
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=FLEETLAKE_TARGET={target}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
     // Written on every commit and checkout, even when HEAD names the same branch.

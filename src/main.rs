@@ -13,11 +13,13 @@ const EX_CONFIG: u8 = 78;
 /// `check-config --probe`: the object store is unreachable or refuses us.
 const EX_UNAVAILABLE: u8 = 69;
 
-/// `--version`: package version, git commit, and the optional features built in.
+/// `--version`: package version, git commit, target triple, and the optional features built in.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("FLEETLAKE_GIT_COMMIT"),
+    "; target ",
+    env!("FLEETLAKE_TARGET"),
     "; object stores: ",
     env!("FLEETLAKE_OBJECT_STORES"),
     ")"

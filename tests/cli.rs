@@ -183,6 +183,9 @@ fn version_names_the_release_and_the_git_commit() -> TestResult {
         "{text}"
     );
     assert!(text.contains("object stores: s3"), "{text}");
+    // The triple this test binary was built for is the one the daemon was built for.
+    let target = format!("; target {}", std::env::consts::ARCH);
+    assert!(text.contains(&target), "{text}");
     Ok(())
 }
 

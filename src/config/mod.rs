@@ -522,6 +522,18 @@ impl Config {
             row_group_rows: positive("parquet.row_group_rows", raw.parquet.row_group_rows)?,
         };
         let memory_budget = raw.memory.budget.as_usize();
+        // The budget is a semaphore of bytes: 512MiB at most on a 32-bit build (armv7), more
+        // than any 64-bit machine has. Refused by name rather than quietly lowered.
+        if raw.memory.budget.0 > tokio::sync::Semaphore::MAX_PERMITS as u64 {
+            return Err(invalid(
+                "memory.budget",
+                format!(
+                    "must be at most {} on this {}-bit build",
+                    ByteSize(tokio::sync::Semaphore::MAX_PERMITS as u64),
+                    usize::BITS
+                ),
+            ));
+        }
         if memory_budget < 4 * mqtt.max_packet_size {
             return Err(invalid(
                 "memory.budget",

@@ -13,6 +13,10 @@ use super::{
 use crate::auth::Identity;
 use crate::tls::ServerFiles;
 
+/// The largest MQTT packet: a 1-byte fixed header, a 4-byte Remaining Length and 268,435,455
+/// bytes.
+const MQTT_MAX_PACKET: usize = 1 + 4 + 268_435_455;
+
 /// `[mqtt]`: the device-facing listeners.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,11 +197,22 @@ impl RawMqtt {
             .ok()
             .filter(|_| ka.subsec_nanos() == 0)
             .ok_or_else(|| invalid("mqtt.max_keep_alive", "whole seconds, 0s to 65535s"))?;
+        let max_packet_size = positive("mqtt.max_packet_size", self.max_packet_size.as_usize())?;
+        // MQTT's own limit (a 4-byte Remaining Length); it also keeps the budget arithmetic
+        // (4 x this) inside a 32-bit usize.
+        if max_packet_size > MQTT_MAX_PACKET {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                format!(
+                    "must be at most {MQTT_MAX_PACKET} bytes (256MiB + 4, the largest MQTT packet)"
+                ),
+            ));
+        }
         Ok(MqttConfig {
             listen,
             tls,
             auth,
-            max_packet_size: positive("mqtt.max_packet_size", self.max_packet_size.as_usize())?,
+            max_packet_size,
             max_connections: positive("mqtt.max_connections", self.max_connections)?,
             max_connections_per_ip: self.max_connections_per_ip,
             connect_rate: self.connect_rate,

@@ -109,6 +109,25 @@ fn bad_values_are_reported_with_their_key() {
         "memory.qos0_when_full"
     );
     assert_eq!(err_key("[node]\nid = \"a/b\""), "node.id");
+    // MQTT's largest packet is the limit (and keeps 4 x it inside a 32-bit usize).
+    assert_eq!(
+        err_key("[mqtt]\nmax_packet_size = \"1GiB\"\n[memory]\nbudget = \"8GiB\""),
+        "mqtt.max_packet_size"
+    );
+    // The budget is a semaphore of bytes (tokio's MAX_PERMITS: 2^61 - 1, or 2^29 - 1 = 512MiB
+    // on a 32-bit build, where the largest packets cannot be had: 4 x 256MiB > 512MiB).
+    assert_eq!(
+        err_key("[memory]\nbudget = 2305843009213693952"),
+        "memory.budget"
+    );
+    let largest = err_key("[mqtt]\nmax_packet_size = \"256MiB\"\n[memory]\nbudget = \"1GiB\"");
+    if cfg!(target_pointer_width = "32") {
+        assert_eq!(largest, "memory.budget");
+        assert_eq!(err_key("[memory]\nbudget = \"512MiB\""), "memory.budget");
+        assert_eq!(err_key("[memory]\nbudget = \"511MiB\""), "ok");
+    } else {
+        assert_eq!(largest, "ok");
+    }
 }
 
 #[test]

@@ -64,6 +64,36 @@ def free_port():
     return port
 
 
+def port_free(port):
+    """Whether 127.0.0.1:`port` can be bound now (a fixed port of the built-in default config)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def follow_log(proc):
+    """Reads `proc`'s stderr (a text pipe) on a thread: returns the list its lines go into and an
+    Event set at the "fleetlake ready" line."""
+    import threading
+
+    log, ready = [], threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            log.append(line)
+            if "fleetlake ready" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return log, ready
+
+
 def rss_kib(pid):
     """Resident set size of process `pid` now, KiB."""
     for line in open(f"/proc/{pid}/status"):

@@ -13,12 +13,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 from pathlib import Path
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, follow_log, port_free, wait_for
 
 # The first `cargo run --release` builds a release binary (minutes on a fresh machine).
 BUILD_DEADLINE = 2400.0
@@ -52,16 +50,6 @@ def box_table(text: str) -> list[list[str]]:
     return rows
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def copy_project(dest: Path):
     ignore = shutil.ignore_patterns("target", ".git", "fuzz", "fleetlake-data", "__pycache__", ".pytest_cache")
     # Fresh modification times (shutil.copy, not copy2): cargo then rebuilds the crate from this
@@ -93,15 +81,7 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
     daemon = subprocess.Popen(["bash", "-c", run[0]], cwd=work, env=env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
-    log, ready = [], threading.Event()
-
-    def read_log():
-        for line in daemon.stderr:
-            log.append(line)
-            if "fleetlake ready" in line:
-                ready.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
+    log, ready = follow_log(daemon)
     try:
         wait_for("the daemon to get ready (or to exit)",
                  lambda: ready.is_set() or daemon.poll() is not None, BUILD_DEADLINE)
