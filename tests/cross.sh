@@ -7,6 +7,7 @@
 #   armv7         armv7-unknown-linux-gnueabihf  release binaries + fleetlake_<v>_armhf.deb
 #   x86_64-musl   x86_64-unknown-linux-musl      static binaries + fleetlake-<v>-<triple>.tar.xz
 #   aarch64-musl  aarch64-unknown-linux-musl     static binaries + fleetlake-<v>-<triple>.tar.xz
+#   (no armv7 musl build: rustup here has no rust-std for armv7-unknown-linux-musleabihf, 404)
 #
 # Everything lands in $CARGO_TARGET_DIR/dist/ (default target/dist/). Each build is then run
 # (under Debian's qemu-user for a foreign architecture): `--version` names the target, and the
@@ -25,6 +26,8 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+usage() { echo "usage: tests/cross.sh [--no-smoke] [--unit | --unit-only] aarch64|armv7|x86_64-musl|aarch64-musl|all..." >&2; exit 2; }
+
 smoke=1
 unit=0
 release=1
@@ -36,10 +39,10 @@ for arg in "$@"; do
     --unit-only) unit=1; release=0 ;;
     all) targets+=(aarch64 armv7 x86_64-musl aarch64-musl) ;;
     aarch64|armv7|x86_64-musl|aarch64-musl) targets+=("$arg") ;;
-    *) echo "usage: tests/cross.sh [--no-smoke] [--unit | --unit-only] aarch64|armv7|x86_64-musl|aarch64-musl|all..." >&2; exit 2 ;;
+    *) usage ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || { echo "usage: tests/cross.sh [--no-smoke] [--unit | --unit-only] aarch64|armv7|x86_64-musl|aarch64-musl|all..." >&2; exit 2; }
+[ ${#targets[@]} -gt 0 ] || usage
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir/dist"
@@ -105,7 +108,7 @@ for t in "${targets[@]}"; do
     for bin in fleetlake fleetlake-bench; do
       "$strip" -o "$stage/$name/$bin" "$out/$bin"
     done
-    cp systemd/fleetlake.service config/fleetlake.toml config/fleetlake.env README.md "$stage/$name/"
+    cp systemd/fleetlake.service systemd/fleetlake.sysusers config/fleetlake.toml config/fleetlake.env README.md "$stage/$name/"
     mkdir -p "$stage/$name/config" && cp config/README.md "$stage/$name/config/"
     tar -C "$stage" -cJf "$dist/$name.tar.xz" "$name"
     # Static: no program interpreter, no shared library.
