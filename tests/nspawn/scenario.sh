@@ -30,6 +30,8 @@ systemctl reset-failed fleetlake
 systemctl start fleetlake
 result b_start_rc "$?"
 result b_state "$(systemctl is-active fleetlake)"
+# The allocator settings the unit gives the daemon (glibc reads them at start).
+result b_malloc_env "$(tr '\0' '\n' < /proc/"$(systemctl show -P MainPID fleetlake)"/environ | grep '^MALLOC_' | sort | tr '\n' ' ')"
 for i in 1 2 3; do
   mosquitto_pub -h 127.0.0.1 -p 1883 -i "thermo-$i" -q 1 -t "sensors/thermo-$i/telemetry" \
     -m "{\"seq\": $i, \"temp\": 21.5}"

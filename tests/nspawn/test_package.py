@@ -127,6 +127,7 @@ def test_a_minimal_config_runs_reloads_stops_and_an_analyst_reads_the_lake(boote
     print(f"\nminimal config, layout:\n{(results / 'b_layout.txt').read_text()}")
     assert found["b_start_rc"] == "0", (results / "b_journal.txt").read_text()
     assert found["b_state"] == "active"
+    assert found["b_malloc_env"].split() == ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=131072"], found
     assert found["b_published"] == "0"
     assert found["b_reload_rc"] == "0"
     assert found["b_status"].startswith("ready;"), found
