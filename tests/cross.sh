@@ -66,36 +66,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%s\n' "${need_apt[@]}" | sort -u)
 fi
 
-for t in "${targets[@]}"; do
-  started=$(date +%s)
-  # triple, C compiler and linker, strip, emulator (empty: runs natively), Debian architecture
-  # (empty: a static tarball instead of a .deb).
-  case "$t" in
-    aarch64)      triple=aarch64-unknown-linux-gnu;     cc=aarch64-linux-gnu-gcc;   strip=aarch64-linux-gnu-strip
-                  runner="qemu-aarch64 -L /usr/aarch64-linux-gnu";  deb_arch=arm64 ;;
-    armv7)        triple=armv7-unknown-linux-gnueabihf; cc=arm-linux-gnueabihf-gcc; strip=arm-linux-gnueabihf-strip
-                  runner="qemu-arm -L /usr/arm-linux-gnueabihf";    deb_arch=armhf ;;
-    x86_64-musl)  triple=x86_64-unknown-linux-musl;     cc=musl-gcc;                strip=strip
-                  runner="";                                        deb_arch="" ;;
-    aarch64-musl) triple=aarch64-unknown-linux-musl;    cc=aarch64-linux-gnu-gcc;   strip=aarch64-linux-gnu-strip
-                  runner="qemu-aarch64";                            deb_arch="" ;;
-  esac
-  rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
-  upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
-  lower=$(echo "$triple" | tr '-' '_')
-  # musl-gcc compiles C for x86_64-musl but does not link: rustc links musl targets with its own
-  # (self-contained) C runtime through the host cc.
-  linker=$cc
-  [ "$t" = x86_64-musl ] && linker=cc
-  build_env=("CC_$lower=$cc" "CARGO_TARGET_${upper}_LINKER=$linker")
-  out="$target_dir/$triple/release"
-  if [ "$release" = 1 ]; then
-    echo "== $t: cargo build --release --target $triple"
-    env "${build_env[@]}" cargo build --release --locked --target "$triple" --bins
-  fi
-  if [ "$release" = 0 ]; then
-    :
-  elif [ -n "$deb_arch" ]; then
+# The release build of target $t as a .deb (glibc targets) or a static tarball, checked.
+package() {
+  if [ -n "$deb_arch" ]; then
     echo "== $t: cargo deb ($deb_arch)"
     deb=$(cargo deb --target "$triple" --no-build --strip --locked | tail -1)
     cp "$deb" "$dist/"
@@ -119,7 +92,33 @@ for t in "${targets[@]}"; do
     echo "tarball ok: $dist/$name.tar.xz ($(du -h "$dist/$name.tar.xz" | cut -f1); fleetlake $(du -h "$stage/$name/fleetlake" | cut -f1) stripped, static)"
     rm -rf "$stage"
   fi
+}
 
+for t in "${targets[@]}"; do
+  started=$(date +%s)
+  # triple, C compiler, linker, strip, emulator (empty: runs natively), Debian architecture
+  # (empty: a static tarball instead of a .deb). musl-gcc compiles C for x86_64-musl but does
+  # not link: rustc links musl targets with its own (self-contained) C runtime via the host cc.
+  case "$t" in
+    aarch64)      triple=aarch64-unknown-linux-gnu;     cc=aarch64-linux-gnu-gcc;   linker=$cc; strip=aarch64-linux-gnu-strip
+                  runner="qemu-aarch64 -L /usr/aarch64-linux-gnu";  deb_arch=arm64 ;;
+    armv7)        triple=armv7-unknown-linux-gnueabihf; cc=arm-linux-gnueabihf-gcc; linker=$cc; strip=arm-linux-gnueabihf-strip
+                  runner="qemu-arm -L /usr/arm-linux-gnueabihf";    deb_arch=armhf ;;
+    x86_64-musl)  triple=x86_64-unknown-linux-musl;     cc=musl-gcc;                linker=cc;  strip=strip
+                  runner="";                                        deb_arch="" ;;
+    aarch64-musl) triple=aarch64-unknown-linux-musl;    cc=aarch64-linux-gnu-gcc;   linker=$cc; strip=aarch64-linux-gnu-strip
+                  runner="qemu-aarch64";                            deb_arch="" ;;
+  esac
+  rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+  upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+  lower=$(echo "$triple" | tr '-' '_')
+  build_env=("CC_$lower=$cc" "CARGO_TARGET_${upper}_LINKER=$linker")
+  out="$target_dir/$triple/release"
+  if [ "$release" = 1 ]; then
+    echo "== $t: cargo build --release --target $triple"
+    env "${build_env[@]}" cargo build --release --locked --target "$triple" --bins
+    package
+  fi
   if [ "$smoke" = 1 ] && [ "$release" = 1 ]; then
     echo "== $t: smoke test${runner:+ under $runner}"
     FLEETLAKE_CROSS_BIN="$(cd "$out" && pwd)/fleetlake" FLEETLAKE_CROSS_TARGET="$triple" \
@@ -127,7 +126,10 @@ for t in "${targets[@]}"; do
   fi
   if [ "$unit" = 1 ]; then
     echo "== $t: unit tests${runner:+ under $runner}"
-    env "${build_env[@]}" "CARGO_TARGET_${upper}_RUNNER=$runner" cargo test --locked --target "$triple" --lib
+    # A native target (x86_64-musl) runs its tests directly: cargo refuses an empty runner.
+    test_env=("${build_env[@]}")
+    [ -z "$runner" ] || test_env+=("CARGO_TARGET_${upper}_RUNNER=$runner")
+    env "${test_env[@]}" cargo test --locked --target "$triple" --lib
   fi
   echo "== $t: done in $(( $(date +%s) - started )) s"
 done

@@ -524,12 +524,12 @@ impl Config {
         let memory_budget = raw.memory.budget.as_usize();
         // The budget is a semaphore of bytes: 512MiB at most on a 32-bit build (armv7), more
         // than any 64-bit machine has. Refused by name rather than quietly lowered.
-        if raw.memory.budget.0 > tokio::sync::Semaphore::MAX_PERMITS as u64 {
+        let max_budget = ByteSize(tokio::sync::Semaphore::MAX_PERMITS as u64);
+        if raw.memory.budget > max_budget {
             return Err(invalid(
                 "memory.budget",
                 format!(
-                    "must be at most {} on this {}-bit build",
-                    ByteSize(tokio::sync::Semaphore::MAX_PERMITS as u64),
+                    "must be at most {max_budget} on this {}-bit build",
                     usize::BITS
                 ),
             ));
