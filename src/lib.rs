@@ -35,6 +35,7 @@ pub mod budget;
 pub mod columnar;
 pub mod config;
 pub mod decode;
+pub mod fault;
 pub mod fuzzing;
 pub mod grpc;
 pub mod mqtt;

@@ -147,6 +147,11 @@ impl Pipeline {
         };
         let publisher = Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress)
             .with_retention(retained);
+        #[cfg(feature = "delta")]
+        let publisher = match delta_lake(config)? {
+            Some(lake) => publisher.with_delta(lake),
+            None => publisher,
+        };
         let publisher = tokio::spawn(publisher.run());
         // 3. The batcher, holding back the batch a crash may have cut.
         let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
@@ -154,6 +159,9 @@ impl Pipeline {
             .with_declared(&config.declared)
             .with_clock(config.clock)
             .with_schemas(stored_schemas);
+        if config.table_format != crate::config::TableFormat::Parquet {
+            batches = batches.with_forbidden_chars(crate::columnar::builder::DELTA_FORBIDDEN_CHARS);
+        }
         if let Some(cut) = &checkpoint.in_progress {
             batches.hold(&Arc::from(cut.table.as_str()), cut.last_seq);
         }
@@ -473,6 +481,35 @@ fn retained(config: &Config, stats: &Arc<Stats>) -> Result<Retained> {
         dir.enforce();
     }
     Ok(Retained { lake, rejected })
+}
+
+/// The Delta logs of a local lake, when `output.table_format = "delta"` (the lake's root
+/// exists: `output` made it).
+#[cfg(feature = "delta")]
+fn delta_lake(config: &Config) -> Result<Option<Arc<crate::sink::delta::DeltaLake>>> {
+    use crate::config::TableFormat;
+    let (
+        TableFormat::Delta {
+            checkpoint_interval,
+        },
+        OutputTarget::Local(root),
+    ) = (config.table_format, &config.output)
+    else {
+        return Ok(None);
+    };
+    let abs = std::fs::canonicalize(root)
+        .with_context(|| format!("resolving the output folder {}", root.display()))?;
+    let url = url::Url::from_directory_path(&abs)
+        .map_err(|()| anyhow::anyhow!("no file:// URL for {}", abs.display()))?;
+    let store = Arc::new(object_store::local::LocalFileSystem::new());
+    tracing::info!(root = %url, checkpoint_interval, "delta output: every file is committed to its table's _delta_log");
+    Ok(Some(Arc::new(crate::sink::delta::DeltaLake::new(
+        store,
+        url,
+        &config.node_id,
+        checkpoint_interval,
+        tokio::runtime::Handle::current(),
+    ))))
 }
 
 fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads>)> {

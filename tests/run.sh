@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fleetlake's whole test suite, as CI runs it (.ci/run calls exactly this script).
 # Installs what the tests need when it is missing (Debian: mosquitto, mosquitto-clients, nodejs, npm;
-# npm: mqtt (MQTT.js); Python: duckdb,
+# npm: mqtt (MQTT.js); Python: duckdb, deltalake,
 # pyarrow, polars, datafusion, pyspark (and Java 17 for it), paho-mqtt, pytest, prometheus-client, grpcio, grpcio-tools, grpcio-status, moto[server]
 # and boto3 for the S3 tests, which start their own moto server on 127.0.0.1), then runs formatting and lint checks, the Rust unit and
 # integration tests, the systemd unit checks (when systemd-analyze exists), the Python
@@ -45,8 +45,8 @@ if [ ! -f "$NODE_DIR/node_modules/mqtt/package.json" ]; then
 fi
 export NODE_PATH="$NODE_DIR/node_modules"
 
-PY_PKGS=(duckdb pyarrow polars datafusion pyspark "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)
-if ! python3 -c "import duckdb, pyarrow, pyarrow.fs, polars, datafusion, pyspark, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, boto3, moto.server, flask, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
+PY_PKGS=(duckdb pyarrow polars datafusion pyspark deltalake "paho-mqtt>=2" pytest prometheus-client grpcio grpcio-tools grpcio-status "moto[server]" boto3)
+if ! python3 -c "import duckdb, pyarrow, pyarrow.fs, polars, datafusion, pyspark, deltalake, pytest, prometheus_client, grpc, grpc_tools.protoc, grpc_status.rpc_status, boto3, moto.server, flask, paho.mqtt.client as m; m.CallbackAPIVersion" >/dev/null 2>&1; then
   echo "== installing Python test packages"
   python3 -m pip install -q "${PY_PKGS[@]}" \
     || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"

@@ -138,6 +138,8 @@ pub struct Batches {
     declared: HashMap<String, Declared>,
     /// What rows with a time far from their receive time do.
     clock: ClockPolicy,
+    /// Characters new column names may not hold (the table format's rule).
+    forbidden: &'static [char],
 }
 
 impl Batches {
@@ -154,7 +156,14 @@ impl Batches {
             stored: HashMap::new(),
             declared: HashMap::new(),
             clock: ClockPolicy::default(),
+            forbidden: &[],
         }
+    }
+
+    /// Sends messages whose new fields hold any of `chars` to `_rejected` (`field_name`).
+    pub fn with_forbidden_chars(mut self, chars: &'static [char]) -> Self {
+        self.forbidden = chars;
+        self
     }
 
     /// Applies `clock` to rows whose time is far from their receive time.
@@ -361,8 +370,9 @@ impl Batches {
                 "table `{table}` would pass batch.max_tables ({max})"
             ));
         }
-        let mut builder =
-            TableBuilder::new(table.clone()).with_max_columns(self.limits.max_columns);
+        let mut builder = TableBuilder::new(table.clone())
+            .with_max_columns(self.limits.max_columns)
+            .with_forbidden_chars(self.forbidden);
         if let Some(declared) = self.declared.get(&**table) {
             builder = builder.with_declared(declared);
         }

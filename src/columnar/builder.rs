@@ -146,6 +146,14 @@ pub enum Refused {
         /// The column.
         field: String,
     },
+    /// A field name with a character the table format forbids in column names.
+    #[error(
+        "field `{field}` has a character Delta Lake forbids in column names (space , ; {{ }} ( ) newline tab =)"
+    )]
+    FieldChars {
+        /// The field name (its first characters).
+        field: String,
+    },
     /// A field name that cannot be a column name.
     #[error("a field name of {len} bytes (empty, or longer than {MAX_FIELD_NAME}): `{start}`")]
     FieldName {
@@ -162,7 +170,7 @@ impl Refused {
         match self {
             Self::Type(_) => RejectReason::TypeConflict,
             Self::TooManyColumns { .. } => RejectReason::TooManyColumns,
-            Self::FieldName { .. } => RejectReason::FieldName,
+            Self::FieldName { .. } | Self::FieldChars { .. } => RejectReason::FieldName,
             Self::UnknownField { .. } => RejectReason::UnknownField,
             Self::MissingField { .. } => RejectReason::MissingField,
         }
@@ -329,7 +337,12 @@ pub struct TableBuilder {
     unknown: UnknownFields,
     /// Fields left out under `unknown_fields = "drop"`, not yet taken by [`Self::take_dropped`].
     dropped: u64,
+    /// Characters a new column's name may not hold (the table format's rule).
+    forbidden: &'static [char],
 }
+
+/// Characters a column name of a Delta Lake table (without column mapping) may not hold.
+pub const DELTA_FORBIDDEN_CHARS: &[char] = &[' ', ',', ';', '{', '}', '(', ')', '\n', '\t', '='];
 
 /// Fixed bytes of one slot of a column (a value or a null): the value width, or an offset.
 fn slot_bytes(kind: Kind) -> usize {
@@ -379,7 +392,14 @@ impl TableBuilder {
             required: Vec::new(),
             unknown: UnknownFields::Accept,
             dropped: 0,
+            forbidden: &[],
         }
+    }
+
+    /// Refuses new columns whose names hold any of `chars` (the table format's rule).
+    pub fn with_forbidden_chars(mut self, chars: &'static [char]) -> Self {
+        self.forbidden = chars;
+        self
     }
 
     /// Bounds the payload columns at `max` (`batch.max_columns`).
@@ -487,6 +507,10 @@ impl TableBuilder {
             let start = name.chars().take(40).collect();
             let len = name.len();
             return Err(Refused::FieldName { len, start });
+        }
+        if name.contains(self.forbidden) {
+            let field = name.chars().take(MAX_FIELD_NAME).collect();
+            return Err(Refused::FieldChars { field });
         }
         if self.columns.len() + new.len() >= self.max_columns {
             let field = name.chars().take(MAX_FIELD_NAME).collect();

@@ -24,7 +24,10 @@ pub use bridge::{BridgeConfig, BridgeTls, Password, RawBridge, RawSubscription};
 pub use broker::{BrokerConfig, BrokerLimits, RawBroker};
 pub use grpc::{GrpcAuth, GrpcConfig, RawGrpc, RawGrpcAuth, RawGrpcTls};
 pub use mqtt::{MqttAuth, MqttConfig, MqttTls, RawMqtt, RawMqttAuth, RawMqttTls};
-pub use output::{FileModes, OutputTarget, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind};
+pub use output::{
+    FileModes, OutputTarget, RawDelta, RawOutput, RawS3, RemoteOutput, SpoolFull, StoreKind,
+    TableFormat,
+};
 pub use tables::{RawColumn, RawTable};
 use tables::{default_time_fields, default_unknown_fields, validate_declared, validate_tables};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
@@ -373,6 +376,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Where Parquet files go.
     pub output: OutputTarget,
+    /// Plain Parquet, or Parquet committed to a Delta log per table.
+    pub table_format: TableFormat,
     /// Topic → table routing.
     pub tables: Vec<TableRule>,
     /// Declared columns and rules of tables (`[[tables]] columns`).
@@ -503,6 +508,7 @@ impl Config {
         let output = output::output_target(&raw)?;
         let lake_modes = output::file_modes(&raw.output)?;
         let (retain_lake, retain_rejected) = output::retention(&raw.output, &output)?;
+        let table_format = output::table_format(&raw.output, &output, &retain_lake)?;
         let tables = validate_tables(&raw.tables)?;
         let declared = validate_declared(&raw.tables)?;
         let batch = BatchLimits {
@@ -576,6 +582,7 @@ impl Config {
             broker,
             grpc,
             output,
+            table_format,
             bridges: bridge::validate_bridges(&raw.bridge, &raw.node.id)?,
             tables,
             declared,

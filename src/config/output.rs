@@ -43,6 +43,96 @@ pub struct RawOutput {
     pub retain_min_age: HumanDuration,
     /// Most bytes of `{data_dir}/_rejected`; the oldest hours' files are deleted past it.
     pub rejected_max_bytes: ByteSize,
+    /// `parquet` (a folder of Parquet files per table) or `delta` (each table folder is also
+    /// a Delta Lake table: every file is committed to its `_delta_log`).
+    pub table_format: String,
+    /// `[output.delta]`: Delta Lake options.
+    pub delta: RawDelta,
+}
+
+/// `[output.delta]`: Delta Lake options (with `output.table_format = "delta"`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDelta {
+    /// A Parquet checkpoint of the log every this many table versions.
+    pub checkpoint_interval: u64,
+}
+
+impl Default for RawDelta {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: 10,
+        }
+    }
+}
+
+/// What a table folder of the lake is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    /// Hive-partitioned Parquet files, nothing else.
+    Parquet,
+    /// The same files, each committed to the folder's Delta log.
+    Delta {
+        /// A checkpoint every this many versions.
+        checkpoint_interval: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FormatName {
+    Parquet,
+    Delta,
+}
+
+/// Validated `output.table_format` and `[output.delta]`.
+pub(super) fn table_format(
+    raw: &RawOutput,
+    target: &OutputTarget,
+    lake: &RetainLimits,
+) -> Result<TableFormat, ConfigError> {
+    match choice("output.table_format", &raw.table_format)? {
+        FormatName::Parquet => Ok(TableFormat::Parquet),
+        FormatName::Delta => {
+            if !cfg!(feature = "delta") {
+                return Err(invalid(
+                    "output.table_format",
+                    "this build has no Delta Lake support (cargo feature `delta`)",
+                ));
+            }
+            match target {
+                OutputTarget::Local(_) => {}
+                OutputTarget::Remote(_) => {
+                    return Err(invalid(
+                        "output.table_format",
+                        "\"delta\" is written to a local output only in this version (object stores: not yet)",
+                    ));
+                }
+                OutputTarget::Discard => {
+                    return Err(invalid(
+                        "output.table_format",
+                        "\"delta\" needs an output: output.url = \"null:\" writes nothing",
+                    ));
+                }
+            }
+            if lake.any() {
+                return Err(invalid(
+                    "output.table_format",
+                    "\"delta\" cannot be combined with output.retain_bytes / output.retain_age: retention would delete files the table's log still lists",
+                ));
+            }
+            let every = raw.delta.checkpoint_interval;
+            if every == 0 {
+                return Err(invalid(
+                    "output.delta.checkpoint_interval",
+                    "must be at least 1",
+                ));
+            }
+            Ok(TableFormat::Delta {
+                checkpoint_interval: every,
+            })
+        }
+    }
 }
 
 impl Default for RawOutput {
@@ -61,6 +151,8 @@ impl Default for RawOutput {
             retain_age: HumanDuration(Duration::ZERO),
             retain_min_age: HumanDuration(Duration::from_secs(3600)),
             rejected_max_bytes: ByteSize(256 << 20),
+            table_format: "parquet".into(),
+            delta: RawDelta::default(),
         }
     }
 }

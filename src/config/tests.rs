@@ -319,3 +319,39 @@ fn the_clock_window_and_policy_are_checked() {
     assert!(config.clock.out_of_range(0, 8 * 86_400_000_000));
     assert!(!config.clock.out_of_range(86_400_000_000, 0));
 }
+
+#[test]
+fn the_table_format_is_parquet_by_default_and_delta_is_checked() {
+    assert_eq!(Config::builtin().table_format, TableFormat::Parquet);
+    let delta = |extra: &str| format!("[output]\ntable_format = \"delta\"\n{extra}");
+    let config = RawConfig::parse(&delta(""), "test")
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.table_format,
+        TableFormat::Delta {
+            checkpoint_interval: 10
+        }
+    );
+    assert_eq!(
+        err_key("[output]\ntable_format = \"iceberg\""),
+        "output.table_format"
+    );
+    assert_eq!(
+        err_key(&delta("url = \"s3://bucket/p\"")),
+        "output.table_format"
+    );
+    assert_eq!(err_key(&delta("url = \"null:\"")), "output.table_format");
+    assert_eq!(
+        err_key(&delta("retain_bytes = \"1GiB\"")),
+        "output.table_format"
+    );
+    assert_eq!(
+        err_key(&delta("[output.delta]\ncheckpoint_interval = 0")),
+        "output.delta.checkpoint_interval"
+    );
+    let unknown = RawConfig::parse(&delta("[output.delta]\ncheckpoint = 3"), "test")
+        .expect_err("unknown key")
+        .to_string();
+    assert!(unknown.contains("checkpoint"), "{unknown}");
+}

@@ -5,6 +5,8 @@
 //! globbing `*.parquet` never see the hidden `.…tmp` file. With an object-store output the
 //! same sink writes into the spool ([`spool`]), and the [`uploader`] sends the files on.
 
+#[cfg(feature = "delta")]
+pub mod delta;
 pub mod publisher;
 pub mod retention;
 pub mod spool;
@@ -192,6 +194,11 @@ impl LocalSink {
             opts,
             modes,
         }
+    }
+
+    /// The folder the lake is written under.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Creates the root (with the folder mode, when it is new) and removes temp files a crash

@@ -38,6 +38,9 @@ pub struct Publisher {
     retention: Arc<Retained>,
     /// Tables whose lake schema file was brought up to date in this run.
     lake_schemas: Arc<Mutex<HashSet<Arc<str>>>>,
+    /// The Delta logs of a local lake (`output.table_format = "delta"`).
+    #[cfg(feature = "delta")]
+    delta: Option<Arc<super::delta::DeltaLake>>,
 }
 
 /// The folders the publisher bounds as it writes into them.
@@ -61,6 +64,9 @@ enum PublishError {
     Checkpoint(#[from] std::io::Error),
     #[error("storing the table's schema: {0}")]
     Schema(std::io::Error),
+    #[cfg(feature = "delta")]
+    #[error(transparent)]
+    Delta(#[from] super::delta::DeltaError),
 }
 
 /// Where the publisher keeps its progress.
@@ -93,7 +99,17 @@ impl Publisher {
             schemas: progress.schemas,
             retention: Arc::default(),
             lake_schemas: Arc::default(),
+            #[cfg(feature = "delta")]
+            delta: None,
         }
+    }
+
+    /// Commits every file of the local lake to its table's Delta log before the batch counts
+    /// as published.
+    #[cfg(feature = "delta")]
+    pub fn with_delta(mut self, delta: Arc<super::delta::DeltaLake>) -> Self {
+        self.delta = Some(delta);
+        self
     }
 
     /// Writes `_rejected` and bounds the folders as `retained` says.
@@ -142,6 +158,8 @@ impl Publisher {
         let schemas = self.schemas.clone();
         let retained = self.retention.clone();
         let lake_schemas = self.lake_schemas.clone();
+        #[cfg(feature = "delta")]
+        let delta = self.delta.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(schema) = &schema {
                 schemas.store(schema).map_err(PublishError::Schema)?;
@@ -154,13 +172,15 @@ impl Publisher {
             });
             file.store(&cp)?;
             let started = std::time::Instant::now();
-            let write = |sink: &LocalSink, table: &str| -> Result<Vec<Published>, PublishError> {
+            let write = |sink: &LocalSink,
+                         table: &str|
+             -> Result<(Vec<encode::Part>, Vec<Published>), PublishError> {
                 let parts = encode::partition(&batch)?;
                 let mut files = Vec::with_capacity(parts.len());
                 for part in &parts {
                     files.push(sink.publish(table, part)?);
                 }
-                Ok(files)
+                Ok((parts, files))
             };
             // The table's schema file goes first (its first batch in this run, and whenever
             // columns were added), so it holds every column of every file.
@@ -183,13 +203,44 @@ impl Publisher {
             let files = match (&*sink, &retained.rejected) {
                 // `{data_dir}/_rejected` is its root: the table folder is the root itself.
                 (Output::Local(_) | Output::Spool(..), Some((sink, dir))) if rejected => {
-                    let files = write(sink, "")?;
+                    let (_, files) = write(sink, "")?;
                     kept(&files, dir);
                     files
                 }
                 (Output::Local(sink), _) => {
                     lake_schema(sink)?;
-                    let files = write(sink, &batch.table)?;
+                    let (_parts, files) = write(sink, &batch.table)?;
+                    // Into the table's log before the batch counts as published: a crash
+                    // before this line replays the batch, which rewrites the same files.
+                    #[cfg(feature = "delta")]
+                    if let Some(delta) = &delta {
+                        let dir = sink.root().join(&*batch.table);
+                        let paths: Vec<String> = files
+                            .iter()
+                            .map(|f| super::delta::relative_url_path(&f.path, &dir))
+                            .collect();
+                        let added: Vec<super::delta::DataFile<'_>> = _parts
+                            .iter()
+                            .zip(&files)
+                            .zip(&paths)
+                            .map(|((part, f), path)| super::delta::DataFile {
+                                path,
+                                date: &part.date,
+                                hour: &part.hour,
+                                size: f.bytes,
+                                records: &part.records,
+                            })
+                            .collect();
+                        crate::fault::point("delta-before-commit");
+                        let done = delta.commit(
+                            &batch.table,
+                            &batch.records.schema(),
+                            &added,
+                            last_seq,
+                        )?;
+                        tracing::debug!(table = %batch.table, files = added.len(), ?done, "delta commit");
+                        crate::fault::point("delta-after-commit");
+                    }
                     if let Some(dir) = &retained.lake {
                         kept(&files, dir);
                     }
@@ -200,7 +251,7 @@ impl Publisher {
                         let dropped = spool.add(&path, bytes);
                         spool.evict(&dropped);
                     }
-                    let files = write(sink, &batch.table)?;
+                    let (_, files) = write(sink, &batch.table)?;
                     for f in &files {
                         let dropped = spool.add(&f.path, f.bytes);
                         spool.evict(&dropped);

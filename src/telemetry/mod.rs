@@ -14,10 +14,19 @@ pub use notify::{Heartbeats, Notifier, Stage};
 pub use stats::{Histogram, Stats, TableCounts, UploadErrorKind};
 use tracing_subscriber::EnvFilter;
 
+/// The filter for `log.level`: the Delta library logs each commit and snapshot at info level,
+/// so it is held to warnings unless the level names it.
+fn filter_directives(level: &str) -> String {
+    match level.contains("delta_kernel") {
+        true => level.to_string(),
+        false => format!("{level},delta_kernel=warn"),
+    }
+}
+
 /// Installs the global tracing subscriber.
 pub fn init_logging(json: bool, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(filter_directives(level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -59,4 +68,16 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_delta_library_is_held_to_warnings_unless_named() {
+        assert_eq!(super::filter_directives("info"), "info,delta_kernel=warn");
+        assert_eq!(
+            super::filter_directives("debug,delta_kernel=info"),
+            "debug,delta_kernel=info"
+        );
+    }
 }

@@ -137,7 +137,7 @@ def make_certs(d, clients=("client",), ca="ca"):
 
 
 class Daemon:
-    def __init__(self, tmp: Path, extra: str = "", node_id: str = "pytest"):
+    def __init__(self, tmp: Path, extra: str = "", node_id: str = "pytest", env=None):
         self.dir = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.lake = tmp / "data" / "lake"
@@ -152,6 +152,7 @@ class Daemon:
         )
         self.proc = subprocess.Popen(
             [binary(), "run", "--log-format", "json", "--config", str(config)],
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -195,9 +196,10 @@ class Daemon:
 def daemon_factory(tmp_path):
     started = []
 
-    def start(extra="", dir_name=None, node_id="pytest"):
-        """A daemon in a fresh dir, or in `dir_name` again (a restart on the same data)."""
-        d = Daemon(tmp_path / (dir_name or f"d{len(started)}"), extra, node_id)
+    def start(extra="", dir_name=None, node_id="pytest", env=None):
+        """A daemon in a fresh dir, or in `dir_name` again (a restart on the same data);
+        `env` adds to the environment (e.g. a FLEETLAKE_FAULT crash point)."""
+        d = Daemon(tmp_path / (dir_name or f"d{len(started)}"), extra, node_id, env)
         started.append(d)
         return d
 

@@ -297,6 +297,32 @@ fn an_empty_or_overlong_field_name_is_refused() {
 }
 
 #[test]
+fn a_delta_table_refuses_new_column_names_delta_forbids() {
+    let mut b = TableBuilder::new(Arc::from("t")).with_forbidden_chars(DELTA_FORBIDDEN_CHARS);
+    for name in ["temp C", "a=b", "x(1)", "tab\there"] {
+        let refused = b.append(&msg("d", vec![(name, Scalar::Int(1))]), 0);
+        let refused = refused.expect_err(name);
+        assert_eq!(refused.reason(), RejectReason::FieldName);
+        assert!(
+            refused.to_string().contains("Delta Lake forbids"),
+            "{refused}"
+        );
+    }
+    assert!(
+        b.append(&msg("d", vec![("a.b-c_d", Scalar::Int(1))]), 1)
+            .is_ok()
+    );
+    assert_eq!(b.columns(), 1);
+    // Without the rule (plain Parquet) the same names are columns.
+    let mut plain = TableBuilder::new(Arc::from("t"));
+    assert!(
+        plain
+            .append(&msg("d", vec![("temp C", Scalar::Int(1))]), 0)
+            .is_ok()
+    );
+}
+
+#[test]
 fn a_row_is_charged_for_every_column_it_leaves_null() {
     let mut b = TableBuilder::new(Arc::from("t"));
     let wide: Vec<(String, Scalar)> = (0..100)

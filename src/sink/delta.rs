@@ -1,0 +1,478 @@
+//! Delta Lake commits (`output.table_format = "delta"`): each table folder of the lake is also
+//! a Delta table, `{root}/{table}/_delta_log/`. After a batch's files are durable, one commit
+//! adds them all (partition values `date` and `hour`, size, row count, min/max/null-count
+//! statistics) with the application transaction `fleetlake-{node}` at the batch's last WAL
+//! sequence number: a batch replayed after a crash rewrites the same files and finds its
+//! version already in the log, so a file enters the table once (promise 9). A column the table
+//! does not hold yet is added to its schema in the same commit.
+//!
+//! The log is read and written by `delta_kernel` (log replay, the transaction id, schema
+//! changes, the put-if-absent commit, checkpoints) through its default engine on the object
+//! store of the output (a local folder is a `file://` store). Two writers committing the same
+//! version conflict; the loser re-reads the log and commits again on top.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType as ArrowType, Schema, TimeUnit};
+use delta_kernel::committer::FileSystemCommitter;
+use delta_kernel::expressions::Scalar;
+use delta_kernel::object_store::DynObjectStore;
+use delta_kernel::schema::{DataType, StructField, StructType};
+use delta_kernel::transaction::create_table::create_table;
+use delta_kernel::transaction::data_layout::DataLayout;
+use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
+use delta_kernel::{FileMeta, Snapshot, SnapshotRef};
+use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
+use delta_kernel_default_engine::parquet::DataFileMetadata;
+use delta_kernel_default_engine::stats::collect_stats;
+use delta_kernel_default_engine::{DefaultEngine, build_add_file_metadata};
+use url::Url;
+
+use crate::columnar::builder::DELTA_FORBIDDEN_CHARS as FORBIDDEN;
+
+/// Written into each commit's `commitInfo.engineInfo`.
+const ENGINE_INFO: &str = concat!("fleetlake/", env!("CARGO_PKG_VERSION"));
+
+/// Most attempts at one commit when other writers keep winning the race for the next version.
+const MAX_ATTEMPTS: usize = 64;
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeltaError {
+    /// The Delta library refused or failed.
+    #[error("delta table {table}: {source}")]
+    Kernel {
+        /// The table.
+        table: String,
+        /// The library's error.
+        source: Box<delta_kernel::KernelError>,
+    },
+    /// A column cannot be written to a Delta table as it is.
+    #[error("delta table {table}: {reason}")]
+    Schema {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Other writers won every attempt.
+    #[error("delta table {table}: gave up after {MAX_ATTEMPTS} conflicting commits")]
+    Contended {
+        /// The table.
+        table: String,
+    },
+}
+
+/// One data file to add: where it is below the table and what it holds.
+#[derive(Debug)]
+pub struct DataFile<'a> {
+    /// Path below the table folder, `/`-separated (`date=…/hour=…/{name}.parquet`).
+    pub path: &'a str,
+    /// `YYYY-MM-DD`.
+    pub date: &'a str,
+    /// `HH`.
+    pub hour: &'a str,
+    /// Size in bytes.
+    pub size: u64,
+    /// The rows, for the statistics.
+    pub records: &'a RecordBatch,
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The files were added in this table version.
+    Version(u64),
+    /// The log holds this transaction already (a replay): nothing was written.
+    Already,
+}
+
+/// The Delta side of a lake: one log per table folder below `root`.
+pub struct DeltaLake {
+    engine: DefaultEngine<TokioMultiThreadExecutor>,
+    root: Url,
+    app_id: String,
+    checkpoint_interval: u64,
+    /// The last snapshot seen of each table.
+    snapshots: Mutex<HashMap<String, SnapshotRef>>,
+}
+
+impl std::fmt::Debug for DeltaLake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaLake")
+            .field("root", &self.root.as_str())
+            .field("app_id", &self.app_id)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The application id of a node's commits.
+pub fn app_id(node: &str) -> String {
+    format!("fleetlake-{node}")
+}
+
+/// The Delta type of a column of ours; `None` for a type we never write.
+fn delta_type(t: &ArrowType) -> Option<DataType> {
+    Some(match t {
+        ArrowType::Utf8 => DataType::STRING,
+        ArrowType::Int64 => DataType::LONG,
+        ArrowType::Int32 => DataType::INTEGER,
+        ArrowType::Float64 => DataType::DOUBLE,
+        ArrowType::Boolean => DataType::BOOLEAN,
+        ArrowType::Binary => DataType::BINARY,
+        ArrowType::Date32 => DataType::DATE,
+        ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => DataType::TIMESTAMP,
+        _ => return None,
+    })
+}
+
+/// `path` below `dir` as a `/`-separated relative URL path, each segment percent-encoded as
+/// Delta's `add.path` wants it; the file name alone when `path` is not below `dir`.
+pub fn relative_url_path(path: &std::path::Path, dir: &std::path::Path) -> String {
+    let rel = path
+        .strip_prefix(dir)
+        .unwrap_or_else(|_| std::path::Path::new(path.file_name().unwrap_or_default()));
+    let mut out = String::new();
+    for (i, seg) in rel.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        for b in seg.to_string_lossy().bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.=".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// The Delta columns of `schema` (every one nullable), then the partition columns `date` (a
+/// date) and `hour` (an integer).
+pub fn table_columns(schema: &Schema, table: &str) -> Result<Vec<StructField>, DeltaError> {
+    let mut fields = Vec::with_capacity(schema.fields().len() + 2);
+    for f in schema.fields() {
+        if f.name().contains(FORBIDDEN) {
+            return Err(DeltaError::Schema {
+                table: table.into(),
+                reason: format!(
+                    "column `{}` has a character Delta forbids in column names (space , ; {{ }} ( ) newline tab =)",
+                    f.name()
+                ),
+            });
+        }
+        let t = delta_type(f.data_type()).ok_or_else(|| DeltaError::Schema {
+            table: table.into(),
+            reason: format!(
+                "column `{}` has type {} (no Delta type)",
+                f.name(),
+                f.data_type()
+            ),
+        })?;
+        fields.push(StructField::nullable(f.name(), t));
+    }
+    fields.push(StructField::nullable("date", DataType::DATE));
+    fields.push(StructField::nullable("hour", DataType::INTEGER));
+    Ok(fields)
+}
+
+/// The partition values of a file: `date` as days since 1970-01-01, `hour` as a number.
+fn partition_values(date: &str, hour: &str) -> Option<HashMap<String, Scalar>> {
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    let days = i32::try_from((day - epoch).num_days()).ok()?;
+    let hour: i32 = hour.parse().ok()?;
+    Some(HashMap::from([
+        ("date".to_string(), Scalar::Date(days)),
+        ("hour".to_string(), Scalar::Integer(hour)),
+    ]))
+}
+
+impl DeltaLake {
+    /// The tables below `root` (a `file://` or object-store URL ending in `/`) in `store`,
+    /// committing as node `node`, a checkpoint every `checkpoint_interval` versions. Kernel IO
+    /// runs on `runtime`; call [`Self::commit`] from a blocking thread.
+    pub fn new(
+        store: Arc<DynObjectStore>,
+        root: Url,
+        node: &str,
+        checkpoint_interval: u64,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let engine = DefaultEngine::builder(store)
+            .with_task_executor(Arc::new(TokioMultiThreadExecutor::new(runtime)))
+            .build();
+        Self {
+            engine,
+            root,
+            app_id: app_id(node),
+            checkpoint_interval: checkpoint_interval.max(1),
+            snapshots: Mutex::default(),
+        }
+    }
+
+    fn table_url(&self, table: &str) -> Result<Url, DeltaError> {
+        self.root
+            .join(&format!("{table}/"))
+            .map_err(|e| DeltaError::Schema {
+                table: table.into(),
+                reason: format!("no URL for the table folder: {e}"),
+            })
+    }
+
+    fn kernel(table: &str) -> impl FnOnce(delta_kernel::KernelError) -> DeltaError + '_ {
+        move |e| DeltaError::Kernel {
+            table: table.into(),
+            source: Box::new(e),
+        }
+    }
+
+    /// The latest snapshot of `table`, creating the table (schema `columns`, partitioned by
+    /// date and hour) when it has no log yet.
+    fn latest(&self, table: &str, columns: &[StructField]) -> Result<SnapshotRef, DeltaError> {
+        let cached = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(table)
+            .cloned();
+        let url = self.table_url(table)?;
+        let snapshot = match cached {
+            Some(s) => Snapshot::builder_from(s).build(&self.engine),
+            None => {
+                // Asked first: the library logs a missing log as an error.
+                if !self.has_log(&url)? {
+                    self.create(table, &url, columns)?;
+                }
+                Snapshot::builder_for(url.as_str()).build(&self.engine)
+            }
+        }
+        .map_err(Self::kernel(table))?;
+        Ok(snapshot)
+    }
+
+    /// Whether the table folder has a `_delta_log` with anything in it.
+    fn has_log(&self, url: &Url) -> Result<bool, DeltaError> {
+        let log = url.join("_delta_log/").map_err(|e| DeltaError::Schema {
+            table: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        use delta_kernel::Engine;
+        match self.engine.storage_handler().list_from(&log) {
+            Ok(mut files) => match files.next() {
+                Some(Ok(_)) => Ok(true),
+                Some(Err(delta_kernel::KernelError::FileNotFound(_))) | None => Ok(false),
+                Some(Err(e)) => Err(Self::kernel(url.as_str())(e)),
+            },
+            Err(delta_kernel::KernelError::FileNotFound(_)) => Ok(false),
+            Err(e) => Err(Self::kernel(url.as_str())(e)),
+        }
+    }
+
+    /// Commits version 0 of `table`: its protocol and schema. Another writer creating it at the
+    /// same time is no error.
+    fn create(&self, table: &str, url: &Url, columns: &[StructField]) -> Result<(), DeltaError> {
+        let schema =
+            Arc::new(StructType::try_new(columns.iter().cloned()).map_err(Self::kernel(table))?);
+        let txn = create_table(url.as_str(), schema, ENGINE_INFO, true)
+            .with_data_layout(DataLayout::partitioned(["date", "hour"]))
+            .build(&self.engine, Box::new(FileSystemCommitter::new()));
+        let txn = match txn {
+            Ok(t) => t,
+            Err(delta_kernel::KernelError::TableAlreadyExistsAtPath(_)) => return Ok(()),
+            Err(e) => return Err(Self::kernel(table)(e)),
+        };
+        match txn.commit(&self.engine).map_err(Self::kernel(table))? {
+            CommitResult::Committed(_) | CommitResult::Conflicted(_) => Ok(()),
+            CommitResult::Retryable(_) => Err(DeltaError::Contended {
+                table: table.into(),
+            }),
+        }
+    }
+
+    /// Adds `files` of `table` (whose columns are `schema`'s) in one commit with transaction
+    /// version `version` (the batch's last WAL sequence number): skipped when the log holds
+    /// this node's transaction at that version or later. Blocking.
+    pub fn commit(
+        &self,
+        table: &str,
+        schema: &Schema,
+        files: &[DataFile<'_>],
+        version: u64,
+    ) -> Result<Committed, DeltaError> {
+        let columns = table_columns(schema, table)?;
+        let url = self.table_url(table)?;
+        let txn_version = i64::try_from(version).unwrap_or(i64::MAX);
+        for _ in 0..MAX_ATTEMPTS {
+            let snapshot = self.latest(table, &columns)?;
+            let done = snapshot
+                .get_app_id_version(&self.app_id, &self.engine)
+                .map_err(Self::kernel(table))?;
+            if done.is_some_and(|v| v >= txn_version) {
+                self.remember(table, snapshot);
+                return Ok(Committed::Already);
+            }
+            let current = snapshot.schema();
+            let mut builder = snapshot
+                .clone()
+                .update_table(UpdateTableOperation::Write, ENGINE_INFO, true)
+                .with_transaction_id(self.app_id.clone(), txn_version);
+            for c in &columns {
+                match current.field(c.name()) {
+                    None => builder = builder.add_column(c.clone()),
+                    Some(had) if had.data_type() != c.data_type() => {
+                        return Err(DeltaError::Schema {
+                            table: table.into(),
+                            reason: format!(
+                                "column `{}` is {} in the table's schema but {} in this node's files",
+                                c.name(),
+                                had.data_type(),
+                                c.data_type()
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+            let mut txn = builder
+                .build(&self.engine, Box::new(FileSystemCommitter::new()))
+                .map_err(Self::kernel(table))?;
+            let state = txn.write_state().map_err(Self::kernel(table))?;
+            let now = chrono::Utc::now().timestamp_millis();
+            for f in files {
+                let values =
+                    partition_values(f.date, f.hour).ok_or_else(|| DeltaError::Schema {
+                        table: table.into(),
+                        reason: format!("partition date={} hour={} is malformed", f.date, f.hour),
+                    })?;
+                let context = state
+                    .write_context_builder()
+                    .with_partition_values(values)
+                    .build()
+                    .map_err(Self::kernel(table))?;
+                let stats = collect_stats(
+                    f.records,
+                    context.stats_columns(),
+                    context.physical_data_schema(),
+                )
+                .map_err(Self::kernel(table))?;
+                let location = url.join(f.path).map_err(|e| DeltaError::Schema {
+                    table: table.into(),
+                    reason: format!("no URL for {}: {e}", f.path),
+                })?;
+                let meta = FileMeta {
+                    location,
+                    last_modified: now,
+                    size: f.size,
+                };
+                let add = build_add_file_metadata(DataFileMetadata::new(meta, stats), &context)
+                    .map_err(Self::kernel(table))?;
+                txn.add_files(add);
+            }
+            match txn.commit(&self.engine).map_err(Self::kernel(table))? {
+                CommitResult::Committed(done) => {
+                    let v = done.commit_version();
+                    if let Some(s) = done.post_commit_snapshot() {
+                        self.checkpoint_if_due(table, s);
+                        self.remember(table, s.clone());
+                    }
+                    return Ok(Committed::Version(v));
+                }
+                // Another writer took this version: read on and try again on top of it.
+                CommitResult::Conflicted(_) => continue,
+                CommitResult::Retryable(_) => {
+                    return Err(DeltaError::Contended {
+                        table: table.into(),
+                    });
+                }
+            }
+        }
+        Err(DeltaError::Contended {
+            table: table.into(),
+        })
+    }
+
+    fn remember(&self, table: &str, snapshot: SnapshotRef) {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(table.to_string(), snapshot);
+    }
+
+    /// Writes a checkpoint at every `checkpoint_interval`-th version; a failure only costs
+    /// readers time, so it is logged, not returned.
+    fn checkpoint_if_due(&self, table: &str, snapshot: &SnapshotRef) {
+        let v = snapshot.version();
+        if v == 0 || !v.is_multiple_of(self.checkpoint_interval) {
+            return;
+        }
+        if let Err(e) = snapshot.checkpoint(&self.engine, None) {
+            tracing::warn!(table, version = v, error = %e, "cannot write the delta checkpoint");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Field;
+
+    #[test]
+    fn columns_map_to_delta_types_then_partitions() {
+        let schema = Schema::new(vec![
+            Field::new("device_id", ArrowType::Utf8, false),
+            Field::new(
+                "time",
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("n", ArrowType::Int64, true),
+            Field::new("temp", ArrowType::Float64, true),
+            Field::new("ok", ArrowType::Boolean, true),
+            Field::new("raw", ArrowType::Binary, true),
+        ]);
+        let cols = table_columns(&schema, "t").expect("columns");
+        let got: Vec<(String, DataType)> = cols
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("device_id".into(), DataType::STRING),
+                ("time".into(), DataType::TIMESTAMP),
+                ("n".into(), DataType::LONG),
+                ("temp".into(), DataType::DOUBLE),
+                ("ok".into(), DataType::BOOLEAN),
+                ("raw".into(), DataType::BINARY),
+                ("date".into(), DataType::DATE),
+                ("hour".into(), DataType::INTEGER),
+            ]
+        );
+        assert!(cols.iter().all(StructField::is_nullable));
+    }
+
+    #[test]
+    fn forbidden_names_and_types_are_refused_by_name() {
+        let spaced = Schema::new(vec![Field::new("temp C", ArrowType::Float64, true)]);
+        let e = table_columns(&spaced, "t").expect_err("space");
+        assert!(e.to_string().contains("`temp C`"), "{e}");
+        let odd = Schema::new(vec![Field::new("x", ArrowType::UInt8, true)]);
+        let e = table_columns(&odd, "t").expect_err("uint8");
+        assert!(e.to_string().contains("`x` has type UInt8"), "{e}");
+    }
+
+    #[test]
+    fn partition_values_are_typed() {
+        let v = partition_values("1970-01-02", "07").expect("values");
+        assert_eq!(v["date"], Scalar::Date(1));
+        assert_eq!(v["hour"], Scalar::Integer(7));
+        assert!(partition_values("2026-13-01", "07").is_none());
+        assert!(partition_values("2026-11-30", "x").is_none());
+    }
+}

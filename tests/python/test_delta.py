@@ -1,0 +1,283 @@
+"""Delta Lake output (`output.table_format = "delta"`), read by readers we did not write:
+delta-rs (Python `deltalake`) and Polars. Every acked row is in the table exactly once, a late
+column is in the table's schema, one add per file, through crashes at the commit."""
+
+import json
+import random
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from conftest import publish_json, wait_for
+
+DEVICES = 3
+CONFIG = """
+[output]
+table_format = "delta"
+[output.delta]
+checkpoint_interval = 3
+[batch]
+max_age = "200ms"
+[[tables]]
+name = "env"
+topics = ["env/{device_id}"]
+"""
+
+
+def table(d, name="env"):
+    return d.lake / name
+
+
+def rows(path):
+    """The table's rows as delta-rs reads them (0 while it has no log yet)."""
+    if not (Path(path) / "_delta_log").is_dir():
+        return None
+    return DeltaTable(str(path)).to_pyarrow_table()
+
+
+def count(path):
+    t = rows(path)
+    return 0 if t is None else t.num_rows
+
+
+def publish_round(d, start, per_device, extra=None):
+    """`per_device` readings from each device with seq numbers from `start`, through one
+    connection; returns them once all are acked."""
+    import paho.mqtt.client as mqtt
+
+    sent = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{start}")
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", d.port)
+    c.loop_start()
+    try:
+        infos = []
+        for dev in range(DEVICES):
+            for i in range(start, start + per_device):
+                doc = {"seq": i, "temp": round(20 + dev + i / 100, 2), **(extra or {})}
+                sent.append((f"dev-{dev}", doc))
+                infos.append(c.publish(f"env/dev-{dev}", json.dumps(doc), qos=1))
+        for info in infos:
+            info.wait_for_publish(20)
+            assert info.is_published()
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return sent
+
+
+def adds(path):
+    a = pa.table(DeltaTable(str(path)).get_add_actions(flatten=True))
+    return a.column("path").to_pylist(), a.column("num_records").to_pylist()
+
+
+def data_files(path):
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*.parquet")
+                  if "_delta_log" not in p.parts)
+
+
+def log_versions(path):
+    return sorted(int(p.name.split(".")[0]) for p in (Path(path) / "_delta_log").glob("*.json"))
+
+
+def test_delta_table_reads_back_exactly_with_a_late_column_and_checkpoints(daemon_factory):
+    d = daemon_factory(CONFIG)
+    sent = []
+    for r in range(4):  # several batches: several commits, past a checkpoint
+        sent += publish_round(d, r * 50, 50)
+        wait_for(f"round {r} in the table", lambda: count(table(d)) == len(sent))
+    # A field name Delta cannot take as a column goes to _rejected, saying why; the table goes on.
+    publish_json(d.port, "spaced", "env/dev-0", [{"temp C": 5}])
+    sent += publish_round(d, 1000, 10, extra={"fw": "2.0.1"})
+    wait_for("the late column's rows", lambda: count(table(d)) == len(sent))
+    d.stop()
+    rejected = duckdb.sql(
+        f"SELECT reason FROM read_parquet('{d.rejected}/**/*.parquet')").fetchall()
+    assert len(rejected) == 1 and "Delta Lake forbids" in rejected[0][0], rejected
+
+    path = table(d)
+    dt = DeltaTable(str(path))
+    got = dt.to_pyarrow_table()
+    assert got.num_rows == len(sent)
+    per_device = Counter(got.column("device_id").to_pylist())
+    assert per_device == Counter(dev for dev, _ in sent)
+    assert abs(sum(got.column("temp").to_pylist()) - sum(doc["temp"] for _, doc in sent)) < 1e-6
+    pairs = sorted(zip(got.column("device_id").to_pylist(), got.column("seq").to_pylist()))
+    assert pairs == sorted((dev, float(doc["seq"])) for dev, doc in sent)
+
+    schema = {f.name: str(f.type) for f in dt.schema().fields}
+    assert schema["fw"] == 'PrimitiveType("string")', schema
+    assert schema["temp"] == 'PrimitiveType("double")'
+    assert schema["time"] == 'PrimitiveType("timestamp")'
+    assert schema["date"] == 'PrimitiveType("date")' and schema["hour"] == 'PrimitiveType("integer")'
+    assert dt.metadata().partition_columns == ["date", "hour"]
+    fw = Counter(got.column("fw").to_pylist())
+    assert fw == Counter({None: len(sent) - 3 * 10, "2.0.1": 3 * 10})
+
+    # One add per file on disk, the row counts in the statistics add up.
+    paths, records = adds(path)
+    assert sorted(paths) == data_files(path)
+    assert len(set(paths)) == len(paths)
+    assert sum(records) == len(sent)
+
+    # Versions are contiguous from 0; checkpoints every 3 versions, _last_checkpoint names one.
+    versions = log_versions(path)
+    assert versions == list(range(len(versions))) and len(versions) >= 6, versions
+    last = json.loads((path / "_delta_log" / "_last_checkpoint").read_text())
+    assert last["version"] % 3 == 0 and last["version"] > 0
+    assert (path / "_delta_log" / f"{last['version']:020}.checkpoint.parquet").is_file()
+    assert dt.transaction_version("fleetlake-pytest") is not None
+
+    # README's block, run as written (only `t` points at this table): delta-rs and Polars.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Delta Lake tables"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 't = "fleetlake-data/lake/telemetry"\n' in block
+    names = {}
+    exec(compile(block.replace('t = "fleetlake-data/lake/telemetry"', f"t = {str(path)!r}"),
+                 "README.md (Delta Lake tables)", "exec"), names)
+    assert names["table"].num_rows == len(sent)
+    df = names["df"]
+    assert df.height == len(sent)
+    assert df.filter(pl.col("fw") == "2.0.1").height == 30
+    assert abs(df["temp"].sum() - sum(doc["temp"] for _, doc in sent)) < 1e-6
+
+
+@pytest.mark.parametrize("point", ["delta-before-commit", "delta-after-commit"])
+def test_a_crash_at_the_commit_keeps_every_row_exactly_once(daemon_factory, point):
+    """The daemon aborts at its 2nd commit, between the files and their commit or right after
+    the commit (before the batch counts as published); after a restart the table holds each
+    acked row once and each file once. Batches are cut by age, 2 s after a round's first row,
+    so each round is one commit made after all its acks."""
+    cfg = CONFIG.replace('max_age = "200ms"', 'max_age = "2s"')
+    d = daemon_factory(cfg, dir_name="n", env={"FLEETLAKE_FAULT": f"{point}:2"})
+    sent = publish_round(d, 0, 40)
+    wait_for("the first commit", lambda: count(table(d)) == len(sent))
+    sent += publish_round(d, 100, 40)  # acked (in the WAL); its commit aborts the daemon
+    assert d.proc.wait(timeout=20) != 0, "the fault point did not stop the daemon"
+    # Before the commit the table lacks the round; after it the round is in, not yet published.
+    assert count(table(d)) == (120 if point == "delta-before-commit" else 240)
+
+    d = daemon_factory(cfg, dir_name="n")
+    wait_for("the replayed batch", lambda: count(table(d)) == len(sent))
+    sent += publish_round(d, 200, 5)
+    wait_for("rows after the restart", lambda: count(table(d)) == len(sent))
+    d.stop()
+
+    got = rows(table(d))
+    pairs = Counter(zip(got.column("device_id").to_pylist(), got.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    paths, _ = adds(table(d))
+    assert len(set(paths)) == len(paths), "a file was added twice"
+    assert sorted(paths) == data_files(table(d))
+    assert log_versions(table(d)) == list(range(len(log_versions(table(d)))))
+
+
+def test_random_kills_during_ingest_leave_each_acked_row_in_the_table_once(daemon_factory):
+    from test_crash import Publisher
+
+    cfg = CONFIG.replace('topics = ["env/{device_id}"]', 'topics = ["fast/{device_id}", "slow/{device_id}"]')
+    rng = random.Random(20261201)
+    next_seq = {f"dev-{i}": 0 for i in range(3)}
+    acked = set()
+    for _ in range(6):
+        d = daemon_factory(cfg, dir_name="k")
+        pub = Publisher(d.port, next_seq)
+        wait_for("first acks", lambda: len(pub.acked) > 0)
+        time.sleep(rng.uniform(0.2, 0.8))
+        d.kill()
+        got, _ = pub.finish()
+        acked |= got
+    d = daemon_factory(cfg, dir_name="k")
+    d.stop()
+    t = rows(table(d))
+    found = Counter(zip(t.column("dev").to_pylist(), t.column("seq").to_pylist()))
+    dup = {k: n for k, n in found.items() if n > 1}
+    missing = {(dev, float(seq)) for dev, seq in acked} - found.keys()
+    print(f"\ndelta kill test: acked={len(acked)} rows={t.num_rows} versions={len(log_versions(table(d)))}")
+    assert len(acked) > 100
+    assert not missing, f"{len(missing)} acked rows missing, e.g. {sorted(missing)[:5]}"
+    assert not dup, f"{len(dup)} rows twice, e.g. {list(dup.items())[:5]}"
+    paths, _ = adds(table(d))
+    assert len(set(paths)) == len(paths) and sorted(paths) == data_files(table(d))
+
+
+def test_two_nodes_commit_into_one_table_while_a_reader_never_sees_it_shrink(daemon_factory, tmp_path):
+    """Two daemons (node ids a and b) write one local table at the same time: no lost commit, no
+    file added twice, versions contiguous; a reader reading in a loop sees counts that never go
+    down and never a row twice."""
+    import threading
+
+    shared = tmp_path / "shared-lake"
+    cfg = CONFIG.replace("[output]\n", f'[output]\nurl = "{shared}"\n').replace(
+        'max_age = "200ms"', 'max_age = "100ms"')
+    a = daemon_factory(cfg, dir_name="a", node_id="a")
+    b = daemon_factory(cfg, dir_name="b", node_id="b")
+    path = shared / "env"
+    seen, problems, stop = [], [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            if not (path / "_delta_log").is_dir():
+                continue
+            try:
+                t = DeltaTable(str(path)).to_pyarrow_table(columns=["device_id", "seq"])
+            except Exception as e:  # a reader must never fail on a table being written
+                problems.append(repr(e))
+                continue
+            keys = list(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+            if len(set(keys)) != len(keys):
+                problems.append(f"a row twice at {len(keys)} rows")
+            if seen and len(keys) < seen[-1]:
+                problems.append(f"count went down {seen[-1]} -> {len(keys)}")
+            seen.append(len(keys))
+
+    r = threading.Thread(target=reader, daemon=True)
+    r.start()
+    sent = []
+    results = {}
+
+    def feed(d, name, base):
+        out = []
+        for k in range(6):
+            out += publish_round(d, base + k * 20, 20)
+            time.sleep(0.05)
+        results[name] = out
+
+    ts = [threading.Thread(target=feed, args=(d, n, base))
+          for d, n, base in ((a, "a", 0), (b, "b", 10000))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    sent = results["a"] + results["b"]  # same device ids, seq numbers apart
+    wait_for("both nodes' rows", lambda: count(path) == len(sent), deadline=40)
+    stop.set()
+    r.join(20)
+    a.stop()
+    b.stop()
+
+    assert not problems, problems[:5]
+    assert len(seen) > 3, "the reader hardly ran"
+    t = rows(path)
+    assert t.num_rows == len(sent)
+    per_device = Counter(t.column("device_id").to_pylist())
+    assert per_device == Counter({f"dev-{i}": 2 * 6 * 20 for i in range(DEVICES)})
+    pairs = Counter(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    paths, records = adds(path)
+    assert len(set(paths)) == len(paths) and sorted(paths) == data_files(path)
+    assert {p.rsplit("/", 1)[1].split("-")[0] for p in paths} == {"a", "b"}
+    assert sum(records) == len(sent)
+    versions = log_versions(path)
+    assert versions == list(range(len(versions)))
+    dt = DeltaTable(str(path))
+    assert dt.transaction_version("fleetlake-a") and dt.transaction_version("fleetlake-b")
+    print(f"\ntwo nodes: versions={len(versions)} files={len(paths)} reads={len(seen)}")
