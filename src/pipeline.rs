@@ -147,10 +147,13 @@ impl Pipeline {
         };
         let publisher = Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress)
             .with_retention(retained);
+        // Delta: a local lake's publisher commits; an object store's spools the commits for
+        // the uploader.
         #[cfg(feature = "delta")]
-        let publisher = match delta_lake(config)? {
-            Some(lake) => publisher.with_delta(lake),
-            None => publisher,
+        let publisher = match (&config.output, delta_lake(config)?) {
+            (OutputTarget::Local(_), Some(lake)) => publisher.with_delta(lake),
+            (OutputTarget::Remote(_), Some(_)) => publisher.with_pending_commits(),
+            _ => publisher,
         };
         let publisher = tokio::spawn(publisher.run());
         // 3. The batcher, holding back the batch a crash may have cut.
@@ -483,25 +486,41 @@ fn retained(config: &Config, stats: &Arc<Stats>) -> Result<Retained> {
     Ok(Retained { lake, rejected })
 }
 
-/// The Delta logs of a local lake, when `output.table_format = "delta"` (the lake's root
-/// exists: `output` made it).
+/// The Delta logs of the lake's tables, when `output.table_format = "delta"`: on the local
+/// folder (which `output` made), or on the object store through the output's own client.
 #[cfg(feature = "delta")]
 fn delta_lake(config: &Config) -> Result<Option<Arc<crate::sink::delta::DeltaLake>>> {
     use crate::config::TableFormat;
-    let (
-        TableFormat::Delta {
-            checkpoint_interval,
-        },
-        OutputTarget::Local(root),
-    ) = (config.table_format, &config.output)
+    let TableFormat::Delta {
+        checkpoint_interval,
+    } = config.table_format
     else {
         return Ok(None);
     };
-    let abs = std::fs::canonicalize(root)
-        .with_context(|| format!("resolving the output folder {}", root.display()))?;
-    let url = url::Url::from_directory_path(&abs)
-        .map_err(|()| anyhow::anyhow!("no file:// URL for {}", abs.display()))?;
-    let store = Arc::new(object_store::local::LocalFileSystem::new());
+    let (store, url): (Arc<dyn object_store::ObjectStore>, url::Url) = match &config.output {
+        OutputTarget::Local(root) => {
+            let abs = std::fs::canonicalize(root)
+                .with_context(|| format!("resolving the output folder {}", root.display()))?;
+            let url = url::Url::from_directory_path(&abs)
+                .map_err(|()| anyhow::anyhow!("no file:// URL for {}", abs.display()))?;
+            (Arc::new(object_store::local::LocalFileSystem::new()), url)
+        }
+        OutputTarget::Remote(remote) => {
+            let scheme = match remote.kind {
+                crate::config::StoreKind::S3 => "s3",
+                crate::config::StoreKind::Gcs => "gs",
+                crate::config::StoreKind::Azure => "az",
+            };
+            let prefix = match remote.prefix.is_empty() {
+                true => String::new(),
+                false => format!("{}/", remote.prefix),
+            };
+            let url = url::Url::parse(&format!("{scheme}://{}/{prefix}", remote.bucket))
+                .with_context(|| format!("no URL for the Delta tables under {}", remote.url))?;
+            (store::build(remote)?, url)
+        }
+        OutputTarget::Discard => return Ok(None),
+    };
     tracing::info!(root = %url, checkpoint_interval, "delta output: every file is committed to its table's _delta_log");
     Ok(Some(Arc::new(crate::sink::delta::DeltaLake::new(
         store,
@@ -560,6 +579,11 @@ fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads
                 stats.clone(),
                 finish_rx,
             );
+            #[cfg(feature = "delta")]
+            let uploader = match delta_lake(config)? {
+                Some(lake) => uploader.with_delta(lake),
+                None => uploader,
+            };
             let task = tokio::spawn(uploader.run());
             let uploads = Uploads {
                 finish,

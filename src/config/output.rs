@@ -101,13 +101,7 @@ pub(super) fn table_format(
                 ));
             }
             match target {
-                OutputTarget::Local(_) => {}
-                OutputTarget::Remote(_) => {
-                    return Err(invalid(
-                        "output.table_format",
-                        "\"delta\" is written to a local output only in this version (object stores: not yet)",
-                    ));
-                }
+                OutputTarget::Local(_) | OutputTarget::Remote(_) => {}
                 OutputTarget::Discard => {
                     return Err(invalid(
                         "output.table_format",

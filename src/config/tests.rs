@@ -337,10 +337,7 @@ fn the_table_format_is_parquet_by_default_and_delta_is_checked() {
         err_key("[output]\ntable_format = \"iceberg\""),
         "output.table_format"
     );
-    assert_eq!(
-        err_key(&delta("url = \"s3://bucket/p\"")),
-        "output.table_format"
-    );
+    assert_eq!(err_key(&delta("url = \"s3://bucket/p\"")), "ok");
     assert_eq!(err_key(&delta("url = \"null:\"")), "output.table_format");
     assert_eq!(
         err_key(&delta("retain_bytes = \"1GiB\"")),

@@ -6,6 +6,10 @@
 //! version already in the log, so a file enters the table once (promise 9). A column the table
 //! does not hold yet is added to its schema in the same commit.
 //!
+//! With an object store the commit cannot wait for the upload inside the publisher: the batch's
+//! [`PendingCommit`] (files, partitions, statistics) is spooled after its files, and the
+//! uploader commits it when it reaches it, the files being in the store by then.
+//!
 //! The log is read and written by `delta_kernel` (log replay, the transaction id, schema
 //! changes, the put-if-absent commit, checkpoints) through its default engine on the object
 //! store of the output (a local folder is a `file://` store). Two writers committing the same
@@ -14,10 +18,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch, StructArray};
 use arrow::datatypes::{DataType as ArrowType, Schema, TimeUnit};
 use delta_kernel::committer::FileSystemCommitter;
-use delta_kernel::expressions::Scalar;
+use delta_kernel::expressions::{ColumnName, Scalar};
 use delta_kernel::object_store::DynObjectStore;
 use delta_kernel::schema::{DataType, StructField, StructType};
 use delta_kernel::transaction::create_table::create_table;
@@ -30,6 +34,7 @@ use delta_kernel_default_engine::stats::collect_stats;
 use delta_kernel_default_engine::{DefaultEngine, build_add_file_metadata};
 use url::Url;
 
+use super::spool::PENDING_COMMIT_SUFFIX as PENDING_SUFFIX;
 use crate::columnar::builder::DELTA_FORBIDDEN_CHARS as FORBIDDEN;
 
 /// Written into each commit's `commitInfo.engineInfo`.
@@ -66,19 +71,211 @@ pub enum DeltaError {
     },
 }
 
-/// One data file to add: where it is below the table and what it holds.
-#[derive(Debug)]
-pub struct DataFile<'a> {
+/// One data file to add: where it is below the table, its partition and statistics.
+#[derive(Debug, Clone)]
+pub struct DataFile {
     /// Path below the table folder, `/`-separated (`date=…/hour=…/{name}.parquet`).
-    pub path: &'a str,
+    pub path: String,
     /// `YYYY-MM-DD`.
-    pub date: &'a str,
+    pub date: String,
     /// `HH`.
-    pub hour: &'a str,
+    pub hour: String,
     /// Size in bytes.
     pub size: u64,
-    /// The rows, for the statistics.
-    pub records: &'a RecordBatch,
+    /// Its statistics ([`file_stats`]): one row of `numRecords`, `nullCount`, `minValues`,
+    /// `maxValues`, `tightBounds`.
+    pub stats: StructArray,
+}
+
+/// Columns with statistics: Delta's default (`delta.dataSkippingNumIndexedCols`), the first 32.
+const STATS_COLUMNS: usize = 32;
+
+/// The statistics of a file holding `records` (columns of `table`), as the table's default
+/// settings ask for them: computed from the rows, without the table's log (so a spooled file's
+/// statistics are ready before the store is reachable).
+pub fn file_stats(records: &RecordBatch, table: &str) -> Result<StructArray, DeltaError> {
+    let mut fields = table_columns(&records.schema(), table)?;
+    fields.truncate(records.num_columns());
+    let physical = StructType::try_new(fields.iter().cloned()).map_err(DeltaLake::kernel(table))?;
+    let columns: Vec<ColumnName> = fields
+        .iter()
+        .take(STATS_COLUMNS)
+        .map(|f| ColumnName::new([f.name().clone()]))
+        .collect();
+    collect_stats(records, &columns, &physical).map_err(DeltaLake::kernel(table))
+}
+
+/// A batch's commit waiting in the spool for its files to reach the object store: the table,
+/// its columns, the files with their statistics and the transaction version. Stored as a small
+/// Parquet file (one row per data file; the rest in its key-value metadata), written after the
+/// batch's files and durable like them, so the commit survives a restart with the spool.
+#[derive(Debug, Clone)]
+pub struct PendingCommit {
+    /// The table.
+    pub table: String,
+    /// Its columns ([`table_columns`]).
+    pub columns: Vec<StructField>,
+    /// The batch's files.
+    pub files: Vec<DataFile>,
+    /// The transaction version: the batch's last WAL sequence number.
+    pub version: u64,
+}
+
+/// Where a batch's [`PendingCommit`] waits in the spool:
+/// `{table}/_delta_commits/{node}-{version}-{version}.delta-commit`, named after the batch's
+/// last sequence number so that a restart queues it after the batch's files.
+pub fn pending_path(table: &str, node: &str, version: u64) -> std::path::PathBuf {
+    std::path::Path::new(table)
+        .join("_delta_commits")
+        .join(format!(
+            "{node}-{version:020}-{version:020}{PENDING_SUFFIX}"
+        ))
+}
+
+const META_TABLE: &str = "fleetlake.delta.table";
+const META_COLUMNS: &str = "fleetlake.delta.columns";
+const META_VERSION: &str = "fleetlake.delta.version";
+
+impl PendingCommit {
+    /// The commit of a batch of `table` (columns `schema`) whose `parts` were written as
+    /// `files` (same order) below `dir`, the table's folder.
+    pub fn of_batch(
+        table: &str,
+        schema: &Schema,
+        parts: &[crate::columnar::encode::Part],
+        files: &[super::Published],
+        dir: &std::path::Path,
+        version: u64,
+    ) -> Result<Self, DeltaError> {
+        let files = parts
+            .iter()
+            .zip(files)
+            .map(|(part, f)| {
+                Ok(DataFile {
+                    path: relative_url_path(&f.path, dir),
+                    date: part.date.clone(),
+                    hour: part.hour.clone(),
+                    size: f.bytes,
+                    stats: file_stats(&part.records, table)?,
+                })
+            })
+            .collect::<Result<_, DeltaError>>()?;
+        Ok(Self {
+            table: table.to_string(),
+            columns: table_columns(schema, table)?,
+            files,
+            version,
+        })
+    }
+
+    fn malformed(what: impl std::fmt::Display) -> DeltaError {
+        DeltaError::Schema {
+            table: String::new(),
+            reason: format!("a pending commit file is malformed: {what}"),
+        }
+    }
+
+    /// The Parquet bytes of this commit.
+    pub fn to_parquet(&self) -> Result<Vec<u8>, DeltaError> {
+        use arrow::array::{ArrayRef, StringArray, UInt64Array};
+        let strings = |f: fn(&DataFile) -> &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(self.files.iter().map(f)))
+        };
+        let stats: Vec<&dyn Array> = self.files.iter().map(|f| &f.stats as &dyn Array).collect();
+        let stats = arrow::compute::concat(&stats).map_err(Self::malformed)?;
+        let sizes: ArrayRef = Arc::new(UInt64Array::from_iter_values(
+            self.files.iter().map(|f| f.size),
+        ));
+        let batch = RecordBatch::try_from_iter([
+            ("path", strings(|f| &f.path)),
+            ("date", strings(|f| &f.date)),
+            ("hour", strings(|f| &f.hour)),
+            ("size", sizes),
+            ("stats", stats),
+        ])
+        .map_err(Self::malformed)?;
+        let columns = serde_json::to_string(&self.columns).map_err(Self::malformed)?;
+        let meta = [
+            (META_TABLE, self.table.clone()),
+            (META_COLUMNS, columns),
+            (META_VERSION, self.version.to_string()),
+        ]
+        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v));
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_key_value_metadata(Some(meta.to_vec()))
+            .build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))
+                .map_err(Self::malformed)?;
+        writer.write(&batch).map_err(Self::malformed)?;
+        writer.into_inner().map_err(Self::malformed)
+    }
+
+    /// Reads a commit written by [`Self::to_parquet`].
+    pub fn from_parquet(bytes: bytes::Bytes) -> Result<Self, DeltaError> {
+        use arrow::array::{AsArray, StringArray};
+        use arrow::datatypes::UInt64Type;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(Self::malformed)?;
+        let kv = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap_or_default();
+        let get = |k: &str| {
+            kv.iter()
+                .find(|e| e.key == k)
+                .and_then(|e| e.value.clone())
+                .ok_or_else(|| Self::malformed(format!("no {k}")))
+        };
+        let table = get(META_TABLE)?;
+        let columns: Vec<StructField> =
+            serde_json::from_str(&get(META_COLUMNS)?).map_err(Self::malformed)?;
+        let version = get(META_VERSION)?.parse().map_err(Self::malformed)?;
+        let mut files = Vec::new();
+        for batch in builder.build().map_err(Self::malformed)? {
+            let batch = batch.map_err(Self::malformed)?;
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| Self::malformed(format!("no column {name}")))
+            };
+            let (path, date, hour) = (col("path")?, col("date")?, col("hour")?);
+            let strings = |a: &Arc<dyn Array>| a.as_string_opt::<i32>().cloned();
+            let (Some(path), Some(date), Some(hour)): (
+                Option<StringArray>,
+                Option<StringArray>,
+                Option<StringArray>,
+            ) = (strings(&path), strings(&date), strings(&hour)) else {
+                return Err(Self::malformed("path, date and hour are not strings"));
+            };
+            let size = col("size")?;
+            let size = size
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| Self::malformed("size is not a u64"))?;
+            let stats = col("stats")?;
+            let stats = stats
+                .as_struct_opt()
+                .ok_or_else(|| Self::malformed("stats is not a struct"))?;
+            for i in 0..batch.num_rows() {
+                files.push(DataFile {
+                    path: path.value(i).to_string(),
+                    date: date.value(i).to_string(),
+                    hour: hour.value(i).to_string(),
+                    size: size.value(i),
+                    stats: stats.slice(i, 1),
+                });
+            }
+        }
+        Ok(Self {
+            table,
+            columns,
+            files,
+            version,
+        })
+    }
 }
 
 /// What a commit did.
@@ -225,7 +422,7 @@ impl DeltaLake {
             })
     }
 
-    fn kernel(table: &str) -> impl FnOnce(delta_kernel::KernelError) -> DeltaError + '_ {
+    pub(crate) fn kernel(table: &str) -> impl FnOnce(delta_kernel::KernelError) -> DeltaError + '_ {
         move |e| DeltaError::Kernel {
             table: table.into(),
             source: Box::new(e),
@@ -295,21 +492,20 @@ impl DeltaLake {
         }
     }
 
-    /// Adds `files` of `table` (whose columns are `schema`'s) in one commit with transaction
-    /// version `version` (the batch's last WAL sequence number): skipped when the log holds
-    /// this node's transaction at that version or later. Blocking.
+    /// Adds `files` of `table` (whose columns are `columns`, [`table_columns`]) in one commit
+    /// with transaction version `version` (the batch's last WAL sequence number): skipped when
+    /// the log holds this node's transaction at that version or later. Blocking.
     pub fn commit(
         &self,
         table: &str,
-        schema: &Schema,
-        files: &[DataFile<'_>],
+        columns: &[StructField],
+        files: &[DataFile],
         version: u64,
     ) -> Result<Committed, DeltaError> {
-        let columns = table_columns(schema, table)?;
         let url = self.table_url(table)?;
         let txn_version = i64::try_from(version).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
-            let snapshot = self.latest(table, &columns)?;
+            let snapshot = self.latest(table, columns)?;
             let done = snapshot
                 .get_app_id_version(&self.app_id, &self.engine)
                 .map_err(Self::kernel(table))?;
@@ -322,7 +518,7 @@ impl DeltaLake {
                 .clone()
                 .update_table(UpdateTableOperation::Write, ENGINE_INFO, true)
                 .with_transaction_id(self.app_id.clone(), txn_version);
-            for c in &columns {
+            for c in columns {
                 match current.field(c.name()) {
                     None => builder = builder.add_column(c.clone()),
                     Some(had) if had.data_type() != c.data_type() => {
@@ -346,7 +542,7 @@ impl DeltaLake {
             let now = chrono::Utc::now().timestamp_millis();
             for f in files {
                 let values =
-                    partition_values(f.date, f.hour).ok_or_else(|| DeltaError::Schema {
+                    partition_values(&f.date, &f.hour).ok_or_else(|| DeltaError::Schema {
                         table: table.into(),
                         reason: format!("partition date={} hour={} is malformed", f.date, f.hour),
                     })?;
@@ -355,13 +551,7 @@ impl DeltaLake {
                     .with_partition_values(values)
                     .build()
                     .map_err(Self::kernel(table))?;
-                let stats = collect_stats(
-                    f.records,
-                    context.stats_columns(),
-                    context.physical_data_schema(),
-                )
-                .map_err(Self::kernel(table))?;
-                let location = url.join(f.path).map_err(|e| DeltaError::Schema {
+                let location = url.join(&f.path).map_err(|e| DeltaError::Schema {
                     table: table.into(),
                     reason: format!("no URL for {}: {e}", f.path),
                 })?;
@@ -370,6 +560,7 @@ impl DeltaLake {
                     last_modified: now,
                     size: f.size,
                 };
+                let stats = f.stats.clone();
                 let add = build_add_file_metadata(DataFileMetadata::new(meta, stats), &context)
                     .map_err(Self::kernel(table))?;
                 txn.add_files(add);
@@ -395,6 +586,16 @@ impl DeltaLake {
         Err(DeltaError::Contended {
             table: table.into(),
         })
+    }
+
+    /// Commits a [`PendingCommit`] (see [`Self::commit`]).
+    pub fn commit_pending(&self, pending: &PendingCommit) -> Result<Committed, DeltaError> {
+        self.commit(
+            &pending.table,
+            &pending.columns,
+            &pending.files,
+            pending.version,
+        )
     }
 
     fn remember(&self, table: &str, snapshot: SnapshotRef) {
@@ -465,6 +666,76 @@ mod tests {
         let odd = Schema::new(vec![Field::new("x", ArrowType::UInt8, true)]);
         let e = table_columns(&odd, "t").expect_err("uint8");
         assert!(e.to_string().contains("`x` has type UInt8"), "{e}");
+    }
+
+    #[test]
+    fn a_pending_commit_survives_its_parquet_round_trip() {
+        use arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("device_id", ArrowType::Utf8, false),
+            Field::new("temp", ArrowType::Float64, true),
+        ]));
+        let records = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![1_000_000, 3_000_000])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Float64Array::from(vec![Some(1.5), None])),
+            ],
+        )
+        .expect("batch");
+        let stats = file_stats(&records, "t").expect("stats");
+        let file = |path: &str, size| DataFile {
+            path: path.into(),
+            date: "2026-12-01".into(),
+            hour: "07".into(),
+            size,
+            stats: stats.clone(),
+        };
+        let pending = PendingCommit {
+            table: "t".into(),
+            columns: table_columns(&schema, "t").expect("columns"),
+            files: vec![
+                file("date=2026-12-01/hour=07/a.parquet", 10),
+                file("b.parquet", 20),
+            ],
+            version: 42,
+        };
+        let back =
+            PendingCommit::from_parquet(pending.to_parquet().expect("write").into()).expect("read");
+        assert_eq!(back.table, "t");
+        assert_eq!(back.version, 42);
+        assert_eq!(back.columns, pending.columns);
+        assert_eq!(back.files.len(), 2);
+        for (a, b) in back.files.iter().zip(&pending.files) {
+            assert_eq!(
+                (&a.path, &a.date, &a.hour, a.size),
+                (&b.path, &b.date, &b.hour, b.size)
+            );
+            assert_eq!(a.stats, b.stats);
+        }
+        assert_eq!(stats.len(), 1);
+        assert!(PendingCommit::from_parquet(bytes::Bytes::from_static(b"nope")).is_err());
+    }
+
+    #[test]
+    fn pending_commits_sort_after_their_batch() {
+        let p = pending_path("env", "n1", 7);
+        assert_eq!(
+            p,
+            std::path::Path::new(
+                "env/_delta_commits/n1-00000000000000000007-00000000000000000007.delta-commit"
+            )
+        );
+        assert!(crate::sink::spool::is_pending_commit(&p));
     }
 
     #[test]

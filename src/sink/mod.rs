@@ -201,6 +201,21 @@ impl LocalSink {
         &self.root
     }
 
+    /// The node id in file names.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Writes `bytes` as `{root}/{rel}` atomically and durably, like a data file (blocking).
+    pub fn publish_bytes(&self, rel: &Path, bytes: &[u8]) -> Result<PathBuf, SinkError> {
+        let path = self.root.join(rel);
+        self.create_dirs(path.parent().unwrap_or(&self.root))?;
+        let (tmp, mut file) = self.create_temp(&path)?;
+        std::io::Write::write_all(&mut file, bytes).map_err(io("write", &tmp))?;
+        settle(file, &tmp, &path)?;
+        Ok(path)
+    }
+
     /// Creates the root (with the folder mode, when it is new) and removes temp files a crash
     /// left behind; returns how many.
     pub fn prepare(&self) -> Result<usize, SinkError> {

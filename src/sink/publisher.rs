@@ -41,6 +41,10 @@ pub struct Publisher {
     /// The Delta logs of a local lake (`output.table_format = "delta"`).
     #[cfg(feature = "delta")]
     delta: Option<Arc<super::delta::DeltaLake>>,
+    /// With an object store and Delta: each batch's commit goes into the spool after its files,
+    /// for the uploader to commit once they are in the store.
+    #[cfg(feature = "delta")]
+    pending_commits: bool,
 }
 
 /// The folders the publisher bounds as it writes into them.
@@ -101,6 +105,8 @@ impl Publisher {
             lake_schemas: Arc::default(),
             #[cfg(feature = "delta")]
             delta: None,
+            #[cfg(feature = "delta")]
+            pending_commits: false,
         }
     }
 
@@ -109,6 +115,14 @@ impl Publisher {
     #[cfg(feature = "delta")]
     pub fn with_delta(mut self, delta: Arc<super::delta::DeltaLake>) -> Self {
         self.delta = Some(delta);
+        self
+    }
+
+    /// Spools each batch's Delta commit after its files (an object-store output): the uploader
+    /// commits it once the files are in the store.
+    #[cfg(feature = "delta")]
+    pub fn with_pending_commits(mut self) -> Self {
+        self.pending_commits = true;
         self
     }
 
@@ -159,7 +173,7 @@ impl Publisher {
         let retained = self.retention.clone();
         let lake_schemas = self.lake_schemas.clone();
         #[cfg(feature = "delta")]
-        let delta = self.delta.clone();
+        let (delta, pending_commits) = (self.delta.clone(), self.pending_commits);
         tokio::task::spawn_blocking(move || {
             if let Some(schema) = &schema {
                 schemas.store(schema).map_err(PublishError::Schema)?;
@@ -193,6 +207,18 @@ impl Publisher {
                 done.insert(batch.table.clone());
                 Ok(written)
             };
+            // The Delta commit of this batch's files, written below `sink`.
+            #[cfg(feature = "delta")]
+            let pending_commit = |sink: &LocalSink, parts: &[encode::Part], files: &[Published]| {
+                super::delta::PendingCommit::of_batch(
+                    &batch.table,
+                    &batch.records.schema(),
+                    parts,
+                    files,
+                    &sink.root().join(&*batch.table),
+                    last_seq,
+                )
+            };
             let rejected = &*batch.table == REJECTED_TABLE;
             let kept = |files: &[Published], dir: &RetainedDir| {
                 for f in files {
@@ -214,31 +240,10 @@ impl Publisher {
                     // before this line replays the batch, which rewrites the same files.
                     #[cfg(feature = "delta")]
                     if let Some(delta) = &delta {
-                        let dir = sink.root().join(&*batch.table);
-                        let paths: Vec<String> = files
-                            .iter()
-                            .map(|f| super::delta::relative_url_path(&f.path, &dir))
-                            .collect();
-                        let added: Vec<super::delta::DataFile<'_>> = _parts
-                            .iter()
-                            .zip(&files)
-                            .zip(&paths)
-                            .map(|((part, f), path)| super::delta::DataFile {
-                                path,
-                                date: &part.date,
-                                hour: &part.hour,
-                                size: f.bytes,
-                                records: &part.records,
-                            })
-                            .collect();
+                        let pending = pending_commit(sink, &_parts, &files)?;
                         crate::fault::point("delta-before-commit");
-                        let done = delta.commit(
-                            &batch.table,
-                            &batch.records.schema(),
-                            &added,
-                            last_seq,
-                        )?;
-                        tracing::debug!(table = %batch.table, files = added.len(), ?done, "delta commit");
+                        let done = delta.commit_pending(&pending)?;
+                        tracing::debug!(table = %batch.table, files = files.len(), ?done, "delta commit");
                         crate::fault::point("delta-after-commit");
                     }
                     if let Some(dir) = &retained.lake {
@@ -251,9 +256,18 @@ impl Publisher {
                         let dropped = spool.add(&path, bytes);
                         spool.evict(&dropped);
                     }
-                    let (_, files) = write(sink, &batch.table)?;
+                    let (_parts, files) = write(sink, &batch.table)?;
                     for f in &files {
                         let dropped = spool.add(&f.path, f.bytes);
+                        spool.evict(&dropped);
+                    }
+                    #[cfg(feature = "delta")]
+                    if pending_commits {
+                        let pending = pending_commit(sink, &_parts, &files)?;
+                        let rel = super::delta::pending_path(&batch.table, sink.node(), last_seq);
+                        let path = sink.publish_bytes(&rel, &pending.to_parquet()?)?;
+                        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                        let dropped = spool.add(&path, bytes);
                         spool.evict(&dropped);
                     }
                     files

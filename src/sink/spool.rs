@@ -19,6 +19,15 @@ use tokio::sync::Notify;
 use crate::config::SpoolFull;
 use crate::telemetry::Stats;
 
+/// File name suffix of a Delta commit waiting in the spool for its batch's files to be uploaded
+/// (`sink::delta::PendingCommit`): queued after them, committed by the uploader.
+pub const PENDING_COMMIT_SUFFIX: &str = ".delta-commit";
+
+/// Whether a spooled file is a pending Delta commit rather than a file to upload.
+pub fn is_pending_commit(rel: &Path) -> bool {
+    rel.to_string_lossy().ends_with(PENDING_COMMIT_SUFFIX)
+}
+
 /// One file in the spool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spooled {
@@ -149,7 +158,9 @@ impl Spool {
         });
         let mut found = Vec::new();
         scan(&spool.root, &spool.root, &mut found);
-        found.sort_by(|a, b| (seq_of(&a.rel), &a.rel).cmp(&(seq_of(&b.rel), &b.rel)));
+        // A pending commit is named after its batch's last sequence number: after the files
+        // that start at or before it.
+        found.sort_by_key(|f| (seq_of(&f.rel), is_pending_commit(&f.rel), f.rel.clone()));
         for f in found {
             let dropped = spool.lock().push(f);
             spool.evict(&dropped);
@@ -163,7 +174,8 @@ impl Spool {
     pub fn evict(&self, dropped: &[Spooled]) {
         for f in dropped {
             let path = self.root.join(&f.rel);
-            let rows = parquet_rows(&path);
+            // A pending commit's rows are its files, not data rows.
+            let rows = parquet_rows(&path).filter(|_| !is_pending_commit(&f.rel));
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     Stats::add(&self.stats.spool_files_dropped, 1);
@@ -328,7 +340,9 @@ fn scan(root: &Path, dir: &Path, out: &mut Vec<Spooled>) {
         let name = name.to_string_lossy();
         if meta.is_dir() {
             scan(root, &path, out);
-        } else if (name.ends_with(".parquet") || name == super::SCHEMA_FILE)
+        } else if (name.ends_with(".parquet")
+            || name == super::SCHEMA_FILE
+            || name.ends_with(PENDING_COMMIT_SUFFIX))
             && !name.starts_with('.')
         {
             let since = meta

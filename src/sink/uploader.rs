@@ -54,6 +54,9 @@ pub enum UploadError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// A Delta commit failed (the commit stays in the spool and is retried).
+    #[error("delta commit: {0}")]
+    Delta(String),
     /// Another object already has this name.
     #[error(
         "{key} already exists with {remote} bytes but the spooled file has {local}: is node.id shared by two nodes?"
@@ -74,6 +77,7 @@ impl UploadError {
         match self {
             Self::Store(e) => classify(e),
             Self::Local { .. } => UploadErrorKind::LocalIo,
+            Self::Delta(_) => UploadErrorKind::Other,
             Self::Conflict { .. } => UploadErrorKind::Conflict,
         }
     }
@@ -236,6 +240,9 @@ pub struct Uploader {
     max_backoff: Duration,
     stats: Arc<Stats>,
     finish: watch::Receiver<bool>,
+    /// The Delta tables the spooled commits go to (`output.table_format = "delta"`).
+    #[cfg(feature = "delta")]
+    delta: Option<Arc<super::delta::DeltaLake>>,
 }
 
 /// What the uploader needs besides the store and the spool.
@@ -273,7 +280,16 @@ impl Uploader {
             max_backoff: config.max_backoff,
             stats,
             finish,
+            #[cfg(feature = "delta")]
+            delta: None,
         }
+    }
+
+    /// Commits the spooled Delta commits into `delta`'s tables once their files are uploaded.
+    #[cfg(feature = "delta")]
+    pub fn with_delta(mut self, delta: Arc<super::delta::DeltaLake>) -> Self {
+        self.delta = Some(delta);
+        self
     }
 
     /// Runs the upload loop.
@@ -328,9 +344,93 @@ impl Uploader {
         tracing::debug!(left = self.spool.is_empty(), "uploader finished");
     }
 
+    /// Moves a spooled file to the conflicts folder (never deleted, never uploaded).
+    fn move_aside(&self, file: &Spooled) -> std::io::Result<PathBuf> {
+        let aside = self.conflicts.join(&file.rel);
+        aside
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::rename(self.spool.root().join(&file.rel), &aside))?;
+        Ok(aside)
+    }
+
+    /// Commits a spooled Delta commit: the files it lists that the store holds (all of them,
+    /// unless `drop_oldest` deleted some unsent) go into the table in one commit, then the
+    /// commit leaves the spool. Files come before their commit in the spool, so they are up.
+    #[cfg(feature = "delta")]
+    async fn commit(&self, file: &Spooled, path: &Path) -> Result<(), UploadError> {
+        use super::delta::PendingCommit;
+        let Some(delta) = self.delta.clone() else {
+            let aside = self.move_aside(file);
+            tracing::error!(file = %file.rel.display(), moved_to = ?aside, "a Delta commit waits in the spool but output.table_format is not \"delta\": moved aside, not committed");
+            self.spool.done();
+            return Ok(());
+        };
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| UploadError::Local {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut pending = match PendingCommit::from_parquet(bytes.into()) {
+            Ok(p) => p,
+            Err(e) => {
+                let aside = self.move_aside(file);
+                tracing::error!(file = %file.rel.display(), error = %e, moved_to = ?aside, "an unreadable Delta commit in the spool: moved aside");
+                self.spool.done();
+                return Ok(());
+            }
+        };
+        let mut present = Vec::with_capacity(pending.files.len());
+        for f in pending.files.drain(..) {
+            let key = object_key(&self.prefix, &Path::new(&pending.table).join(&f.path));
+            match self.store.head(&key).await {
+                Ok(meta) if meta.size == f.size => present.push(f),
+                Ok(meta) => {
+                    tracing::error!(key = %key, store_bytes = meta.size, file_bytes = f.size, "the store holds another object under this name: not added to the Delta table")
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    tracing::warn!(key = %key, "not in the store (deleted from the spool unsent): not added to the Delta table")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        pending.files = present;
+        crate::fault::point("delta-upload-before-commit");
+        let started = Instant::now();
+        let files = pending.files.len();
+        let done = match files {
+            0 => None,
+            _ => Some(
+                tokio::task::spawn_blocking(move || delta.commit_pending(&pending))
+                    .await
+                    .map_err(|e| UploadError::Delta(e.to_string()))?
+                    .map_err(|e| UploadError::Delta(e.to_string()))?,
+            ),
+        };
+        crate::fault::point("delta-upload-after-commit");
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a committed Delta commit from the spool");
+        }
+        self.spool.done();
+        tracing::info!(file = %file.rel.display(), files, ?done, elapsed_ms = started.elapsed().as_millis() as u64, "delta commit");
+        Ok(())
+    }
+
     /// Uploads one file and takes it out of the spool; a conflict moves it aside.
     async fn upload(&self, file: &Spooled) -> Result<(), UploadError> {
         let path = self.spool.root().join(&file.rel);
+        if super::spool::is_pending_commit(&file.rel) {
+            #[cfg(feature = "delta")]
+            return self.commit(file, &path).await;
+            #[cfg(not(feature = "delta"))]
+            {
+                let aside = self.move_aside(file);
+                tracing::error!(file = %file.rel.display(), moved_to = ?aside, "a Delta commit waits in the spool but this build has no Delta support: moved aside");
+                self.spool.done();
+                return Ok(());
+            }
+        }
         let key = object_key(&self.prefix, &file.rel);
         let started = Instant::now();
         let schema = file.rel.file_name() == Some(std::ffi::OsStr::new(super::SCHEMA_FILE));
@@ -371,25 +471,18 @@ impl Uploader {
                 self.spool.done();
                 Ok(())
             }
-            Err(e @ UploadError::Conflict { .. }) => {
-                let aside = self.conflicts.join(&file.rel);
-                let moved = aside
-                    .parent()
-                    .map_or(Ok(()), std::fs::create_dir_all)
-                    .and_then(|()| std::fs::rename(&path, &aside));
-                match moved {
-                    Ok(()) => {
-                        self.spool.done();
-                        self.stats.upload_failed(e.kind());
-                        tracing::error!(error = %e, moved_to = %aside.display(), "upload conflict: the file was moved aside, not uploaded");
-                        Ok(())
-                    }
-                    Err(io) => {
-                        tracing::error!(error = %e, move_error = %io, "upload conflict, and the file cannot be moved aside");
-                        Err(e)
-                    }
+            Err(e @ UploadError::Conflict { .. }) => match self.move_aside(file) {
+                Ok(aside) => {
+                    self.spool.done();
+                    self.stats.upload_failed(e.kind());
+                    tracing::error!(error = %e, moved_to = %aside.display(), "upload conflict: the file was moved aside, not uploaded");
+                    Ok(())
                 }
-            }
+                Err(io) => {
+                    tracing::error!(error = %e, move_error = %io, "upload conflict, and the file cannot be moved aside");
+                    Err(e)
+                }
+            },
             Err(e) => Err(e),
         }
     }

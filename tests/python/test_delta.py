@@ -16,6 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import publish_json, wait_for
+from test_s3 import aws_env  # noqa: F401 (a fixture: AWS_* for the moto test)
 
 DEVICES = 3
 CONFIG = """
@@ -281,3 +282,119 @@ def test_two_nodes_commit_into_one_table_while_a_reader_never_sees_it_shrink(dae
     dt = DeltaTable(str(path))
     assert dt.transaction_version("fleetlake-a") and dt.transaction_version("fleetlake-b")
     print(f"\ntwo nodes: versions={len(versions)} files={len(paths)} reads={len(seen)}")
+
+
+def test_delta_on_s3_two_nodes_commit_into_one_table(daemon_factory, aws_env):
+    """Two nodes spool files and their commits, upload them to a moto S3 server and commit into
+    one table: delta-rs and Polars read the union exactly, with the late column; every data
+    object is added once; versions are contiguous."""
+    from test_s3 import BUCKET, PREFIX, Moto, s3_config
+
+    moto = Moto().start()
+    aws_env.append(moto)
+    cfg = s3_config(moto.port, 'table_format = "delta"\n[output.delta]\ncheckpoint_interval = 4') \
+        + '[[tables]]\nname = "env"\ntopics = ["env/{device_id}"]\n'
+    a = daemon_factory(cfg, dir_name="a", node_id="a")
+    b = daemon_factory(cfg, dir_name="b", node_id="b")
+    uri = f"s3://{BUCKET}/{PREFIX}/env"
+    opts = s3_options(moto)
+
+    def s3_count():
+        return table_rows(uri, opts)
+
+    import threading
+    results = {}
+
+    def feed(d, name, base):
+        out = []
+        for k in range(4):
+            out += publish_round(d, base + k * 30, 30)
+            time.sleep(0.3)
+        out += publish_round(d, base + 500, 5, extra={"fw": name})
+        results[name] = out
+
+    ts = [threading.Thread(target=feed, args=(d, n, base)) for d, n, base in ((a, "a", 0), (b, "b", 10000))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(90)
+    sent = results["a"] + results["b"]
+    wait_for("both nodes' rows committed in the bucket", lambda: s3_count() == len(sent), deadline=60)
+    a.stop()
+    b.stop()
+
+    dt = DeltaTable(uri, storage_options=opts)
+    t = dt.to_pyarrow_table()
+    pairs = Counter(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    assert Counter(t.column("fw").to_pylist()) == Counter({None: len(sent) - 30, "a": 15, "b": 15})
+    assert "fw" in [f.name for f in dt.schema().fields]
+    paths, records = adds_of(dt)
+    keys = [k for k in moto.keys() if k.startswith(f"{PREFIX}/env/date=")]
+    assert sorted(f"{PREFIX}/env/{p}" for p in paths) == sorted(keys)
+    assert len(set(paths)) == len(paths) and sum(records) == len(sent)
+    logs = sorted(k for k in moto.keys(schema_files=True) if k.startswith(f"{PREFIX}/env/_delta_log/"))
+    versions = sorted(int(k.rsplit("/", 1)[1].split(".")[0]) for k in logs if k.endswith(".json"))
+    assert versions == list(range(len(versions))), versions
+    assert any(k.endswith(".checkpoint.parquet") for k in logs) and any(k.endswith("_last_checkpoint") for k in logs)
+    assert dt.transaction_version("fleetlake-a") and dt.transaction_version("fleetlake-b")
+    assert pl.read_delta(uri, storage_options=opts).height == len(sent)
+    # Nothing of the commits is left in the spools.
+    for d in (a, b):
+        assert not list((d.dir / "data" / "spool").rglob("*.delta-commit"))
+    print(f"\ndelta on s3: versions={len(versions)} files={len(paths)} rows={len(sent)}")
+
+
+def s3_options(moto):
+    """delta-rs and Polars storage options for the moto server."""
+    return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}", "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1"}
+
+
+def table_rows(uri, opts):
+    """Rows of the table in the bucket (0 while it has no log yet)."""
+    try:
+        return DeltaTable(uri, storage_options=opts).to_pyarrow_table(columns=["seq"]).num_rows
+    except Exception:  # no table yet
+        return 0
+
+
+def adds_of(dt):
+    a = pa.table(dt.get_add_actions(flatten=True))
+    return a.column("path").to_pylist(), a.column("num_records").to_pylist()
+
+
+@pytest.mark.parametrize("point", ["delta-upload-before-commit", "delta-upload-after-commit"])
+def test_s3_a_crash_at_the_uploaders_commit_keeps_every_row_exactly_once(daemon_factory, aws_env, point):
+    """The daemon aborts when its uploader reaches the 2nd spooled commit, with the batch's files
+    in the bucket, before or after committing them; after a restart the table holds each row
+    and each file once, and the spool holds no commit."""
+    from test_s3 import BUCKET, PREFIX, Moto, s3_config
+
+    moto = Moto().start()
+    aws_env.append(moto)
+    cfg = (s3_config(moto.port, 'table_format = "delta"').replace('max_age = "200ms"', 'max_age = "2s"')
+           + '[[tables]]\nname = "env"\ntopics = ["env/{device_id}"]\n')
+    uri = f"s3://{BUCKET}/{PREFIX}/env"
+    opts = s3_options(moto)
+
+    def s3_count():
+        return table_rows(uri, opts)
+
+    d = daemon_factory(cfg, dir_name="n", env={"FLEETLAKE_FAULT": f"{point}:2"})
+    sent = publish_round(d, 0, 20)
+    wait_for("the first commit", lambda: s3_count() == len(sent))
+    sent += publish_round(d, 100, 20)
+    assert d.proc.wait(timeout=30) != 0, "the fault point did not stop the daemon"
+    assert s3_count() == (60 if point == "delta-upload-before-commit" else 120)
+    d = daemon_factory(cfg, dir_name="n")
+    wait_for("the spooled commit committed", lambda: s3_count() == len(sent), deadline=30)
+    d.stop()
+    dt = DeltaTable(uri, storage_options=opts)
+    t = dt.to_pyarrow_table()
+    pairs = Counter(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    paths, _ = adds_of(dt)
+    assert len(set(paths)) == len(paths)
+    assert not list((d.dir / "data" / "spool").rglob("*.delta-commit"))
