@@ -101,6 +101,8 @@ pub enum Failure {
 #[derive(Debug)]
 pub struct Pipeline {
     uploads: Option<Uploads>,
+    /// Delta compaction and vacuum, and what stops it.
+    compactor: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     publisher: JoinHandle<()>,
     batcher: JoinHandle<()>,
     wal_end: oneshot::Receiver<WriterResult<DiskFs>>,
@@ -145,16 +147,27 @@ impl Pipeline {
             let (config, stats) = (config.clone(), stats.clone());
             tokio::task::spawn_blocking(move || retained(&config, &stats)).await??
         };
+        #[cfg(feature = "delta")]
+        let sink_root = match &sink {
+            Output::Local(s) => Some(s.clone()),
+            _ => None,
+        };
         let publisher = Publisher::new(ready_rx, Arc::new(sink), stats.clone(), progress)
             .with_retention(retained);
         // Delta: a local lake's publisher commits; an object store's spools the commits for
         // the uploader.
         #[cfg(feature = "delta")]
-        let publisher = match (&config.output, delta_lake(config)?) {
-            (OutputTarget::Local(_), Some(lake)) => publisher.with_delta(lake),
+        let lake = delta_lake(config, &stats)?;
+        #[cfg(feature = "delta")]
+        let publisher = match (&config.output, &lake) {
+            (OutputTarget::Local(_), Some(lake)) => publisher.with_delta(lake.clone()),
             (OutputTarget::Remote(_), Some(_)) => publisher.with_pending_commits(),
             _ => publisher,
         };
+        #[cfg(feature = "delta")]
+        let compactor = compactor(config, lake, &sink_root, &shared, &stats);
+        #[cfg(not(feature = "delta"))]
+        let compactor = None;
         let publisher = tokio::spawn(publisher.run());
         // 3. The batcher, holding back the batch a crash may have cut.
         let (batch_tx, batch_rx) = mpsc::channel(INGEST_QUEUE);
@@ -254,6 +267,7 @@ impl Pipeline {
         let (addrs, tls) = sources.start(config, security, redelivery, routes).await?;
         Ok(Self {
             uploads,
+            compactor,
             publisher,
             batcher,
             wal_end,
@@ -290,6 +304,7 @@ impl Pipeline {
     pub async fn stop(self, grace: Duration, interrupt: impl Future<Output = ()>) -> bool {
         let Self {
             uploads,
+            compactor,
             publisher,
             batcher,
             mut wal_end,
@@ -300,6 +315,11 @@ impl Pipeline {
             ..
         } = self;
         let _ = shutdown.send(true);
+        if let Some((stop, task)) = compactor {
+            // It stops between two output files; a file being written is finished.
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let mut wal_log = None;
         let drained = async {
             match (&mut wal_end).await {
@@ -489,10 +509,14 @@ fn retained(config: &Config, stats: &Arc<Stats>) -> Result<Retained> {
 /// The Delta logs of the lake's tables, when `output.table_format = "delta"`: on the local
 /// folder (which `output` made), or on the object store through the output's own client.
 #[cfg(feature = "delta")]
-fn delta_lake(config: &Config) -> Result<Option<Arc<crate::sink::delta::DeltaLake>>> {
+fn delta_lake(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> Result<Option<Arc<crate::sink::delta::DeltaLake>>> {
     use crate::config::TableFormat;
     let TableFormat::Delta {
         checkpoint_interval,
+        ..
     } = config.table_format
     else {
         return Ok(None);
@@ -528,7 +552,48 @@ fn delta_lake(config: &Config) -> Result<Option<Arc<crate::sink::delta::DeltaLak
         &config.node_id,
         checkpoint_interval,
         tokio::runtime::Handle::current(),
+        stats.clone(),
     ))))
+}
+
+/// The compaction task of a Delta lake whose `output.delta.compact_after` is set.
+#[cfg(feature = "delta")]
+fn compactor(
+    config: &Config,
+    lake: Option<Arc<crate::sink::delta::DeltaLake>>,
+    sink: &Option<LocalSink>,
+    shared: &Shared,
+    stats: &Arc<Stats>,
+) -> Option<(watch::Sender<bool>, JoinHandle<()>)> {
+    use crate::config::TableFormat;
+    let (
+        TableFormat::Delta {
+            compact: Some(opts),
+            ..
+        },
+        Some(lake),
+    ) = (config.table_format, lake)
+    else {
+        return None;
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let task = crate::sink::compact::Compactor {
+        lake,
+        node: config.node_id.clone(),
+        opts,
+        parquet: config.parquet,
+        budget: shared.budget.clone(),
+        vacuum: config.data_dir.join("delta-vacuum.json"),
+        stats: stats.clone(),
+        sink: sink.clone(),
+    };
+    tracing::info!(
+        after = ?opts.after,
+        target_bytes = opts.target_bytes,
+        vacuum_after = ?opts.vacuum_after,
+        "delta compaction: closed hours' small files are rewritten"
+    );
+    Some((stop, tokio::spawn(task.run(stop_rx))))
 }
 
 fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads>)> {
@@ -580,7 +645,7 @@ fn output(config: &Config, stats: &Arc<Stats>) -> Result<(Output, Option<Uploads
                 finish_rx,
             );
             #[cfg(feature = "delta")]
-            let uploader = match delta_lake(config)? {
+            let uploader = match delta_lake(config, stats)? {
                 Some(lake) => uploader.with_delta(lake),
                 None => uploader,
             };

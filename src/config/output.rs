@@ -56,12 +56,21 @@ pub struct RawOutput {
 pub struct RawDelta {
     /// A Parquet checkpoint of the log every this many table versions.
     pub checkpoint_interval: u64,
+    /// An hour's small files are compacted this long after the hour ended (0: never).
+    pub compact_after: HumanDuration,
+    /// Most bytes of a compacted file.
+    pub target_file_size: ByteSize,
+    /// Files replaced by compaction are deleted this long after (readers of older snapshots).
+    pub vacuum_after: HumanDuration,
 }
 
 impl Default for RawDelta {
     fn default() -> Self {
         Self {
             checkpoint_interval: 10,
+            compact_after: HumanDuration(Duration::from_secs(15 * 60)),
+            target_file_size: ByteSize(128 << 20),
+            vacuum_after: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }
@@ -75,6 +84,8 @@ pub enum TableFormat {
     Delta {
         /// A checkpoint every this many versions.
         checkpoint_interval: u64,
+        /// Compaction of closed hours (`None`: off).
+        compact: Option<crate::sink::compact::CompactOptions>,
     },
 }
 
@@ -122,8 +133,28 @@ pub(super) fn table_format(
                     "must be at least 1",
                 ));
             }
+            let d = &raw.delta;
+            if d.target_file_size.0 < 1 << 20 {
+                return Err(invalid(
+                    "output.delta.target_file_size",
+                    "must be at least 1MiB",
+                ));
+            }
+            if d.vacuum_after.0 < Duration::from_secs(1) {
+                return Err(invalid(
+                    "output.delta.vacuum_after",
+                    "must be at least 1s (readers of the snapshot before a compaction need time to finish)",
+                ));
+            }
+            let compact =
+                (!d.compact_after.0.is_zero()).then_some(crate::sink::compact::CompactOptions {
+                    after: d.compact_after.0,
+                    target_bytes: d.target_file_size.0,
+                    vacuum_after: d.vacuum_after.0,
+                });
             Ok(TableFormat::Delta {
                 checkpoint_interval: every,
+                compact,
             })
         }
     }

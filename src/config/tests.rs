@@ -330,8 +330,28 @@ fn the_table_format_is_parquet_by_default_and_delta_is_checked() {
     assert_eq!(
         config.table_format,
         TableFormat::Delta {
-            checkpoint_interval: 10
+            checkpoint_interval: 10,
+            compact: Some(crate::sink::compact::CompactOptions {
+                after: Duration::from_secs(900),
+                target_bytes: 128 << 20,
+                vacuum_after: Duration::from_secs(3600),
+            }),
         }
+    );
+    let off = RawConfig::parse(&delta("[output.delta]\ncompact_after = \"0s\""), "test")
+        .and_then(Config::validate)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        off.table_format,
+        TableFormat::Delta { compact: None, .. }
+    ));
+    assert_eq!(
+        err_key(&delta("[output.delta]\ntarget_file_size = \"1KiB\"")),
+        "output.delta.target_file_size"
+    );
+    assert_eq!(
+        err_key(&delta("[output.delta]\nvacuum_after = \"0s\"")),
+        "output.delta.vacuum_after"
     );
     assert_eq!(
         err_key("[output]\ntable_format = \"iceberg\""),

@@ -290,6 +290,9 @@ pub enum Committed {
 /// The Delta side of a lake: one log per table folder below `root`.
 pub struct DeltaLake {
     engine: DefaultEngine<TokioMultiThreadExecutor>,
+    store: Arc<DynObjectStore>,
+    runtime: tokio::runtime::Handle,
+    stats: Arc<crate::telemetry::Stats>,
     root: Url,
     app_id: String,
     checkpoint_interval: u64,
@@ -400,12 +403,16 @@ impl DeltaLake {
         node: &str,
         checkpoint_interval: u64,
         runtime: tokio::runtime::Handle,
+        stats: Arc<crate::telemetry::Stats>,
     ) -> Self {
-        let engine = DefaultEngine::builder(store)
-            .with_task_executor(Arc::new(TokioMultiThreadExecutor::new(runtime)))
+        let engine = DefaultEngine::builder(store.clone())
+            .with_task_executor(Arc::new(TokioMultiThreadExecutor::new(runtime.clone())))
             .build();
         Self {
             engine,
+            store,
+            runtime,
+            stats,
             root,
             app_id: app_id(node),
             checkpoint_interval: checkpoint_interval.max(1),
@@ -432,12 +439,7 @@ impl DeltaLake {
     /// The latest snapshot of `table`, creating the table (schema `columns`, partitioned by
     /// date and hour) when it has no log yet.
     fn latest(&self, table: &str, columns: &[StructField]) -> Result<SnapshotRef, DeltaError> {
-        let cached = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(table)
-            .cloned();
+        let cached = self.cached(table);
         let url = self.table_url(table)?;
         let snapshot = match cached {
             Some(s) => Snapshot::builder_from(s).build(&self.engine),
@@ -502,6 +504,25 @@ impl DeltaLake {
         files: &[DataFile],
         version: u64,
     ) -> Result<Committed, DeltaError> {
+        use crate::telemetry::Stats;
+        let started = std::time::Instant::now();
+        let done = self.try_commit(table, columns, files, version);
+        self.stats.delta_commit_seconds.observe(started.elapsed());
+        match &done {
+            Ok(Committed::Version(_)) => Stats::add(&self.stats.delta_commits, 1),
+            Ok(Committed::Already) => Stats::add(&self.stats.delta_commits_skipped, 1),
+            Err(_) => {}
+        }
+        done
+    }
+
+    fn try_commit(
+        &self,
+        table: &str,
+        columns: &[StructField],
+        files: &[DataFile],
+        version: u64,
+    ) -> Result<Committed, DeltaError> {
         let url = self.table_url(table)?;
         let txn_version = i64::try_from(version).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
@@ -538,54 +559,77 @@ impl DeltaLake {
             let mut txn = builder
                 .build(&self.engine, Box::new(FileSystemCommitter::new()))
                 .map_err(Self::kernel(table))?;
-            let state = txn.write_state().map_err(Self::kernel(table))?;
-            let now = chrono::Utc::now().timestamp_millis();
-            for f in files {
-                let values =
-                    partition_values(&f.date, &f.hour).ok_or_else(|| DeltaError::Schema {
-                        table: table.into(),
-                        reason: format!("partition date={} hour={} is malformed", f.date, f.hour),
-                    })?;
-                let context = state
-                    .write_context_builder()
-                    .with_partition_values(values)
-                    .build()
-                    .map_err(Self::kernel(table))?;
-                let location = url.join(&f.path).map_err(|e| DeltaError::Schema {
-                    table: table.into(),
-                    reason: format!("no URL for {}: {e}", f.path),
-                })?;
-                let meta = FileMeta {
-                    location,
-                    last_modified: now,
-                    size: f.size,
-                };
-                let stats = f.stats.clone();
-                let add = build_add_file_metadata(DataFileMetadata::new(meta, stats), &context)
-                    .map_err(Self::kernel(table))?;
-                txn.add_files(add);
-            }
-            match txn.commit(&self.engine).map_err(Self::kernel(table))? {
-                CommitResult::Committed(done) => {
-                    let v = done.commit_version();
-                    if let Some(s) = done.post_commit_snapshot() {
-                        self.checkpoint_if_due(table, s);
-                        self.remember(table, s.clone());
-                    }
-                    return Ok(Committed::Version(v));
-                }
-                // Another writer took this version: read on and try again on top of it.
-                CommitResult::Conflicted(_) => continue,
-                CommitResult::Retryable(_) => {
-                    return Err(DeltaError::Contended {
-                        table: table.into(),
-                    });
-                }
+            self.stage_adds(table, &url, &mut txn, files)?;
+            // `None`: another writer took this version; read on and try again on top of it.
+            if let Some(v) = self.finish(table, txn)? {
+                return Ok(Committed::Version(v));
             }
         }
         Err(DeltaError::Contended {
             table: table.into(),
         })
+    }
+
+    /// Stages an add action for each of `files` (below the table at `url`) in `txn`.
+    fn stage_adds(
+        &self,
+        table: &str,
+        url: &Url,
+        txn: &mut delta_kernel::transaction::Transaction,
+        files: &[DataFile],
+    ) -> Result<(), DeltaError> {
+        let state = txn.write_state().map_err(Self::kernel(table))?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for f in files {
+            let values = partition_values(&f.date, &f.hour).ok_or_else(|| DeltaError::Schema {
+                table: table.into(),
+                reason: format!("partition date={} hour={} is malformed", f.date, f.hour),
+            })?;
+            let context = state
+                .write_context_builder()
+                .with_partition_values(values)
+                .build()
+                .map_err(Self::kernel(table))?;
+            let location = url.join(&f.path).map_err(|e| DeltaError::Schema {
+                table: table.into(),
+                reason: format!("no URL for {}: {e}", f.path),
+            })?;
+            let meta = FileMeta {
+                location,
+                last_modified: now,
+                size: f.size,
+            };
+            let add =
+                build_add_file_metadata(DataFileMetadata::new(meta, f.stats.clone()), &context)
+                    .map_err(Self::kernel(table))?;
+            txn.add_files(add);
+        }
+        Ok(())
+    }
+
+    /// Commits `txn`: the new version (after a checkpoint when one is due), or `None` when
+    /// another writer took the version first (counted; the caller reads on and retries).
+    fn finish(
+        &self,
+        table: &str,
+        txn: delta_kernel::transaction::Transaction,
+    ) -> Result<Option<u64>, DeltaError> {
+        match txn.commit(&self.engine).map_err(Self::kernel(table))? {
+            CommitResult::Committed(done) => {
+                if let Some(s) = done.post_commit_snapshot() {
+                    self.checkpoint_if_due(table, s);
+                    self.remember(table, s.clone());
+                }
+                Ok(Some(done.commit_version()))
+            }
+            CommitResult::Conflicted(_) => {
+                crate::telemetry::Stats::add(&self.stats.delta_commit_conflicts, 1);
+                Ok(None)
+            }
+            CommitResult::Retryable(_) => Err(DeltaError::Contended {
+                table: table.into(),
+            }),
+        }
     }
 
     /// Commits a [`PendingCommit`] (see [`Self::commit`]).
@@ -596,6 +640,222 @@ impl DeltaLake {
             &pending.files,
             pending.version,
         )
+    }
+
+    /// The object path of `rel` (a path below the table folder) in the store.
+    fn object_path(&self, table: &str, rel: &str) -> Result<object_store::path::Path, DeltaError> {
+        let url = self
+            .table_url(table)?
+            .join(rel)
+            .map_err(|e| DeltaError::Schema {
+                table: table.into(),
+                reason: format!("no URL for {rel}: {e}"),
+            })?;
+        object_store::path::Path::from_url_path(url.path()).map_err(|e| DeltaError::Schema {
+            table: table.into(),
+            reason: format!("no object path for {rel}: {e}"),
+        })
+    }
+
+    fn store_error(table: &str) -> impl FnOnce(object_store::Error) -> DeltaError + '_ {
+        move |e| DeltaError::Schema {
+            table: table.into(),
+            reason: format!("object store: {e}"),
+        }
+    }
+
+    /// The tables below the root: folders holding a `_delta_log`. Blocking.
+    pub fn tables(&self) -> Result<Vec<String>, DeltaError> {
+        let root = object_store::path::Path::from_url_path(self.root.path())
+            .map_err(|e| Self::store_error("")(e.into()))?;
+        let listed = self
+            .runtime
+            .block_on(self.store.list_with_delimiter(Some(&root)))
+            .map_err(Self::store_error(""))?;
+        let mut tables = Vec::new();
+        for dir in listed.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            let name = name.to_string();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            if self.has_log(&self.table_url(&name)?)? {
+                tables.push(name);
+            }
+        }
+        Ok(tables)
+    }
+
+    /// The files `table` lists now.
+    pub fn files(&self, table: &str) -> Result<Vec<super::compact::TableFile>, DeltaError> {
+        use super::compact::TableFile;
+        fn visit(out: &mut Vec<TableFile>, f: delta_kernel::scan::state::ScanFile) {
+            let part = |k: &str| f.partition_values.get(k).cloned().unwrap_or_default();
+            out.push(TableFile {
+                date: part("date"),
+                hour: part("hour"),
+                path: f.path.clone(),
+                size: u64::try_from(f.size).unwrap_or_default(),
+            });
+        }
+        let snapshot = self.existing(table)?;
+        let scan = snapshot
+            .scan_builder()
+            .build()
+            .map_err(Self::kernel(table))?;
+        let mut out = Vec::new();
+        for meta in scan
+            .scan_metadata(&self.engine)
+            .map_err(Self::kernel(table))?
+        {
+            let meta = meta.map_err(Self::kernel(table))?;
+            out = meta
+                .visit_scan_files(out, visit)
+                .map_err(Self::kernel(table))?;
+        }
+        Ok(out)
+    }
+
+    /// The latest snapshot of a table that exists.
+    fn existing(&self, table: &str) -> Result<SnapshotRef, DeltaError> {
+        let cached = self.cached(table);
+        let snapshot = match cached {
+            Some(s) => Snapshot::builder_from(s).build(&self.engine),
+            None => Snapshot::builder_for(self.table_url(table)?.as_str()).build(&self.engine),
+        }
+        .map_err(Self::kernel(table))?;
+        self.remember(table, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Replaces the files `removed` of `table` by `added` in one commit (`dataChange` false: the
+    /// rows are the same). `Ok(false)` when the table no longer lists every one of `removed`
+    /// (someone else rewrote them): nothing is committed. Blocking.
+    pub fn replace(
+        &self,
+        table: &str,
+        removed: &[String],
+        added: &DataFile,
+    ) -> Result<bool, DeltaError> {
+        use arrow::array::AsArray;
+        use delta_kernel::engine::arrow_data::ArrowEngineData;
+        use delta_kernel::engine_data::FilteredEngineData;
+        let wanted: std::collections::HashSet<&str> = removed.iter().map(String::as_str).collect();
+        let url = self.table_url(table)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snapshot = self.existing(table)?;
+            let mut txn = snapshot
+                .clone()
+                .update_table(UpdateTableOperation::Write, ENGINE_INFO, false)
+                .build(&self.engine, Box::new(FileSystemCommitter::new()))
+                .map_err(Self::kernel(table))?;
+            let scan = snapshot
+                .clone()
+                .scan_builder()
+                .build()
+                .map_err(Self::kernel(table))?;
+            let mut found = 0;
+            for meta in scan
+                .scan_metadata(&self.engine)
+                .map_err(Self::kernel(table))?
+            {
+                let (data, selected) = meta.map_err(Self::kernel(table))?.scan_files.into_parts();
+                let data =
+                    ArrowEngineData::try_from_engine_data(data).map_err(Self::kernel(table))?;
+                let Some(paths) = data
+                    .record_batch()
+                    .column_by_name("path")
+                    .and_then(|c| c.as_string_opt::<i32>().cloned())
+                else {
+                    return Err(DeltaError::Schema {
+                        table: table.into(),
+                        reason: "scan metadata without a path column".into(),
+                    });
+                };
+                let pick: Vec<bool> = (0..paths.len())
+                    .map(|i| {
+                        selected.get(i).copied().unwrap_or(true)
+                            && paths.is_valid(i)
+                            && wanted.contains(paths.value(i))
+                    })
+                    .collect();
+                let n = pick.iter().filter(|p| **p).count();
+                if n > 0 {
+                    found += n;
+                    let chosen =
+                        FilteredEngineData::try_new(data, pick).map_err(Self::kernel(table))?;
+                    txn.remove_files(chosen);
+                }
+            }
+            if found != wanted.len() {
+                return Ok(false);
+            }
+            self.stage_adds(table, &url, &mut txn, std::slice::from_ref(added))?;
+            if self.finish(table, txn)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Err(DeltaError::Contended {
+            table: table.into(),
+        })
+    }
+
+    /// The bytes of a file of `table`. Blocking.
+    pub fn read_file(&self, table: &str, rel: &str) -> Result<bytes::Bytes, DeltaError> {
+        use object_store::ObjectStoreExt;
+        let path = self.object_path(table, rel)?;
+        self.runtime
+            .block_on(async { self.store.get(&path).await?.bytes().await })
+            .map_err(Self::store_error(table))
+    }
+
+    /// Puts a new file of `table` (never over another object). Blocking.
+    pub fn put_file(&self, table: &str, rel: &str, bytes: Vec<u8>) -> Result<(), DeltaError> {
+        use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+        let path = self.object_path(table, rel)?;
+        let size = bytes.len() as u64;
+        let put = self.runtime.block_on(self.store.put_opts(
+            &path,
+            PutPayload::from(bytes),
+            PutOptions::from(PutMode::Create),
+        ));
+        match put {
+            Ok(_) => Ok(()),
+            // A compaction redone after a crash: the same inputs made the same file.
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let meta = self
+                    .runtime
+                    .block_on(self.store.head(&path))
+                    .map_err(Self::store_error(table))?;
+                match meta.size == size {
+                    true => Ok(()),
+                    false => Err(DeltaError::Schema {
+                        table: table.into(),
+                        reason: format!("{rel} exists with another size"),
+                    }),
+                }
+            }
+            Err(e) => Err(Self::store_error(table)(e)),
+        }
+    }
+
+    /// Deletes a file of `table` (gone already is no error). Blocking.
+    pub fn delete_file(&self, table: &str, rel: &str) -> Result<(), DeltaError> {
+        use object_store::ObjectStoreExt;
+        let path = self.object_path(table, rel)?;
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::store_error(table)(e)),
+        }
+    }
+
+    /// The last snapshot seen of `table`.
+    fn cached(&self, table: &str) -> Option<SnapshotRef> {
+        let snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        snapshots.get(table).cloned()
     }
 
     fn remember(&self, table: &str, snapshot: SnapshotRef) {
@@ -612,8 +872,11 @@ impl DeltaLake {
         if v == 0 || !v.is_multiple_of(self.checkpoint_interval) {
             return;
         }
-        if let Err(e) = snapshot.checkpoint(&self.engine, None) {
-            tracing::warn!(table, version = v, error = %e, "cannot write the delta checkpoint");
+        match snapshot.checkpoint(&self.engine, None) {
+            Ok(_) => crate::telemetry::Stats::add(&self.stats.delta_checkpoints, 1),
+            Err(e) => {
+                tracing::warn!(table, version = v, error = %e, "cannot write the delta checkpoint");
+            }
         }
     }
 }

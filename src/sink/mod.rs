@@ -5,6 +5,7 @@
 //! globbing `*.parquet` never see the hidden `.…tmp` file. With an object-store output the
 //! same sink writes into the spool ([`spool`]), and the [`uploader`] sends the files on.
 
+pub mod compact;
 #[cfg(feature = "delta")]
 pub mod delta;
 pub mod publisher;

@@ -224,6 +224,13 @@ pub fn render_metrics(state: &AdminState) -> String {
         "Time to sort, encode and write one batch's Parquet files (fsync and rename included).",
         &state.stats.encode_seconds,
     );
+    histogram(
+        &mut out,
+        "delta_commit_seconds",
+        "Time to commit one batch's files to its Delta table (output.table_format = \"delta\"; \
+         log replay, and the checkpoint when one is due, included).",
+        &state.stats.delta_commit_seconds,
+    );
     let stats = &state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     family(

@@ -22,6 +22,8 @@ macro_rules! counters {
             pub mqtt_ack_seconds: Histogram,
             /// Time to sort, encode and write one batch's Parquet files.
             pub encode_seconds: Histogram,
+            /// Time to commit one batch's files to its Delta table (log replay included).
+            pub delta_commit_seconds: Histogram,
             /// MQTT connections open now (a gauge).
             pub connections_open: AtomicU64,
             /// Bytes of files waiting in the spool (a gauge).
@@ -53,6 +55,7 @@ macro_rules! counters {
                     wal_sync_seconds: Histogram::new(&SYNC_BUCKETS),
                     mqtt_ack_seconds: Histogram::new(&SYNC_BUCKETS),
                     encode_seconds: Histogram::new(&ENCODE_BUCKETS),
+                    delta_commit_seconds: Histogram::new(&ENCODE_BUCKETS),
                     connections_open: AtomicU64::new(0),
                     spool_bytes: AtomicU64::new(0),
                     spool_files: AtomicU64::new(0),
@@ -176,6 +179,24 @@ counters! {
     bytes_published,
     /// Failed publish attempts (retried).
     publish_errors,
+    /// Delta commits made (`output.table_format = "delta"`): one per batch, with its files.
+    delta_commits,
+    /// Batches whose commit the Delta log already held (a replay after a crash): nothing added.
+    delta_commits_skipped,
+    /// Delta commits that lost the race for a version to another writer (retried on top of it).
+    delta_commit_conflicts,
+    /// Delta log checkpoints written.
+    delta_checkpoints,
+    /// Compaction commits: an hour's small files of this node replaced by one file.
+    delta_compactions,
+    /// Files replaced by compaction (removed from their table; deleted at vacuum).
+    delta_files_compacted,
+    /// Bytes of files read back by compaction (from the disk or the object store).
+    delta_compaction_bytes_read,
+    /// Bytes of files written by compaction.
+    delta_compaction_bytes_written,
+    /// Replaced files deleted by vacuum (`output.delta.vacuum_after` after their removal).
+    delta_files_vacuumed,
     /// Files uploaded to the object store (or found there already, same size) and removed from the spool.
     files_uploaded,
     /// Bytes of uploaded files.

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from conftest import publish_json, wait_for
+from conftest import metrics, publish_json, wait_for
 from test_s3 import aws_env  # noqa: F401 (a fixture: AWS_* for the moto test)
 
 DEVICES = 3
@@ -98,6 +98,7 @@ def test_delta_table_reads_back_exactly_with_a_late_column_and_checkpoints(daemo
     publish_json(d.port, "spaced", "env/dev-0", [{"temp C": 5}])
     sent += publish_round(d, 1000, 10, extra={"fw": "2.0.1"})
     wait_for("the late column's rows", lambda: count(table(d)) == len(sent))
+    m = metrics(d.admin)
     d.stop()
     rejected = duckdb.sql(
         f"SELECT reason FROM read_parquet('{d.rejected}/**/*.parquet')").fetchall()
@@ -135,6 +136,9 @@ def test_delta_table_reads_back_exactly_with_a_late_column_and_checkpoints(daemo
     assert last["version"] % 3 == 0 and last["version"] > 0
     assert (path / "_delta_log" / f"{last['version']:020}.checkpoint.parquet").is_file()
     assert dt.transaction_version("fleetlake-pytest") is not None
+    assert m["fleetlake_delta_commits_total"] == len(versions) - 1  # version 0 creates the table
+    assert m["fleetlake_delta_checkpoints_total"] >= 1
+    assert m["fleetlake_delta_commit_seconds_count"] == len(versions) - 1
 
     # README's block, run as written (only `t` points at this table): delta-rs and Polars.
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -168,6 +172,10 @@ def test_a_crash_at_the_commit_keeps_every_row_exactly_once(daemon_factory, poin
 
     d = daemon_factory(cfg, dir_name="n")
     wait_for("the replayed batch", lambda: count(table(d)) == len(sent))
+    skipped = 0 if point == "delta-before-commit" else 1
+    wait_for("the replayed batch's commit counted", lambda: metrics(d.admin)[
+        "fleetlake_delta_commits_total"] + metrics(d.admin)["fleetlake_delta_commits_skipped_total"] == 1)
+    assert metrics(d.admin)["fleetlake_delta_commits_skipped_total"] == skipped
     sent += publish_round(d, 200, 5)
     wait_for("rows after the restart", lambda: count(table(d)) == len(sent))
     d.stop()
@@ -398,3 +406,124 @@ def test_s3_a_crash_at_the_uploaders_commit_keeps_every_row_exactly_once(daemon_
     paths, _ = adds_of(dt)
     assert len(set(paths)) == len(paths)
     assert not list((d.dir / "data" / "spool").rglob("*.delta-commit"))
+
+
+COMPACT = CONFIG.replace("checkpoint_interval = 3\n", 'checkpoint_interval = 3\ncompact_after = "1s"\nvacuum_after = "2s"\n')
+
+
+def publish_past(d, start, per_device, hours_ago):
+    """Like publish_round, with row times `hours_ago` hours back (a closed hour)."""
+    ts = time.time() - hours_ago * 3600
+    return publish_round(d, start, per_device, extra={"ts": ts})
+
+
+def test_compaction_rewrites_closed_hours_atomically_and_vacuum_deletes_the_old_files(daemon_factory):
+    """Rows of two closed hours arrive in several batches (several small files each); the
+    compactor replaces each hour's files by one, in one commit; a reader reading all along sees
+    the same rows throughout, never fewer, never twice; the replaced files are deleted once
+    vacuum_after has passed."""
+    import threading
+
+    d = daemon_factory(COMPACT.replace('compact_after = "1s"', 'compact_after = "5h"'), dir_name="c")
+    sent = []
+    for r in range(4):
+        sent += publish_past(d, r * 20, 20, hours_ago=3)
+        sent += publish_past(d, 1000 + r * 20, 20, hours_ago=2 if r < 3 else 3)
+        wait_for(f"round {r}", lambda: count(table(d)) == len(sent))
+    d.stop()
+    before = data_files(table(d))
+    assert len(before) >= 6, before
+
+    # Restart with compaction due at once, and a reader reading all along.
+    path, problems, seen, stop = table(d), [], [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            t = DeltaTable(str(path)).to_pyarrow_table(columns=["device_id", "seq"])
+            keys = list(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+            if len(keys) != len(sent) or len(set(keys)) != len(keys):
+                problems.append(f"{len(keys)} rows, {len(set(keys))} distinct")
+            seen.append(len(keys))
+
+    r = threading.Thread(target=reader, daemon=True)
+    r.start()
+    d = daemon_factory(COMPACT, dir_name="c")
+    wait_for("both hours compacted", lambda: metrics(d.admin)["fleetlake_delta_compactions_total"] >= 2,
+             deadline=40)
+    wait_for("the replaced files vacuumed", lambda: len(data_files(path)) == len(adds(path)[0]), deadline=40)
+    stop.set()
+    r.join(20)
+    m = metrics(d.admin)
+    d.stop()
+    assert not problems, problems[:5]
+    assert len(seen) > 3
+    paths, records = adds(path)
+    assert len(paths) == 2, paths  # one file per hour
+    assert sum(records) == len(sent)
+    assert sorted(paths) == data_files(path)
+    t = rows(path)
+    pairs = Counter(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    assert m["fleetlake_delta_files_compacted_total"] == len(before)
+    assert m["fleetlake_delta_files_vacuumed_total"] == len(before)
+    # The compacted files are sorted by device and time, like every file.
+    import pyarrow.parquet as pq
+    for p in paths:
+        f = pq.read_table(path / p)
+        keys = list(zip(f.column("device_id").to_pylist(), f.column("time").to_pylist()))
+        assert keys == sorted(keys)
+    print(f"\ncompaction: {len(before)} files -> {len(paths)}; reads during it {len(seen)}")
+
+
+@pytest.mark.parametrize("point", ["compact-before-commit", "compact-after-commit"])
+def test_a_crash_during_compaction_keeps_every_row_exactly_once(daemon_factory, point):
+    d = daemon_factory(COMPACT.replace('compact_after = "1s"', 'compact_after = "5h"'), dir_name="c")
+    sent = []
+    for r in range(3):
+        sent += publish_past(d, r * 20, 20, hours_ago=3)
+        wait_for(f"round {r}", lambda: count(table(d)) == len(sent))
+    d.stop()
+    path = table(d)
+    n_before = len(adds(path)[0])
+    d = daemon_factory(COMPACT, dir_name="c", env={"FLEETLAKE_FAULT": point})
+    assert d.proc.wait(timeout=30) != 0, "the fault point did not stop the daemon"
+    d = daemon_factory(COMPACT, dir_name="c")
+    wait_for("the hour compacted after the restart", lambda: len(adds(path)[0]) == 1, deadline=30)
+    wait_for("the old files vacuumed", lambda: len(data_files(path)) == 1, deadline=30)
+    d.stop()
+    t = rows(path)
+    pairs = Counter(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    assert n_before >= 3
+
+
+def test_compaction_on_s3_reads_back_rewrites_and_vacuums_in_the_bucket(daemon_factory, aws_env):
+    from test_s3 import BUCKET, PREFIX, Moto, s3_config
+
+    moto = Moto().start()
+    aws_env.append(moto)
+    cfg = (s3_config(moto.port, 'table_format = "delta"\n[output.delta]\ncompact_after = "1s"\nvacuum_after = "2s"')
+           + '[[tables]]\nname = "env"\ntopics = ["env/{device_id}"]\n')
+    uri, opts = f"s3://{BUCKET}/{PREFIX}/env", s3_options(moto)
+    d = daemon_factory(cfg)
+    sent = []
+    for r in range(3):
+        sent += publish_past(d, r * 20, 20, hours_ago=3)
+        wait_for(f"round {r} in the bucket", lambda: table_rows(uri, opts) == len(sent), deadline=30)
+
+    def objects():
+        return [k for k in moto.keys() if k.startswith(f"{PREFIX}/env/date=")]
+
+    wait_for("one file left in the table and the bucket",
+             lambda: len(adds_of(DeltaTable(uri, storage_options=opts))[0]) == 1 and len(objects()) == 1,
+             deadline=40)
+    m = metrics(d.admin)
+    d.stop()
+    t = DeltaTable(uri, storage_options=opts).to_pyarrow_table()
+    pairs = Counter(zip(t.column("device_id").to_pylist(), t.column("seq").to_pylist()))
+    assert pairs == Counter((dev, float(doc["seq"])) for dev, doc in sent)
+    assert m["fleetlake_delta_compaction_bytes_read_total"] > 0
+    assert m["fleetlake_delta_compaction_bytes_written_total"] > 0
+    print(f"\ncompaction on s3: read {m['fleetlake_delta_compaction_bytes_read_total']} B, "
+          f"wrote {m['fleetlake_delta_compaction_bytes_written_total']} B, "
+          f"{m['fleetlake_delta_compactions_total']} compactions")
