@@ -401,8 +401,11 @@ mod task {
                     .iter()
                     .map(|g| usize::try_from(g.total_byte_size()).unwrap_or(usize::MAX))
                     .sum();
-                // Waits while ingest holds the budget: compaction never pushes it over.
-                let want = decoded.min(self.budget.total() / 2);
+                // Waits while ingest holds the budget: compaction never pushes it over, and
+                // holds at most half of it in all (a group's inputs add up; asking for more
+                // while holding the rest could wait forever and starve ingest).
+                let held_now: usize = held.iter().map(crate::budget::Held::bytes).sum();
+                let want = decoded.min((self.budget.total() / 2).saturating_sub(held_now));
                 held.push(tokio::runtime::Handle::current().block_on(self.budget.acquire(want)));
                 for b in reader.build().map_err(|e| e.to_string())? {
                     batches.push(b.map_err(|e| e.to_string())?);
